@@ -1,0 +1,317 @@
+"""Configuration: read YAML once, validate everything, hand out frozen dataclasses.
+
+Every problem (unknown key, wrong type, missing value, unreadable secret file) is collected
+and reported together, each naming its dotted key, so an administrator fixes the file in one go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, HostlistError
+
+DEFAULT_PATH = "/etc/carbond/carbond.yaml"
+DEFAULT_POWER_QUERY = 'amperageProbeReading{amperageProbeLocationName="System Board Pwr Consumption"}'
+PROVIDERS = ("uk-carbon-intensity", "electricitymaps", "prometheus", "csv", "constant")
+COMMENT_FIELDS = ("admin_comment", "system_comment", "comment")
+ATTRIBUTIONS = ("cpus", "exclusive")
+
+
+@dataclass(frozen=True)
+class BasicAuth:
+    username: str
+    password_file: str
+
+
+@dataclass(frozen=True)
+class VictoriaConfig:
+    url: str = "http://127.0.0.1:8428"
+    query: str = DEFAULT_POWER_QUERY
+    node_label: str = "alias"
+    bearer_token_file: str | None = None
+    basic_auth: BasicAuth | None = None
+    tenant: str | None = None
+    ca_file: str | None = None
+    timeout: float = 60.0
+    chunk_seconds: int = 86400
+    """Longest time span one export request covers; longer windows are split."""
+    max_nodes_per_request: int = 500
+    """Most nodes named in one request's selector, to keep URLs and responses bounded."""
+
+
+@dataclass(frozen=True)
+class IntensityConfig:
+    provider: str = "uk-carbon-intensity"
+    url: str | None = None
+    region: str | None = None
+    zone: str | None = None
+    token_file: str | None = None
+    query: str | None = None
+    path: str | None = None
+    value: float | None = None
+    timeout: float = 30.0
+    refresh_seconds: int = 1800
+    """A provisional (forecast or under-a-day-old) cache entry is re-fetched at most this often."""
+
+
+@dataclass(frozen=True)
+class NodeClass:
+    match: str
+    cpus: int | None = None
+    idle_watts: float | None = None
+    max_watts: float | None = None
+
+
+@dataclass(frozen=True)
+class EmbodiedConfig:
+    g_per_node_hour: float = 0.0
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    comment_field: str = "admin_comment"
+    sacct: str = "sacct"
+    sacctmgr: str = "sacctmgr"
+    concurrency: int = 16
+    """sacctmgr calls in flight at once: each has ~0.25 s fixed latency but they overlap freely."""
+    retry_seconds: int = 3600
+    """How long a job is retried (slurmdbd unaware of it, VictoriaMetrics down) before dead-lettering."""
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = "127.0.0.1:9847"
+    per_user: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    cluster: str = ""
+    state_dir: str = "/var/lib/carbond"
+    spool_dir: str = "/var/spool/carbond"
+    pue: float = 1.0
+    attribution: str = "cpus"
+    max_gap: float = 300.0
+    """Longest gap between two power samples that is bridged by interpolation."""
+    settle_seconds: float = 90.0
+    """How long the daemon waits after a job's end for a power sample past it."""
+    victoriametrics: VictoriaConfig = field(default_factory=VictoriaConfig)
+    intensity: IntensityConfig = field(default_factory=IntensityConfig)
+    nodes: tuple[NodeClass, ...] = ()
+    embodied: EmbodiedConfig = field(default_factory=EmbodiedConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    source: str = ""
+
+    def node_class(self, node: str) -> NodeClass | None:
+        """The first `nodes` entry whose hostlist contains `node` (Slurm's first-match rule)."""
+        for cls, names in _node_index(self.nodes):
+            if node in names:
+                return cls
+        return None
+
+
+_NODE_INDEX_CACHE: dict[tuple[NodeClass, ...], list[tuple[NodeClass, frozenset[str]]]] = {}
+
+
+def _node_index(classes: tuple[NodeClass, ...]) -> list[tuple[NodeClass, frozenset[str]]]:
+    from .hostlist import expand
+
+    if classes not in _NODE_INDEX_CACHE:
+        _NODE_INDEX_CACHE[classes] = [(c, frozenset(expand(c.match))) for c in classes]
+    return _NODE_INDEX_CACHE[classes]
+
+
+def read_secret(path: str | None, env: str | None = None) -> str | None:
+    """A secret from the environment variable `env` or the file `path`; never logged."""
+    if env and os.environ.get(env):
+        return os.environ[env].strip()
+    if not path:
+        return None
+    return Path(path).read_text(encoding="utf-8").strip()
+
+
+def load(path: str | None = None) -> Config:
+    """Load and validate; `path` falls back to $CARBOND_CONFIG, then the packaged default."""
+    path = path or os.environ.get("CARBOND_CONFIG") or DEFAULT_PATH
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read the file: {exc.strerror or exc}"], path) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], path) from None
+    return from_mapping(data if data is not None else {}, path)
+
+
+def from_mapping(data: Any, source: str = "") -> Config:
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError(["the top level must be a mapping of keys"], source)
+    cfg = _build(Config, data, "", problems)
+    if cfg is not None:
+        problems.extend(_check(cfg))
+    if problems:
+        raise ConfigError(problems, source)
+    assert cfg is not None
+    return dataclasses.replace(cfg, source=source)
+
+
+def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
+    """Build dataclass `cls` from a mapping, appending problems instead of raising."""
+    if not isinstance(data, dict):
+        problems.append(f"{prefix.rstrip('.') or '(top level)'}: expected a mapping, got {_kind(data)}")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    for key in data:
+        if key not in fields:
+            problems.append(f"{prefix}{key}: unknown key (valid: {', '.join(sorted(fields))})")
+    values: dict[str, Any] = {}
+    missing = False
+    for name, f in fields.items():
+        key = prefix + name
+        if name not in data or data[name] is None:
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if required:
+                problems.append(f"{key}: missing value")
+                missing = True
+            continue
+        value = _convert(hints[name], data[name], key, problems)
+        if value is _BAD:
+            missing = True
+        else:
+            values[name] = value
+    return None if missing else cls(**values)
+
+
+_BAD = object()
+
+
+def _convert(hint: Any, value: Any, key: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(inner[0], value, key, problems)
+    if origin is tuple:
+        if not isinstance(value, list):
+            problems.append(f"{key}: expected a list, got {_kind(value)}")
+            return _BAD
+        item = typing.get_args(hint)[0]
+        out = [_convert(item, v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+        return _BAD if any(v is _BAD for v in out) else tuple(out)
+    if dataclasses.is_dataclass(hint):
+        built = _build(hint, value, key + ".", problems)
+        return _BAD if built is None else built
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)
+    problems.append(f"{key}: expected {_TYPE_WORDS.get(hint, hint)}, got {_kind(value)} {value!r}")
+    return _BAD
+
+
+_TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _check(cfg: Config) -> list[str]:
+    """Semantic checks that need the whole, typed configuration."""
+    p: list[str] = []
+    if cfg.pue < 1.0:
+        p.append(f"pue: must be at least 1.0, got {cfg.pue}")
+    if cfg.attribution not in ATTRIBUTIONS:
+        p.append(f"attribution: must be one of {', '.join(ATTRIBUTIONS)}, got {cfg.attribution!r}")
+    if cfg.max_gap <= 0:
+        p.append("max_gap: must be positive")
+    if cfg.embodied.g_per_node_hour < 0:
+        p.append("embodied.g_per_node_hour: must not be negative")
+    vm = cfg.victoriametrics
+    if not vm.url.startswith(("http://", "https://")):
+        p.append(f"victoriametrics.url: must start with http:// or https://, got {vm.url!r}")
+    if vm.chunk_seconds < 60:
+        p.append("victoriametrics.chunk_seconds: must be at least 60")
+    if vm.timeout <= 0:
+        p.append("victoriametrics.timeout: must be positive")
+    p += _secret_problems("victoriametrics.bearer_token_file", vm.bearer_token_file)
+    if vm.basic_auth:
+        p += _secret_problems("victoriametrics.basic_auth.password_file", vm.basic_auth.password_file)
+    if vm.ca_file and not os.access(vm.ca_file, os.R_OK):
+        p.append(f"victoriametrics.ca_file: cannot read {vm.ca_file}")
+    p += _intensity_problems(cfg.intensity)
+    for i, nc in enumerate(cfg.nodes):
+        key = f"nodes[{i}]"
+        try:
+            from .hostlist import expand
+
+            expand(nc.match)
+        except HostlistError as exc:
+            p.append(f"{key}.match: {exc}")
+        if nc.cpus is not None and nc.cpus <= 0:
+            p.append(f"{key}.cpus: must be positive")
+        if nc.idle_watts is not None and nc.max_watts is not None and nc.idle_watts > nc.max_watts:
+            p.append(f"{key}: idle_watts ({nc.idle_watts}) exceeds max_watts ({nc.max_watts})")
+    if cfg.slurm.comment_field not in COMMENT_FIELDS:
+        p.append(f"slurm.comment_field: must be one of {', '.join(COMMENT_FIELDS)}, got {cfg.slurm.comment_field!r}")
+    if cfg.slurm.concurrency < 1:
+        p.append("slurm.concurrency: must be at least 1")
+    host, _, port = cfg.metrics.listen.rpartition(":")
+    if not host or not port.isdigit():
+        p.append(f"metrics.listen: expected HOST:PORT, got {cfg.metrics.listen!r}")
+    return p
+
+
+def _intensity_problems(ic: IntensityConfig) -> list[str]:
+    p: list[str] = []
+    if ic.provider not in PROVIDERS:
+        return [f"intensity.provider: must be one of {', '.join(PROVIDERS)}, got {ic.provider!r}"]
+    need = {"electricitymaps": ["zone"], "prometheus": ["query"], "csv": ["path"], "constant": ["value"]}
+    for key in need.get(ic.provider, []):
+        if getattr(ic, key) is None:
+            p.append(f"intensity.{key}: required by provider {ic.provider}")
+    if ic.provider == "electricitymaps":
+        p += _secret_problems("intensity.token_file", ic.token_file, env="CARBOND_ELECTRICITYMAPS_TOKEN")
+    if ic.provider == "csv" and ic.path and not os.access(ic.path, os.R_OK):
+        p.append(f"intensity.path: cannot read {ic.path}")
+    if ic.provider == "constant" and ic.value is not None and ic.value < 0:
+        p.append("intensity.value: must not be negative")
+    if ic.region is not None and ic.provider == "uk-carbon-intensity":
+        r = ic.region
+        if not (r.isdigit() and 1 <= int(r) <= 17) and not (r.isalnum() and 2 <= len(r) <= 4):
+            p.append(f"intensity.region: expected a region id 1-17 or a postcode outward code, got {r!r}")
+    return p
+
+
+def _secret_problems(key: str, path: str | None, env: str | None = None) -> list[str]:
+    if env and os.environ.get(env):
+        return []
+    if path is None:
+        return [f"{key}: required (or set ${env})"] if env else []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            fh.read(1)
+    except OSError as exc:
+        return [f"{key}: cannot read {path}: {exc.strerror or exc}"]
+    return []

@@ -1,0 +1,63 @@
+"""Times: everything inside carbond is UTC epoch seconds; these functions get it there safely.
+
+Local wall-clock times (sacct's default output) are read in an explicit IANA zone, so a job that
+crosses a DST change is neither an hour too long nor too short; a wall-clock time that occurs
+twice (the autumn hour) is flagged, one that never occurs (the spring hour) is an error.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .errors import TimeFormatError
+
+HALF_HOUR = 1800
+_EPOCH = re.compile(r"^\d{9,11}(\.\d+)?$")
+
+
+def parse_time(text: str, zone: str | None = None) -> tuple[float, str | None]:
+    """Epoch seconds for `text`, plus a warning when the wall-clock time was ambiguous.
+
+    Accepts epoch seconds, ISO 8601 with an offset or Z, and (with `zone`) naive local times.
+    """
+    text = text.strip()
+    if _EPOCH.match(text):
+        return float(text), None
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise TimeFormatError(f"cannot read time {text!r}: expected epoch seconds or ISO 8601") from None
+    if dt.tzinfo is not None:
+        return dt.timestamp(), None
+    if zone is None:
+        raise TimeFormatError(f"time {text!r} has no UTC offset: give one, or a --timezone to read it in")
+    return _localize(dt, _zone(zone), text)
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise TimeFormatError(f"unknown time zone {name!r}") from None
+
+
+def _localize(dt: datetime, tz: ZoneInfo, text: str) -> tuple[float, str | None]:
+    first = dt.replace(tzinfo=tz, fold=0)
+    second = dt.replace(tzinfo=tz, fold=1)
+    if first.utcoffset() == second.utcoffset():
+        return first.timestamp(), None
+    # fold only matters inside a transition: a gap (spring) or an overlap (autumn).
+    back = datetime.fromtimestamp(first.timestamp(), tz).replace(tzinfo=None)
+    if back != dt:
+        raise TimeFormatError(f"local time {text!r} does not exist in {tz.key} (clocks went forward)")
+    return first.timestamp(), f"local time {text!r} is ambiguous in {tz.key}; read as the first occurrence"
+
+
+def iso(epoch: float) -> str:
+    """RFC 3339 UTC with a Z, seconds precision (sub-second kept when present)."""
+    dt = datetime.fromtimestamp(epoch, timezone.utc)
+    if dt.microsecond:
+        return dt.isoformat().replace("+00:00", "Z")
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
