@@ -1,0 +1,47 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from carbond.errors import HostlistError
+from carbond.hostlist import compress, expand
+
+
+@pytest.mark.parametrize(
+    "expr, hosts",
+    [
+        ("n1", ["n1"]),
+        ("cpu-p-[1-3,5],gpu-q-[07-08]", ["cpu-p-1", "cpu-p-2", "cpu-p-3", "cpu-p-5", "gpu-q-07", "gpu-q-08"]),
+        ("rack[1-2]-n[01-02]", ["rack1-n01", "rack1-n02", "rack2-n01", "rack2-n02"]),
+        ("n[8-11]", ["n8", "n9", "n10", "n11"]),
+        ("n[098-101]", ["n098", "n099", "n100", "n101"]),
+        ("a,b[1-2],c", ["a", "b1", "b2", "c"]),
+        ("node.example-1", ["node.example-1"]),
+    ],
+)
+def test_expands_like_slurm(expr, hosts):
+    assert list(expand(expr)) == hosts
+
+
+@pytest.mark.parametrize(
+    "expr, fault",
+    [
+        ("", "empty"),
+        ("n[1-3", "unclosed"),
+        ("n1-3]", "unbalanced"),
+        ("n[3-1]", "backwards"),
+        ("n[a-b]", "invalid range"),
+        ("n[[1]]", "nested"),
+        ("a,,b", "empty host"),
+        ("n$(id)", "invalid character"),
+        ("n[1-99999999]", "too large"),
+    ],
+)
+def test_invalid_hostlists_are_clear_errors(expr, fault):
+    with pytest.raises(HostlistError, match=fault):
+        expand(expr)
+
+
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=40, unique=True).map(sorted))
+def test_compress_round_trips(numbers):
+    hosts = [f"cpu-{n}" for n in numbers]
+    assert list(expand(compress(hosts))) == hosts

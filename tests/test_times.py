@@ -1,0 +1,44 @@
+import pytest
+
+from carbond.errors import TimeFormatError
+from carbond.times import iso, parse_time
+
+
+def test_epoch_and_offsets():
+    assert parse_time("1700000000") == (1700000000.0, None)
+    assert parse_time("2023-11-14T22:13:20Z")[0] == 1700000000.0
+    assert parse_time("2023-11-14T23:13:20+01:00")[0] == 1700000000.0
+
+
+def test_local_time_needs_a_zone():
+    with pytest.raises(TimeFormatError, match="no UTC offset"):
+        parse_time("2023-11-14T22:13:20")
+
+
+def test_local_times_across_dst_in_london():
+    # Summer: BST is UTC+1. Winter: GMT.
+    assert parse_time("2024-07-01T12:00:00", "Europe/London")[0] == parse_time("2024-07-01T11:00:00Z")[0]
+    assert parse_time("2024-01-01T12:00:00", "Europe/London")[0] == parse_time("2024-01-01T12:00:00Z")[0]
+    # A job from 00:30 to 03:30 local on the night clocks go forward lasted two hours, not three.
+    start, _ = parse_time("2024-03-31T00:30:00", "Europe/London")
+    end, _ = parse_time("2024-03-31T03:30:00", "Europe/London")
+    assert end - start == 7200
+
+
+def test_autumn_hour_is_flagged_and_spring_hour_refused():
+    value, warning = parse_time("2024-10-27T01:30:00", "Europe/London")
+    assert warning and "ambiguous" in warning
+    assert value == parse_time("2024-10-27T00:30:00Z")[0]  # first occurrence, BST
+    with pytest.raises(TimeFormatError, match="does not exist"):
+        parse_time("2024-03-31T01:30:00", "Europe/London")
+
+
+def test_bad_inputs():
+    with pytest.raises(TimeFormatError, match="cannot read"):
+        parse_time("yesterday")
+    with pytest.raises(TimeFormatError, match="unknown time zone"):
+        parse_time("2024-01-01T00:00:00", "Mars/Olympus")
+
+
+def test_iso():
+    assert iso(1700000000) == "2023-11-14T22:13:20Z"
