@@ -91,7 +91,7 @@ class Engine:
             metas.append(JobMeta(job.job_id, job.nodes, job.partition, job.account, job.user, list(job.warnings)))
             start.append(job.start)
             end.append(job.end)
-            for node, (s, fw) in zip(job.nodes, rows):
+            for node, (s, fw) in zip(job.nodes, rows, strict=False):
                 row_job.append(j)
                 row_node.append(node_index.setdefault(node, len(node_index)))
                 share.append(s)

@@ -332,4 +332,4 @@ def _time_mean(periods: Sequence[Period]) -> float | None:
     vals = [p.intensity_g_per_kwh for p in periods]
     if not periods or any(v is None or v != v for v in vals) or sum(secs) <= 0:
         return None
-    return sum(s * v for s, v in zip(secs, vals)) / sum(secs)
+    return sum(s * v for s, v in zip(secs, vals, strict=False)) / sum(secs)

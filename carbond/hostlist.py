@@ -66,7 +66,7 @@ def _expand_one(part: str, expr: str) -> list[str]:
     out = []
     for combo in itertools.product(*choices):
         name = literals[0]
-        for value, lit in zip(combo, literals[1:]):
+        for value, lit in zip(combo, literals[1:], strict=False):
             name += value + lit
         out.append(name)
     return out

@@ -8,7 +8,7 @@ twice (the autumn hour) is flagged, one that never occurs (the spring hour) is a
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import TimeFormatError
@@ -57,7 +57,7 @@ def _localize(dt: datetime, tz: ZoneInfo, text: str) -> tuple[float, str | None]
 
 def iso(epoch: float) -> str:
     """RFC 3339 UTC with a Z, seconds precision (sub-second kept when present)."""
-    dt = datetime.fromtimestamp(epoch, timezone.utc)
+    dt = datetime.fromtimestamp(epoch, UTC)
     if dt.microsecond:
         return dt.isoformat().replace("+00:00", "Z")
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")

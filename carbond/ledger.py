@@ -1,0 +1,301 @@
+"""The job ledger: one sqlite row per job carbond has seen through, so nothing counts twice.
+
+The daemon's order of work makes every crash point safe:
+
+    record(entry)          INSERT (the dedup); the job now counts in totals() and the metrics
+    delete the spool file  the ledger, not the spool, is now the record of truth
+    sacctmgr write         idempotent: merging the same token again changes nothing
+    mark_written(job_id)   the acknowledgement
+
+A restart or a repeated spool record finds the row (record() returns False: count nothing);
+a crash between the write and the acknowledgement leaves the row in pending_writes(), and
+the write is simply done again. Counted values never change after the INSERT, so totals()
+always equals what the Prometheus counters were incremented by.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CarbondError
+
+ACCOUNTED = "accounted"          # counted; no comment write wanted (e.g. backfill without --write)
+NOT_STARTED = "not-started"      # never ran: no start time or no nodes
+ZERO_LENGTH = "zero-length"      # ran zero seconds
+DEAD = "dead"                    # given up on before a footprint existed; the reason says why
+PENDING_WRITE = "pending-write"  # counted; the token still has to reach slurmdbd
+WRITTEN = "written"              # counted and the token is in Slurm
+UNWRITABLE = "unwritable"        # counted, never written: the field would be mangled (reason)
+STATES = (ACCOUNTED, NOT_STARTED, ZERO_LENGTH, DEAD, PENDING_WRITE, WRITTEN, UNWRITABLE)
+COUNTED = (ACCOUNTED, PENDING_WRITE, WRITTEN, UNWRITABLE)
+"""States whose energy and CO2e are in the totals."""
+
+FILENAME = "ledger.sqlite"
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS jobs (
+    cluster     TEXT NOT NULL,
+    job_id      TEXT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ({", ".join(repr(s) for s in STATES)})),
+    energy_j    REAL NOT NULL DEFAULT 0,
+    co2e_g      REAL NOT NULL DEFAULT 0,
+    partition   TEXT NOT NULL DEFAULT '',
+    account     TEXT NOT NULL DEFAULT '',
+    user        TEXT NOT NULL DEFAULT '',
+    end_time    REAL,
+    token       TEXT,
+    recorded_at REAL NOT NULL,
+    written_at  REAL,
+    reason      TEXT,
+    PRIMARY KEY (cluster, job_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (state) WHERE state = 'pending-write';
+"""
+
+
+class LedgerError(CarbondError):
+    """The ledger cannot be opened or used; names the file."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One job's outcome. Energy and CO2e are zero for states that are not COUNTED."""
+
+    job_id: str
+    state: str
+    energy_j: float = 0.0
+    co2e_g: float = 0.0
+    partition: str = ""
+    account: str = ""
+    user: str = ""
+    end_time: float | None = None
+    token: str | None = None
+    """The token to write (PENDING_WRITE) or written; re-merged into the current field on retry."""
+    reason: str | None = None
+    recorded_at: float = 0.0
+    written_at: float | None = None
+
+    @classmethod
+    def from_footprint(cls, job: object, fp: object, token: str | None = None) -> Entry:
+        """The entry for an engine result: `job` a carbond.jobs.Job, `fp` its JobFootprint.
+
+        status ok -> PENDING_WRITE when there is a token to write, else ACCOUNTED;
+        not-started / zero-length as such. An "error" footprint is not an outcome yet: the
+        daemon retries it and, once it gives up, records Entry.dead(...).
+        """
+        status = getattr(fp, "status", "ok")
+        common = dict(job_id=str(getattr(job, "job_id", "")), partition=getattr(job, "partition", ""),
+                      account=getattr(job, "account", ""), user=getattr(job, "user", ""),
+                      end_time=getattr(job, "end", None))
+        if status == "ok":
+            return cls(state=PENDING_WRITE if token else ACCOUNTED, energy_j=float(fp.energy_kwh) * 3.6e6,
+                       co2e_g=float(fp.co2e_g), token=token, **common)
+        if status in (NOT_STARTED, ZERO_LENGTH):
+            return cls(state=status, reason=getattr(fp, "error", None) or None, **common)
+        raise LedgerError(f"job {common['job_id']}: a footprint with status {status!r} is not an outcome; "
+                          f"retry it or record Entry.dead()")
+
+    @classmethod
+    def dead(cls, job_id: str, reason: str, end_time: float | None = None) -> Entry:
+        return cls(job_id=job_id, state=DEAD, reason=reason, end_time=end_time)
+
+    @property
+    def counted(self) -> bool:
+        return self.state in COUNTED
+
+    @property
+    def outcome(self) -> str:
+        """The carbond_jobs_total label: 'accounted' for every counted state, else the state."""
+        return ACCOUNTED if self.counted else self.state
+
+
+@dataclass(frozen=True)
+class Totals:
+    joules: float
+    grams: float
+    jobs: int
+
+
+_COLUMNS = ("job_id", "state", "energy_j", "co2e_g", "partition", "account", "user", "end_time", "token",
+            "reason", "recorded_at", "written_at")
+
+
+class Ledger:
+    """The ledger of one cluster in `state_dir`. Thread-safe; one writer process at a time."""
+
+    def __init__(self, state_dir: str | Path, cluster: str, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(state_dir) / FILENAME
+        self.cluster = cluster
+        self._clock = clock
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not just a crash
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def record(self, entry: Entry) -> bool:
+        """Insert `entry`; False if the job is already there (count nothing then)."""
+        return self.record_many([entry])[0]
+
+    def record_many(self, entries: Iterable[Entry]) -> list[bool]:
+        """Insert several entries in one transaction (one fsync); per entry: was it new?
+
+        A DEAD row is replaced by a later entry for the same job (an operator re-queued its
+        dead letter); any other existing row wins.
+        """
+        entries = list(entries)
+        for e in entries:
+            if e.state not in STATES:
+                raise LedgerError(f"job {e.job_id}: unknown ledger state {e.state!r}")
+        now = self._clock()
+        out = []
+        with self._transaction() as db:
+            for e in entries:
+                db.execute("DELETE FROM jobs WHERE cluster=? AND job_id=? AND state=? AND ?<>?",
+                           (self.cluster, e.job_id, DEAD, e.state, DEAD))
+                cur = db.execute(
+                    f"INSERT OR IGNORE INTO jobs (cluster, {', '.join(_COLUMNS)}) VALUES ({', '.join('?' * 13)})",
+                    (self.cluster, e.job_id, e.state, e.energy_j if e.counted else 0.0,
+                     e.co2e_g if e.counted else 0.0, e.partition, e.account, e.user, e.end_time, e.token,
+                     e.reason, e.recorded_at or now, e.written_at),
+                )
+                out.append(cur.rowcount == 1)
+        return out
+
+    def mark_written(self, job_ids: str | Iterable[str], at: float | None = None) -> int:
+        """PENDING_WRITE -> WRITTEN; how many rows changed (a repeated ack changes none)."""
+        return self._move(job_ids, (PENDING_WRITE,), WRITTEN, written_at=at if at is not None else self._clock())
+
+    def mark_unwritable(self, job_id: str, reason: str) -> bool:
+        """PENDING_WRITE -> UNWRITABLE: the footprint stays counted, the field is left alone."""
+        return self._move(job_id, (PENDING_WRITE,), UNWRITABLE, reason=reason) == 1
+
+    def mark_pending(self, job_id: str, token: str) -> bool:
+        """ACCOUNTED/WRITTEN/UNWRITABLE -> PENDING_WRITE with a new token (a later `backfill --write`)."""
+        return self._move(job_id, (ACCOUNTED, WRITTEN, UNWRITABLE), PENDING_WRITE, token=token, reason=None) == 1
+
+    def _move(self, job_ids: str | Iterable[str], frm: tuple[str, ...], to: str, **values: object) -> int:
+        ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
+        sets = ", ".join(f"{k}=?" for k in values)
+        marks = ", ".join("?" * len(frm))
+        changed = 0
+        with self._transaction() as db:
+            for job_id in ids:
+                cur = db.execute(
+                    f"UPDATE jobs SET state=?{', ' + sets if sets else ''} "
+                    f"WHERE cluster=? AND job_id=? AND state IN ({marks})",
+                    (to, *values.values(), self.cluster, job_id, *frm),
+                )
+                changed += cur.rowcount
+        return changed
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Entry | None:
+        rows = self._select("WHERE cluster=? AND job_id=?", (self.cluster, job_id))
+        return rows[0] if rows else None
+
+    def known(self, job_ids: Iterable[str]) -> dict[str, str]:
+        """job id -> state for the given jobs already in the ledger (to skip work early)."""
+        ids = list(job_ids)
+        out: dict[str, str] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            q = f"SELECT job_id, state FROM jobs WHERE cluster=? AND job_id IN ({', '.join('?' * len(chunk))})"
+            with self._lock:
+                out.update(self._db.execute(q, (self.cluster, *chunk)).fetchall())
+        return out
+
+    def pending_writes(self, limit: int | None = None) -> list[Entry]:
+        """Counted jobs whose token has not been acknowledged, oldest end first."""
+        tail = f" LIMIT {int(limit)}" if limit else ""
+        return self._select("WHERE cluster=? AND state=? ORDER BY end_time, job_id" + tail,
+                            (self.cluster, PENDING_WRITE))
+
+    def totals(self) -> dict[tuple[str, str, str], Totals]:
+        """(partition, account, user) -> joules, grams and jobs over every counted job."""
+        q = (f"SELECT partition, account, user, SUM(energy_j), SUM(co2e_g), COUNT(*) FROM jobs "
+             f"WHERE cluster=? AND state IN ({', '.join('?' * len(COUNTED))}) GROUP BY partition, account, user")
+        with self._lock:
+            rows = self._db.execute(q, (self.cluster, *COUNTED)).fetchall()
+        return {(p, a, u): Totals(j, g, n) for p, a, u, j, g, n in rows}
+
+    def state_counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs WHERE cluster=? GROUP BY state",
+                                    (self.cluster,)).fetchall()
+        return dict(rows)
+
+    def outcome_counts(self) -> dict[str, int]:
+        """carbond_jobs_total by outcome: accounted / not-started / zero-length / dead."""
+        out: dict[str, int] = {}
+        for state, n in self.state_counts().items():
+            key = ACCOUNTED if state in COUNTED else state
+            out[key] = out.get(key, 0) + n
+        return out
+
+    def skipped_counts(self) -> dict[str, int]:
+        """carbond_writes_skipped_total by reason: UNWRITABLE rows grouped by their reason."""
+        with self._lock:
+            rows = self._db.execute("SELECT COALESCE(reason, ''), COUNT(*) FROM jobs WHERE cluster=? AND state=? "
+                                    "GROUP BY reason", (self.cluster, UNWRITABLE)).fetchall()
+        return dict(rows)
+
+    def _select(self, where: str, args: tuple) -> list[Entry]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs {where}", args).fetchall()
+        return [Entry(*row) for row in rows]
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT under the lock; ROLLBACK on any error."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._ledger._lock.acquire()
+        try:
+            self._ledger._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._ledger._lock.release()
+            raise LedgerError(f"cannot write the ledger {self._ledger.path}: {exc}") from None
+        return self._ledger._db
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        db = self._ledger._db
+        try:
+            if exc_type is None:
+                try:
+                    db.execute("COMMIT")
+                except sqlite3.Error as err:
+                    db.execute("ROLLBACK")
+                    raise LedgerError(f"cannot write the ledger {self._ledger.path}: {err}") from None
+            else:
+                db.execute("ROLLBACK")
+        finally:
+            self._ledger._lock.release()

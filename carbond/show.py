@@ -1,0 +1,57 @@
+"""`carbond show JOBID...`: what a user wants to know about a job's footprint, like `seff`.
+
+It reads the token back from Slurm (not from the ledger), so it shows what `sacct` shows
+and works on any host with the Slurm client, for any user allowed to see the job.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .config import Config
+from .report import equivalent
+from .slurm import SlurmIO
+from .token import parse
+
+
+def show(cfg: Config, job_ids: list[str], as_json: bool = False, out=None) -> int:
+    """Prints each job's footprint; exit 1 if any job is unknown or not accounted yet."""
+    out = out or sys.stdout
+    facts = SlurmIO(cfg.slurm, cluster=cfg.cluster or None).read_jobs(job_ids)
+    by_any = {}
+    for raw, f in facts.items():
+        by_any[raw] = f
+        by_any.setdefault(f.job.display_id, f)
+    missing = 0
+    for jid in job_ids:
+        f = by_any.get(jid)
+        values = parse(f.field(cfg.slurm.comment_field)) if f else None
+        if as_json:
+            out.write(json.dumps({"job_id": jid, "state": f.state if f else None, "footprint": values}) + "\n")
+        elif f is None:
+            out.write(f"Job {jid}: not found in Slurm's accounting.\n")
+        elif values is None:
+            out.write(f"Job {jid}: not accounted yet (state {f.state}); carbond writes its footprint "
+                      f"a few seconds after the job ends.\n")
+        else:
+            out.write(_text(jid, f, values))
+        missing += values is None
+    return 1 if missing else 0
+
+
+def _text(jid: str, f, v: dict) -> str:
+    co2 = float(v.get("co2e_g", 0))
+    hours = (f.job.end - f.job.start) / 3600 if f.job.start is not None and f.job.end is not None else 0.0
+    lines = [
+        f"Job ID: {jid}",
+        f"State: {f.state}",
+        f"Nodes: {len(f.job.nodes)} ({', '.join(f.job.nodes[:8])}{', ...' if len(f.job.nodes) > 8 else ''})",
+        f"Wall-clock time: {hours:.2f} h",
+        f"Energy: {float(v.get('energy_kwh', 0)):.4g} kWh",
+        f"Carbon footprint: {co2:.4g} g CO2e ({equivalent(co2)})",
+        f"Mean grid intensity: {v.get('intensity', '-')} gCO2e/kWh",
+        f"PUE: {v.get('pue', '-')}",
+        f"Method: {v.get('method', '-')} ({float(v.get('coverage', 0)) * 100:.0f}% of node time measured)",
+    ]
+    return "\n".join(lines) + "\n\n"

@@ -1,0 +1,449 @@
+"""Thin I/O over Slurm's accounting commands: read a batch of jobs, write comment fields.
+
+What Slurm 22.05 really does (captured in tests/data/sacct/):
+- `sacct -P` prints AdminComment/Comment raw, `|` and newlines included, so the default
+  delimiter cannot be split safely. carbond asks for `--delimiter=\\x1f` (ASCII unit separator),
+  puts the free-text fields last and JobIDRaw once more after them. A user can put \\x1f and
+  newlines in `--comment` (seen: a forged second row); the closing JobIDRaw must equal the
+  opening one and ids must be unique, so any such row is detected and the batch re-read
+  with `--json`, which is unambiguous.
+- `sacct --json` is robust but ~30x larger (about 3 KB per job) and breaks when
+  SLURM_TIME_FORMAT is set (exit 0, `errors: Unable to parse time format`, no jobs), so it
+  runs without it. Its times are epoch seconds anyway.
+- `sacct -S/-E` do not take epoch seconds: they get ISO times with TZ=UTC.
+- A job cancelled before it started shows Start == End (the cancel time) and
+  NodeList "None assigned": it never ran, so its start is None here.
+- `sacctmgr -i modify job where jobid=N set AdminComment=V`: exit 0 and "Modified jobs"
+  (also when V is unchanged); exit 1 and "Nothing modified" when slurmdbd does not know the
+  job (yet); exit 1 and "Access/permission denied" without AdminLevel=Operator.
+- `sacctmgr ... where jobid=N` with N an array's or het job's id modifies *every* task or
+  component (`sacct -j N` lists them all too); `jobid=N_T` / `jobid=N+K` address one. So writes
+  go to the JobID sacct shows (`1234_7`, `311+1`), and a write that reports more than one
+  modified job is an error.
+- 22.05 sacctmgr lowercases ASCII letters of V, drops a leading quote and turns the other
+  quotes into backticks; spaces, tabs, newlines, `|`, non-ASCII and 5,000-byte values pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .config import SlurmConfig
+from .errors import CarbondError, SlurmError
+from .hostlist import expand
+from .jobs import Job, even_split, tres_counts
+
+Runner = Callable[..., Any]
+"""subprocess.run-compatible: runner(args, capture_output=True, env=..., timeout=..., check=False)."""
+
+log = logging.getLogger("carbond.slurm")
+
+FIELD_OPTIONS = {"admin_comment": "AdminComment", "system_comment": "SystemComment", "comment": "Comment"}
+COLUMNS = ("JobIDRaw", "JobID", "State", "Start", "End", "NodeList", "AllocTRES", "Partition", "Account",
+           "User", "Cluster", "AdminComment", "SystemComment", "Comment", "JobIDRaw")
+"""Free-text columns last (only they may hold newlines), then JobIDRaw again to close the row."""
+DELIMITER = "\x1f"
+ENDED_STATES = ("BF", "CA", "CD", "DL", "F", "NF", "OOM", "PR", "TO")
+"""Every terminal state, for backfill's `sacct --state`."""
+ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                           "RESIZING", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "STOPPED"})
+NO_NODES = frozenset({"", "none assigned", "none", "(null)"})
+MAX_IDS_PER_CALL = 2000
+"""Bounds the argv length; a daemon batch is normally far smaller, so one call."""
+
+
+class SlurmCommandError(SlurmError):
+    """A Slurm command failed; carries the command (argv list), exit status and stderr."""
+
+    retryable = True
+
+    def __init__(self, cmd: Sequence[str], returncode: int | None, stderr: str, what: str = "failed",
+                 retryable: bool | None = None) -> None:
+        if retryable is not None:
+            self.retryable = retryable
+        self.cmd = list(cmd)
+        self.returncode = returncode
+        self.stderr = stderr.strip()
+        shown = " ".join(a if len(a) <= 120 else a[:117] + "..." for a in self.cmd)
+        status = f"exit {returncode}" if returncode is not None else "no exit status"
+        super().__init__(f"{shown}: {what} ({status}): {self.stderr or '(no stderr)'}")
+
+
+class JobNotInDatabase(SlurmCommandError):
+    """slurmdbd does not know the job yet ("Nothing modified"): retry later."""
+
+
+class SlurmPermissionError(SlurmCommandError):
+    """The user lacks AdminLevel=Operator: retrying will not help."""
+
+    retryable = False
+
+
+@dataclass(frozen=True)
+class JobFacts:
+    """What sacct knows about one job: the Job for the engine, its state and comment fields."""
+
+    job: Job
+    state: str
+    admin_comment: str = ""
+    system_comment: str = ""
+    comment: str = ""
+    cluster: str = ""
+
+    @property
+    def ended(self) -> bool:
+        """Finished (end time known and not in an active state), so its footprint is final."""
+        return self.job.end is not None and self.state not in ACTIVE_STATES
+
+    def field(self, name: str) -> str:
+        """Content of a comment field by its config name (admin_comment, system_comment, comment)."""
+        if name not in FIELD_OPTIONS:
+            raise CarbondError(f"unknown comment field {name!r}; valid: {', '.join(FIELD_OPTIONS)}")
+        return getattr(self, name)
+
+
+class SlurmIO:
+    """Runs sacct and sacctmgr as configured; `runner` and the base `env` are injectable for tests."""
+
+    def __init__(self, cfg: SlurmConfig, cluster: str | None = None, runner: Runner = subprocess.run,
+                 read_format: str = "parsable", timeout: float = 120.0, env: dict[str, str] | None = None) -> None:
+        if read_format not in ("parsable", "json"):
+            raise CarbondError(f"read_format must be 'parsable' or 'json', got {read_format!r}")
+        self.cfg = cfg
+        self.cluster = cluster or None
+        self.read_format = read_format
+        self.timeout = timeout
+        self._runner = runner
+        self._env = dict(os.environ if env is None else env)
+        self._version: tuple[int, ...] | None = None
+        self.last_contact: float | None = None
+        """time.time() of the last command that reached slurmdbd (for the health metric)."""
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def read_jobs(self, job_ids: Iterable[str]) -> dict[str, JobFacts]:
+        """JobIDRaw -> facts of the given jobs (JobIDRaw, or JobID like `1234_7`), one sacct call.
+
+        Unknown ids are absent. sacct also lists an array's or het job's siblings for its id;
+        only the jobs asked for are returned.
+        """
+        ids = list(dict.fromkeys(str(j) for j in job_ids))
+        wanted = set(ids)
+        out: dict[str, JobFacts] = {}
+        for i in range(0, len(ids), MAX_IDS_PER_CALL):
+            for key, f in self._read(["-j", ",".join(ids[i : i + MAX_IDS_PER_CALL])]).items():
+                if key in wanted or f.job.display_id in wanted:
+                    out[key] = f
+        return out
+
+    def jobs_ended_between(self, start: float, end: float) -> dict[str, JobFacts]:
+        """Every job (all users) whose end time is in [start, end), for backfill."""
+        # sacct's own window is by whole seconds and inclusive; widen it and cut exactly here.
+        window = ["-a", "-S", _iso(start - 1), "-E", _iso(end + 1), "--state=" + ",".join(ENDED_STATES)]
+        facts = self._read(window)
+        return {k: f for k, f in facts.items() if f.job.end is not None and start <= f.job.end < end}
+
+    def _read(self, selection: list[str]) -> dict[str, JobFacts]:
+        if self.read_format == "json":
+            return self._read_json(selection)
+        try:
+            return self._read_parsable(selection)
+        except _Ambiguous:
+            return self._read_json(selection)  # a comment holds the delimiter: JSON is exact
+
+    def _read_parsable(self, selection: list[str]) -> dict[str, JobFacts]:
+        cmd = [self.cfg.sacct, "-X", "-a", "-P", "-n", "--delimiter=" + DELIMITER, *self._cluster_opt(),
+               *selection, "-o", ",".join(COLUMNS)]
+        text = self._run(cmd, {"SLURM_TIME_FORMAT": "%s"})
+        try:
+            return {f.job.job_id: f for f in parse_parsable(text)}
+        except _Ambiguous:
+            raise
+        except CarbondError as exc:
+            raise SlurmCommandError(cmd, 0, str(exc), "unreadable output") from None
+
+    def _read_json(self, selection: list[str]) -> dict[str, JobFacts]:
+        cmd = [self.cfg.sacct, "--json", "-X", "-a", *self._cluster_opt(), *selection]
+        text = self._run(cmd, {"SLURM_TIME_FORMAT": None})
+        try:
+            return {f.job.job_id: f for f in parse_json(text)}
+        except CarbondError as exc:
+            raise SlurmCommandError(cmd, 0, str(exc), "unreadable output") from None
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def write_comment(self, job: str | Job | JobFacts, field: str, value: str) -> None:
+        """Set the job's comment field to `value` (the whole field: merge first, see token.merge).
+
+        `job` is a Job/JobFacts (addressed by write_target(job)) or the JobID as sacct shows it;
+        a bare JobIDRaw is only safe for a plain job: an array's or het job's id hits them all.
+        """
+        if field not in FIELD_OPTIONS:
+            raise CarbondError(f"unknown comment field {field!r}; valid: {', '.join(FIELD_OPTIONS)}")
+        job_id = write_target(job)
+        where = [f"jobid={job_id}"] + ([f"cluster={self.cluster}"] if self.cluster else [])
+        cmd = [self.cfg.sacctmgr, "-i", "modify", "job", "where", *where, "set", f"{FIELD_OPTIONS[field]}={value}"]
+        proc = self._call(cmd, {})
+        out, err = _text(proc.stdout), _text(proc.stderr)
+        if proc.returncode == 0 and "Modified jobs" in out:
+            self.last_contact = time.time()
+            modified = re.findall(r"^\s*(\d+) submitted at", out, re.M)
+            if len(modified) > 1:
+                raise SlurmCommandError(cmd, 0, out, f"modified {len(modified)} jobs ({', '.join(modified)}), "
+                                        f"not one: {job_id} is an array or het job id", retryable=False)
+            return
+        both = out + "\n" + err
+        if "Access/permission denied" in both or "Your user doesn't have privilege" in both:
+            raise SlurmPermissionError(cmd, proc.returncode, err or out, "refused: the user needs AdminLevel=Operator")
+        if "Nothing modified" in out:
+            self.last_contact = time.time()
+            raise JobNotInDatabase(cmd, proc.returncode, err or out, f"job {job_id} is not in slurmdbd (yet)")
+        raise SlurmCommandError(cmd, proc.returncode, err or out)
+
+    def write_many(self, items: Iterable[tuple[str | Job | JobFacts, str, str]], concurrency: int | None = None
+                   ) -> dict[str, SlurmError | None]:
+        """Write (job, field, value) items, at most `concurrency` (slurm.concurrency) at once.
+
+        Each sacctmgr call is ~0.27 s of mostly waiting, so they overlap well. Returns
+        JobIDRaw (or the string given) -> None on success or the error (retry the retryable).
+        """
+        items = list(items)
+        if not items:
+            return {}
+        workers = max(1, min(concurrency or self.cfg.concurrency, len(items)))
+
+        def one(item: tuple[str, str, str]) -> SlurmError | None:
+            try:
+                self.write_comment(*item)
+            except SlurmError as exc:
+                return exc
+            return None
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sacctmgr") as pool:
+            results = list(pool.map(one, items))
+        return {_raw_id(item[0]): res for item, res in zip(items, results, strict=True)}
+
+    # --- nodes -----------------------------------------------------------------------------
+
+    def node_cpus(self) -> dict[str, int]:
+        """Node name -> CPUs, from sinfo (beside the configured sacct), for attribution by CPUs."""
+        sinfo = os.path.join(os.path.dirname(self.cfg.sacct), "sinfo")
+        cmd = [sinfo, "-h", "-N", *self._cluster_opt(), "-o", "%N|%c"]
+        out: dict[str, int] = {}
+        for line in self._run(cmd, {}).splitlines():
+            node, _, cpus = line.strip().partition("|")
+            if node and cpus.isdigit():
+                out[node] = int(cpus)
+        return out
+
+    # --- version ---------------------------------------------------------------------------
+
+    def version(self) -> tuple[int, ...]:
+        """sacctmgr's version, e.g. (22, 5, 8), read once."""
+        if self._version is None:
+            cmd = [self.cfg.sacctmgr, "--version"]
+            self._version = parse_version(self._run(cmd, {}))
+        return self._version
+
+    def lowercases(self) -> bool:
+        """Does this sacctmgr lowercase comment values? Slurm before 23.02 does."""
+        return self.version() < (23, 2)
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _cluster_opt(self) -> list[str]:
+        return ["-M", self.cluster] if self.cluster else []
+
+    def _run(self, cmd: list[str], env: dict[str, str | None]) -> str:
+        proc = self._call(cmd, env)
+        if proc.returncode != 0:
+            raise SlurmCommandError(cmd, proc.returncode, _text(proc.stderr))
+        self.last_contact = time.time()
+        return _text(proc.stdout)
+
+    def _call(self, cmd: list[str], env_changes: dict[str, str | None]) -> Any:
+        env = dict(self._env, TZ="UTC")
+        for key, value in env_changes.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        try:
+            return self._runner(cmd, capture_output=True, env=env, timeout=self.timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise SlurmCommandError(cmd, None, f"no answer within {self.timeout:g} s", "timed out") from None
+        except OSError as exc:
+            raise SlurmCommandError(cmd, None, str(exc), "could not run") from None
+
+
+def node_cpu_lookup(slurm: SlurmIO) -> Callable[[str], int | None]:
+    """Node CPU counts from Slurm for nodes the config does not describe (read once, again on a miss)."""
+    cache: dict[str, int] = {}
+
+    def lookup(node: str) -> int | None:
+        if node not in cache:
+            try:
+                cache.update(slurm.node_cpus())
+            except SlurmError as exc:
+                log.warning("cannot read node CPU counts from Slurm: %s", exc)
+        return cache.get(node)
+
+    return lookup
+
+
+def write_target(job: str | Job | JobFacts) -> str:
+    """The id sacctmgr's `where jobid=` needs to modify exactly this job: `1234_7`, `311+1`, or 42."""
+    if isinstance(job, str):
+        return job
+    j = job.job if isinstance(job, JobFacts) else job
+    return j.display_id if ("_" in j.display_id or "+" in j.display_id) else j.job_id
+
+
+def _raw_id(job: str | Job | JobFacts) -> str:
+    if isinstance(job, str):
+        return job
+    return job.job.job_id if isinstance(job, JobFacts) else job.job_id
+
+
+# --- parsing (pure functions, tested on captured output) ------------------------------------
+
+
+class _Ambiguous(SlurmError):
+    """The parsable output cannot be split unambiguously (a comment holds the delimiter)."""
+
+
+def parse_parsable(text: str, delimiter: str = DELIMITER, columns: Sequence[str] = COLUMNS) -> list[JobFacts]:
+    """Rows of `sacct -X -P -n --delimiter=D -o <columns>` with SLURM_TIME_FORMAT=%s.
+
+    Only free-text columns may contain newlines: the newline that ends a row is the last one
+    before the next row's first field, a job id. A row must close with its own JobIDRaw and
+    no id may repeat; otherwise a field held the delimiter (by accident or to forge a row).
+    """
+    if columns[0] != "JobIDRaw" or columns[-1] != "JobIDRaw":
+        raise SlurmError("parse_parsable needs JobIDRaw as the first and the last column")
+    n = len(columns)
+    parts = text.split(delimiter)
+    rows: list[list[str]] = []
+    cur = [parts[0]]
+    for part in parts[1:]:
+        if len(cur) == n - 1:
+            last, _, nxt = part.rpartition("\n")
+            cur.append(last)
+            rows.append(cur)
+            cur = [nxt]
+        else:
+            cur.append(part)
+    ids = [r[0] for r in rows]
+    if (cur != [""] or any(not re.fullmatch(r"\d+", r[0]) or r[-1] != r[0] for r in rows)
+            or len(set(ids)) != len(ids)):
+        raise _Ambiguous(f"sacct output does not split into rows of {n} fields; a field may hold the delimiter")
+    col = {name: i for i, name in reversed(list(enumerate(columns)))}  # first occurrence of a name
+    return [_facts_from_row({name: r[i] for name, i in col.items()}) for r in rows]
+
+
+def _facts_from_row(r: dict[str, str]) -> JobFacts:
+    cpus, gpus = tres_counts(r.get("AllocTRES", ""))
+    return _facts(
+        job_id=r["JobIDRaw"], display_id=r.get("JobID", ""), state=r.get("State", ""),
+        start=_epoch(r.get("Start", "")), end=_epoch(r.get("End", "")), nodelist=r.get("NodeList", ""),
+        cpus=cpus, gpus=gpus, partition=r.get("Partition", ""), account=r.get("Account", ""),
+        user=r.get("User", ""), cluster=r.get("Cluster", ""), admin_comment=r.get("AdminComment", ""),
+        system_comment=r.get("SystemComment", ""), comment=r.get("Comment", ""),
+    )
+
+
+def parse_json(text: str) -> list[JobFacts]:
+    """Jobs of `sacct --json -X` (Slurm 22.05, data parser dbv0.0.38; later ones alike)."""
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise SlurmError(f"sacct --json printed invalid JSON: {exc}") from None
+    errors = doc.get("errors") or []
+    if errors:
+        raise SlurmError("sacct --json reported: " + "; ".join(_json_error(e) for e in errors))
+    return [_facts_from_json(j) for j in doc.get("jobs", [])]
+
+
+def _json_error(e: Any) -> str:
+    if isinstance(e, dict):
+        return ", ".join(str(e[k]) for k in ("source", "description", "error") if e.get(k))
+    return str(e)
+
+
+def _facts_from_json(j: dict[str, Any]) -> JobFacts:
+    t = j.get("time") or {}
+    tres = ",".join(
+        f"{x['type']}{'/' + x['name'] if x.get('name') else ''}={x['count']}"
+        for x in (j.get("tres") or {}).get("allocated", []) if x.get("count") is not None
+    )
+    cpus, gpus = tres_counts(tres)
+    comments = j.get("comment") or {}
+    state = j.get("state") or {}
+    return _facts(
+        job_id=str(j["job_id"]), display_id=_display_id(j), state=state.get("current", "") if isinstance(state, dict)
+        else str(state), start=t.get("start") or None, end=t.get("end") or None, nodelist=j.get("nodes") or "",
+        cpus=cpus, gpus=gpus, partition=j.get("partition") or "", account=j.get("account") or "",
+        user=j.get("user") or "", cluster=j.get("cluster") or "", admin_comment=comments.get("administrator") or "",
+        system_comment=comments.get("system") or "", comment=comments.get("job") or "",
+    )
+
+
+def _display_id(j: dict[str, Any]) -> str:
+    array, het = j.get("array") or {}, j.get("het") or {}
+    if array.get("job_id") and array.get("task_id") is not None:
+        return f"{array['job_id']}_{array['task_id']}"
+    if het.get("job_id") and het.get("job_offset") is not None:
+        return f"{het['job_id']}+{het['job_offset']}"
+    return str(j["job_id"])
+
+
+def _facts(*, job_id: str, display_id: str, state: str, start: float | None, end: float | None, nodelist: str,
+           cpus: int, gpus: int, partition: str, account: str, user: str, cluster: str, admin_comment: str,
+           system_comment: str, comment: str) -> JobFacts:
+    nodes = () if nodelist.strip().lower() in NO_NODES else expand(nodelist)
+    if not nodes:
+        start = None  # cancelled before it ran: sacct shows Start == End == the cancel time
+    job = Job(job_id=job_id, start=float(start) if start is not None else None,
+              end=float(end) if end is not None else None, nodes=nodes, cpus=even_split(cpus, len(nodes)),
+              gpus=gpus, partition=partition, account=account, user=user, display_id=display_id)
+    return JobFacts(job=job, state=state.split(" ")[0].upper(), admin_comment=admin_comment,
+                    system_comment=system_comment, comment=comment, cluster=cluster)
+
+
+def _epoch(text: str) -> float | None:
+    text = text.strip()
+    if text.lower() in ("", "unknown", "none", "0"):
+        return None
+    if not re.fullmatch(r"\d+", text):
+        raise SlurmError(f"sacct time {text!r} is not epoch seconds; is SLURM_TIME_FORMAT=%s honoured?")
+    return float(text)
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """`slurm-wlm 22.05.8` / `slurm 23.02.1` -> (22, 5, 8)."""
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if not m:
+        raise SlurmError(f"cannot read a Slurm version from {text.strip()!r}")
+    return tuple(int(g) for g in m.groups() if g is not None)
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(epoch)))
+
+
+def _text(data: bytes | str | None) -> str:
+    """Command output as str; undecodable bytes kept (surrogateescape) so a rewrite is byte-exact."""
+    if data is None:
+        return ""
+    if isinstance(data, bytes):
+        return data.decode("utf-8", "surrogateescape")
+    return data

@@ -1,0 +1,480 @@
+"""VictoriaMetrics client: raw node power for many nodes and long windows in few requests.
+
+Power is read with `/api/v1/export` (raw samples, no resampling), one request per group of
+nodes and time chunk, so the number of requests grows with nodes and time, never with jobs.
+A month of 200 nodes at 30 s is 17 M samples, so the export lines are not fed to `json`:
+the `values` and `timestamps` arrays of each line are sliced out and parsed by numpy, with
+a plain-JSON fallback whenever the fast path's sanity checks fail.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import requests
+
+from .config import VictoriaConfig, read_secret
+from .errors import VictoriaError
+
+TOKEN_ENV = "CARBOND_VM_BEARER_TOKEN"
+CONCURRENCY = 2
+"""Export requests in flight. Each response is parsed while it streams in, so even one stream
+overlaps VictoriaMetrics' encoding with our parsing; the second hides request latency and
+network time (measured on 2 cores beside VM: same wall time, +8% CPU, +30 MB RSS)."""
+MAX_POINTS = 30000
+"""VictoriaMetrics refuses query_range answers with more points per series than this."""
+READ_SIZE = 1 << 20
+
+_RE2_META = re.compile(r"([\\.+*?()|\[\]{}^$])")
+
+PowerSeries = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One export request: a group of nodes over [start_ms, end_ms] (both inclusive)."""
+
+    chunk: int
+    chunks: int
+    nodes: tuple[str, ...]
+    start_ms: int
+    end_ms: int
+
+
+class VictoriaClient:
+    """Reads power and other series from a VictoriaMetrics (single node or cluster vmselect)."""
+
+    def __init__(self, cfg: VictoriaConfig, session: requests.Session | None = None) -> None:
+        self.cfg = cfg
+        self.session = session or requests.Session()
+        self.requests_made = 0
+        self._lock = threading.Lock()
+        self._url = _redact(cfg.url.rstrip("/"))
+        base = cfg.url.rstrip("/")
+        if cfg.tenant:
+            base += f"/select/{cfg.tenant}/prometheus"
+        self._base = base
+        self._secrets: list[str] = []
+        # gzip: 3x fewer bytes but +1.5 s VM CPU and +2.9 s to inflate 17 M samples; not worth it
+        self._headers = {"Accept-Encoding": "identity"}
+        self._auth: tuple[str, str] | None = None
+        self._load_credentials()
+        self._verify: str | bool = cfg.ca_file or True
+
+    def _load_credentials(self) -> None:
+        cfg = self.cfg
+        try:
+            token = read_secret(cfg.bearer_token_file, env=TOKEN_ENV)
+            password = read_secret(cfg.basic_auth.password_file) if cfg.basic_auth else None
+        except OSError as exc:
+            raise VictoriaError(f"{self._url}: cannot read a credential file: {exc.filename}") from None
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+            self._secrets.append(token)
+        if cfg.basic_auth:
+            self._auth = (cfg.basic_auth.username, password or "")
+            if password:
+                self._secrets.append(password)
+        if urlsplit(cfg.url).password:
+            self._secrets.append(urlsplit(cfg.url).password or "")
+
+    # -- power ------------------------------------------------------------------------------
+    def fetch_power(self, nodes: Sequence[str], start: float, end: float) -> PowerSeries:
+        """node -> (t seconds ascending unique, watts): raw samples in [start, end]."""
+        tasks = self._tasks(nodes, start, end)
+        if not tasks:
+            return {}
+        series: dict[str, _Series] = {}
+        for task, got in self._run(tasks):  # in time order
+            for node, (t, w) in got.items():
+                if node not in series:
+                    series[node] = _Series(len(t) * (task.chunks - task.chunk))
+                series[node].append(t, w)
+            del got
+        return {node: s.finish() for node, s in series.items()}
+
+    def _tasks(self, nodes: Sequence[str], start: float, end: float) -> list[_Task]:
+        names = list(dict.fromkeys(nodes))
+        lo, hi = math.ceil(start * 1000), math.floor(end * 1000)
+        if not names or hi < lo:
+            return []
+        step_ms = self.cfg.chunk_seconds * 1000
+        per = max(1, self.cfg.max_nodes_per_request)
+        groups = [tuple(names[i : i + per]) for i in range(0, len(names), per)]
+        edges = range(lo, hi + 1, step_ms)
+        return [_Task(c, len(edges), g, a, min(a + step_ms - 1, hi)) for c, a in enumerate(edges) for g in groups]
+
+    def _run(self, tasks: list[_Task]) -> Iterator[tuple[_Task, dict[str, tuple[np.ndarray, np.ndarray]]]]:
+        if len(tasks) == 1 or CONCURRENCY <= 1:
+            for task in tasks:
+                yield task, self._export(task)
+            return
+        with ThreadPoolExecutor(max_workers=CONCURRENCY, thread_name_prefix="carbond-vm") as pool:
+            yield from zip(tasks, pool.map(self._export, tasks), strict=True)
+
+    def _export(self, task: _Task) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """One export request, parsed while it streams in: node -> (t ms int64, watts)."""
+        form = {
+            "match[]": self.selector(task.nodes),
+            "start": _ms_to_s(task.start_ms),
+            "end": _ms_to_s(task.end_ms),
+        }
+        label = self.cfg.node_label
+        out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        with self._post("/api/v1/export", form, stream=True) as resp:
+            for line in _lines(resp, self._url):
+                metric, t, w = parse_export_line(line)
+                node = metric.get(label)
+                if node is None or len(t) == 0:
+                    continue
+                out.setdefault(node, []).append((t, w))
+        return {n: _concat(parts) for n, parts in out.items()}
+
+    def selector(self, nodes: Sequence[str]) -> str:
+        """The configured selector restricted to `nodes` by an anchored regex on the node label."""
+        alternatives = "|".join(_RE2_META.sub(r"\\\1", n) for n in nodes)
+        return add_matcher(self.cfg.query, f"{self.cfg.node_label}=~{_promql_string(alternatives)}")
+
+    # -- other queries ----------------------------------------------------------------------
+    def query_range(self, query: str, start: float, end: float, step: float) -> list[tuple[dict[str, str], np.ndarray, np.ndarray]]:
+        """(labels, t seconds, values) per series; split so no answer exceeds VM's point limit."""
+        if step <= 0:
+            raise ValueError("step must be positive")
+        span = step * (MAX_POINTS - 1)
+        series: dict[tuple[tuple[str, str], ...], list[tuple[np.ndarray, np.ndarray]]] = {}
+        a = start
+        while a <= end:
+            b = min(a + span, end)
+            form = {"query": query, "start": _fmt(a), "end": _fmt(b), "step": _fmt(step), "nocache": "1"}
+            for labels, t, v in self._matrix(form):
+                series.setdefault(tuple(sorted(labels.items())), []).append((t, v))
+            a = b + step
+        out = []
+        for key, parts in series.items():
+            t, v = _concat(parts)
+            t, keep = np.unique(t, return_index=True)
+            out.append((dict(key), t, v[keep]))
+        return out
+
+    def _matrix(self, form: dict[str, str]) -> list[tuple[dict[str, str], np.ndarray, np.ndarray]]:
+        data = self._json("/api/v1/query_range", form)
+        kind, result = data.get("resultType"), data.get("result")
+        if kind == "scalar" or kind == "string":
+            result = [{"metric": {}, "values": [result]}]
+        elif kind == "vector":
+            result = [{"metric": r.get("metric", {}), "values": [r["value"]]} for r in result]
+        elif kind != "matrix":
+            raise VictoriaError(f"{self._url}: unexpected resultType {kind!r} from /api/v1/query_range")
+        out = []
+        for r in result:
+            pairs = r.get("values") or []
+            t = np.array([float(p[0]) for p in pairs], dtype=np.float64)
+            v = np.array([float(p[1]) for p in pairs], dtype=np.float64)
+            out.append((dict(r.get("metric", {})), t, v))
+        return out
+
+    def latest_sample(self, nodes: Sequence[str], since: float) -> dict[str, float]:
+        """node -> time of its newest sample at or after `since` (the daemon waits for data past a job's end)."""
+        names = list(dict.fromkeys(nodes))
+        at = max(time.time(), since) + 60  # a little ahead: tolerate clocks that differ slightly
+        window = math.ceil(at - since) + 1
+        per = max(1, self.cfg.max_nodes_per_request)
+        label = self.cfg.node_label
+        found: dict[str, float] = {}
+        for i in range(0, len(names), per):
+            sel = self.selector(names[i : i + per])
+            # nocache=1: otherwise VM hides the last -search.latencyOffset (30 s) of data
+            form = {"query": f"tlast_over_time({sel}[{window}s])", "time": _fmt(math.floor(at)), "nocache": "1"}
+            data = self._json("/api/v1/query", form)
+            for r in data.get("result") or []:
+                node, ts = r.get("metric", {}).get(label), float(r["value"][1])
+                if node is not None and math.isfinite(ts) and ts >= since and ts > found.get(node, -math.inf):
+                    found[node] = ts
+        return found
+
+    # -- HTTP -------------------------------------------------------------------------------
+    def _post(self, path: str, form: dict[str, str], stream: bool = False) -> requests.Response:
+        """POST a form (selectors for hundreds of nodes do not fit in a URL) and check the status."""
+        url = self._base + path
+        with self._lock:
+            self.requests_made += 1
+        try:
+            resp = self.session.post(url, data=form, headers=self._headers, auth=self._auth,
+                                     verify=self._verify, timeout=self.cfg.timeout, stream=stream)
+        except requests.RequestException as exc:
+            raise VictoriaError(f"VictoriaMetrics at {self._where(path)} unreachable: {self._scrub(exc)}") from None
+        if resp.status_code != 200:
+            body = self._scrub(resp.text[:300].strip())
+            resp.close()
+            hint = " (authentication refused)" if resp.status_code in (401, 403) else ""
+            raise VictoriaError(f"VictoriaMetrics at {self._where(path)} answered HTTP {resp.status_code}{hint}: {body}")
+        return resp
+
+    def _json(self, path: str, form: dict[str, str]) -> dict:
+        with self._post(path, form) as resp:
+            try:
+                doc = resp.json()
+            except ValueError:
+                raise VictoriaError(f"VictoriaMetrics at {self._where(path)} sent invalid JSON") from None
+        if doc.get("status") != "success":
+            raise VictoriaError(f"VictoriaMetrics at {self._where(path)}: {self._scrub(str(doc.get('error', doc))[:300])}")
+        return doc.get("data") or {}
+
+    def _where(self, path: str) -> str:
+        return _redact(self._base) + path
+
+    def _scrub(self, what: object) -> str:
+        text = str(what)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+# -- selector -------------------------------------------------------------------------------
+def add_matcher(selector: str, matcher: str) -> str:
+    """Merge one label matcher into a series selector: `m`, `m{}`, `m{a="b"}` or `{__name__="m"}`."""
+    sel = selector.strip()
+    if not sel.endswith("}"):
+        if not _METRIC_NAME.fullmatch(sel):
+            raise VictoriaError(f"victoriametrics.query must be a series selector, got {selector!r}")
+        return f"{sel}{{{matcher}}}"
+    open_at, close_at = _braces(sel)
+    if close_at != len(sel) - 1 or not (open_at == 0 or _METRIC_NAME.fullmatch(sel[:open_at].strip())):
+        raise VictoriaError(f"victoriametrics.query must be a series selector, got {selector!r}")
+    inner = sel[open_at + 1 : -1].strip().rstrip(",").strip()
+    return f"{sel[:open_at].strip()}{{{inner + ',' if inner else ''}{matcher}}}"
+
+
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:.]*")
+
+
+def _braces(sel: str) -> tuple[int, int]:
+    """Positions of the first `{` and its `}`, skipping braces inside quoted label values."""
+    quote, escaped, open_at = "", False, -1
+    for i, ch in enumerate(sel):
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = ""
+        elif ch in "\"'`":
+            quote = ch
+        elif ch == "{" and open_at < 0:
+            open_at = i
+        elif ch == "}" and open_at >= 0:
+            return open_at, i
+    return -1, -1
+
+
+def _promql_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+# -- export parsing -------------------------------------------------------------------------
+def _lines(resp: requests.Response, url: str) -> Iterator[bytes]:
+    """Complete lines of a streamed body, read in large blocks (iter_lines reads 512 bytes)."""
+    tail: list[bytes] = []
+    try:
+        for block in resp.iter_content(READ_SIZE):
+            start = 0
+            if tail:
+                nl = block.find(b"\n")
+                if nl < 0:
+                    tail.append(block)
+                    continue
+                tail.append(block[:nl])
+                yield b"".join(tail)
+                tail, start = [], nl + 1
+            while (nl := block.find(b"\n", start)) >= 0:
+                if nl > start:
+                    yield block[start:nl]
+                start = nl + 1
+            if start < len(block):
+                tail.append(block[start:])
+    except requests.RequestException as exc:
+        raise VictoriaError(f"VictoriaMetrics at {url}: export interrupted: {type(exc).__name__}") from None
+    rest = b"".join(tail)
+    if rest.strip():
+        yield rest
+
+
+def parse_export_line(line: bytes) -> tuple[dict[str, str], np.ndarray, np.ndarray]:
+    """(labels, t ms int64, values float64) of one export line, non-finite values dropped."""
+    line = line.strip()
+    try:
+        parsed = _fast_line(line)
+    except ValueError:
+        parsed = None
+    metric, t, w = parsed if parsed is not None else _json_line(line)
+    keep = np.isfinite(w)
+    if not keep.all():
+        t, w = t[keep], w[keep]
+    return metric, t, w
+
+
+def _fast_line(line: bytes) -> tuple[dict[str, str], np.ndarray, np.ndarray] | None:
+    """Slice the two arrays out of the line and let numpy read them; None if anything looks off."""
+    head = b'{"metric":'
+    i = line.find(b'"values":[')
+    j = line.rfind(b'],"timestamps":[')
+    if not line.startswith(head) or not line.endswith(b"]}") or i < 0 or j < i:
+        return None
+    metric = json.loads(line[len(head) : i].rstrip().rstrip(b","))
+    t = _parse_times(line[j + 16 : -2])
+    if t is None or not isinstance(metric, dict):
+        return None
+    w = _parse_values(line[i + 10 : j], len(t))
+    return None if w is None else (metric, t, w)
+
+
+def _count(text: bytes) -> int:
+    return text.count(b",") + 1 if text.strip() else 0
+
+
+def _parse_times(text: bytes) -> np.ndarray | None:
+    """Millisecond timestamps; 13 digits each since 2001, which makes the length a free check.
+
+    (A (n, 14) byte-matrix product is ~30% faster single-threaded, but OpenBLAS threads make it
+    slower beside VictoriaMetrics on a small host; numpy's text reader is the steadier choice.)
+    """
+    try:
+        arr = np.fromstring(text, dtype=np.int64, sep=",")
+    except ValueError:
+        return None
+    ok = len(text) + 1 == 14 * len(arr) or len(arr) == _count(text)
+    return arr if ok else None
+
+
+def _parse_values(text: bytes, n: int) -> np.ndarray | None:
+    """Integers parse ~5x faster than floats in numpy, and power meters mostly report integers."""
+    if b"." not in text:
+        try:
+            arr = np.fromstring(text, dtype=np.int64, sep=",")
+        except ValueError:
+            arr = None
+        if arr is not None and len(arr) == n and (n == 0 or -(2**53) < arr.min() and arr.max() < 2**53):
+            return arr.astype(np.float64)
+    try:
+        arr = np.fromstring(text, dtype=np.float64, sep=",")
+    except ValueError:
+        # NaN/Inf as old (NaN, +Inf) or new (null, "Infinity") VictoriaMetrics versions spell them
+        text = text.replace(b"null", b"nan").replace(b'"', b"")
+        try:
+            arr = np.fromstring(text, dtype=np.float64, sep=",")
+        except ValueError:
+            arr = None
+    if arr is not None and len(arr) == n:
+        return arr
+    arr = _parse_tokens(text)
+    return arr if arr is not None and len(arr) == n else None
+
+
+def _parse_tokens(text: bytes) -> np.ndarray | None:
+    """Slow, exact path for anything numpy would not read: one Python float per token."""
+    try:
+        return np.array([_token(tok) for tok in text.split(b",")] if text.strip() else [], dtype=np.float64)
+    except ValueError:
+        return None
+
+
+def _token(tok: bytes) -> float:
+    tok = tok.strip().strip(b'"')
+    return math.nan if tok in (b"null", b"") else float(tok)
+
+
+def _json_line(line: bytes) -> tuple[dict[str, str], np.ndarray, np.ndarray]:
+    """Plain JSON fallback; also reads VM's bare NaN/+Inf/-Inf, which strict JSON lacks."""
+    text = re.sub(rb"(?<=[\[,])\s*([+-]?Inf|NaN)\s*(?=[,\]])", rb'"\1"', line)
+    try:
+        doc = json.loads(text)
+        metric = doc["metric"]
+        t = np.array([int(x) for x in doc["timestamps"]], dtype=np.int64)
+        w = np.array([_token(str(x).encode()) if x is not None else math.nan for x in doc["values"]], dtype=np.float64)
+    except (ValueError, KeyError, TypeError):
+        raise VictoriaError(f"cannot parse a VictoriaMetrics export line: {line[:120]!r}...") from None
+    if len(t) != len(w):
+        raise VictoriaError(f"VictoriaMetrics export line with {len(t)} timestamps but {len(w)} values")
+    return metric, t, w
+
+
+# -- assembling -----------------------------------------------------------------------------
+def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+class _Series:
+    """One node's samples, appended chunk by chunk into one growing buffer.
+
+    Each chunk's small arrays are freed as soon as they are copied, so their heap space is
+    reused by the next chunk instead of sitting beside the final arrays (which, when built
+    by concatenation at the end, cost ~40% more peak RSS for a month of 200 nodes).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        cap = capacity + capacity // 16 + 16
+        self.t = np.empty(cap, dtype=np.float64)
+        self.w = np.empty(cap, dtype=np.float64)
+        self.n = 0
+
+    def append(self, t_ms: np.ndarray, w: np.ndarray) -> None:
+        end = self.n + len(t_ms)
+        if end > len(self.t):
+            cap = max(end, 2 * len(self.t))
+            self.t = _grow(self.t, self.n, cap)
+            self.w = _grow(self.w, self.n, cap)
+        np.divide(t_ms, 1000.0, out=self.t[self.n : end])
+        self.w[self.n : end] = w
+        self.n = end
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """(t ascending unique, watts); of equal times the first received wins."""
+        t, w = self.t[: self.n], self.w[: self.n]
+        self.t = self.w = np.empty(0)
+        if len(t) > 1 and not (np.diff(t) > 0).all():
+            order = np.argsort(t, kind="stable")
+            t, w = t[order], w[order]
+            first = np.empty(len(t), dtype=bool)
+            first[0] = True
+            np.not_equal(t[1:], t[:-1], out=first[1:])
+            return t[first], w[first]
+        if len(t.base) - len(t) > len(t) // 8:  # type: ignore[arg-type]
+            return t.copy(), w.copy()
+        return t, w
+
+
+def _grow(a: np.ndarray, n: int, cap: int) -> np.ndarray:
+    out = np.empty(cap, dtype=a.dtype)
+    out[:n] = a[:n]
+    return out
+
+
+# -- small helpers --------------------------------------------------------------------------
+def _ms_to_s(ms: int) -> str:
+    return f"{ms // 1000}.{ms % 1000:03d}"
+
+
+def _fmt(x: float) -> str:
+    return repr(float(x)) if not float(x).is_integer() else str(int(x))
+
+
+def _redact(url: str) -> str:
+    """The URL without any user:password@ part, for messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -1,0 +1,163 @@
+"""Metrics: totals resume from the ledger, the exposition is clean under promtool, served over HTTP."""
+
+import math
+import shutil
+import subprocess
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from carbond import ledger as L
+from carbond.errors import ConfigError
+from carbond.ledger import Entry, Ledger
+from carbond.metrics import Metrics, parse_listen, serve
+
+PROMTOOL = shutil.which("promtool")
+
+
+def value(registry, name, **labels):
+    v = registry.get_sample_value(name, labels)
+    return 0.0 if v is None else v
+
+
+def promtool_check(text: bytes) -> str:
+    if PROMTOOL is None:
+        pytest.fail("promtool not found: apt-get install prometheus (Debian ships /usr/bin/promtool)")
+    proc = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, timeout=30,  # noqa: S603
+                          check=False)
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+    return proc.stdout.decode() + proc.stderr.decode()
+
+
+@pytest.fixture
+def filled_ledger(tmp_path):
+    led = Ledger(tmp_path, "c1")
+    led.record_many([
+        Entry(job_id="1", state=L.PENDING_WRITE, energy_j=1000.0, co2e_g=10.0, partition="cpu", account="a", user="x",
+              token="carbond:co2e_g=10"),
+        Entry(job_id="2", state=L.PENDING_WRITE, energy_j=500.0, co2e_g=5.0, partition="cpu", account="a", user="y",
+              token="carbond:co2e_g=5"),
+        Entry(job_id="3", state=L.ACCOUNTED, energy_j=2.0, co2e_g=0.5, partition="gpu", account="b", user="x"),
+        Entry(job_id="4", state=L.NOT_STARTED, partition="cpu", account="a", user="x"),
+        Entry.dead("5", "victoriametrics unreachable"),
+    ])
+    led.mark_written("1")
+    led.mark_unwritable("2", "would-mangle")
+    yield led
+    led.close()
+
+
+def test_resume_equals_the_ledger(filled_ledger):
+    reg = CollectorRegistry()
+    m = Metrics(reg, "c1")
+    m.resume(filled_ledger)
+    assert value(reg, "carbond_energy_joules_total", cluster="c1", partition="cpu", account="a") == 1500.0
+    assert value(reg, "carbond_emissions_grams_total", cluster="c1", partition="gpu", account="b") == 0.5
+    assert value(reg, "carbond_jobs_total", outcome="accounted") == 3
+    assert value(reg, "carbond_jobs_total", outcome="not-started") == 1
+    assert value(reg, "carbond_jobs_total", outcome="dead") == 1
+    assert value(reg, "carbond_jobs_total", outcome="zero-length") == 0
+    assert value(reg, "carbond_writes_skipped_total", reason="would-mangle") == 1
+    total = sum(t.grams for t in filled_ledger.totals().values())
+    emitted = sum(s.value for mf in reg.collect() if mf.name == "carbond_emissions_grams"
+                  for s in mf.samples if s.name.endswith("_total"))
+    assert emitted == total == 15.5
+
+
+def test_per_user_label(filled_ledger):
+    reg = CollectorRegistry()
+    Metrics(reg, "c1", per_user=True).resume(filled_ledger)
+    assert value(reg, "carbond_energy_joules_total", cluster="c1", partition="cpu", account="a", user="y") == 500.0
+    assert reg.get_sample_value("carbond_energy_joules_total", {"cluster": "c1", "partition": "cpu", "account": "a"}) \
+        is None
+
+
+def test_recorded_counts_only_new_entries_and_matches_a_restart(tmp_path):
+    entries = [Entry(job_id=str(i), state=L.PENDING_WRITE, energy_j=3.6e6, co2e_g=200.0, partition="p", account="a",
+                     user="u", token="carbond:co2e_g=200") for i in range(3)]
+    entries.append(Entry(job_id="9", state=L.ZERO_LENGTH, partition="p", account="a", user="u"))
+    reg = CollectorRegistry()
+    m = Metrics(reg, "c1")
+    with Ledger(tmp_path, "c1") as led:
+        m.resume(led)
+        m.recorded(entries, led.record_many(entries))
+        m.recorded(entries, led.record_many(entries))  # the same spool records again: nothing new
+    assert value(reg, "carbond_emissions_grams_total", cluster="c1", partition="p", account="a") == 600.0
+    assert value(reg, "carbond_jobs_total", outcome="zero-length") == 1
+    restarted = CollectorRegistry()
+    with Ledger(tmp_path, "c1") as led:
+        Metrics(restarted, "c1").resume(led)
+    for name, labels in [("carbond_emissions_grams_total", {"cluster": "c1", "partition": "p", "account": "a"}),
+                         ("carbond_energy_joules_total", {"cluster": "c1", "partition": "p", "account": "a"}),
+                         ("carbond_jobs_total", {"outcome": "accounted"})]:
+        assert value(restarted, name, **labels) == value(reg, name, **labels)
+
+
+def test_health_gauges_and_latency():
+    reg = CollectorRegistry()
+    m = Metrics(reg, "c1")
+    assert math.isnan(value(reg, "carbond_grid_intensity_grams_per_kwh"))
+    assert value(reg, "carbond_last_success_timestamp_seconds", target="intensity") == 0
+    m.set_backlog(4, 12.5)
+    m.set_dead_letters(2)
+    m.set_intensity(182.0)
+    m.success("victoriametrics", when=1700000000.0)
+    m.written(end_time=1000.0, now=1003.5)
+    m.write_skipped("foreign-payload")
+    assert value(reg, "carbond_backlog_jobs") == 4 and value(reg, "carbond_backlog_oldest_seconds") == 12.5
+    m.set_backlog(0, 99.0)
+    assert value(reg, "carbond_backlog_oldest_seconds") == 0
+    assert value(reg, "carbond_dead_letters") == 2 and value(reg, "carbond_grid_intensity_grams_per_kwh") == 182
+    assert value(reg, "carbond_last_success_timestamp_seconds", target="victoriametrics") == 1700000000.0
+    assert value(reg, "carbond_last_success_timestamp_seconds", target="slurmdbd") == 1003.5
+    assert value(reg, "carbond_processing_latency_seconds_bucket", le="5.0") == 1
+    assert value(reg, "carbond_processing_latency_seconds_bucket", le="2.0") == 0
+    assert value(reg, "carbond_writes_skipped_total", reason="foreign-payload") == 1
+    with pytest.raises(ValueError, match="unknown target"):
+        m.success("mysql")
+
+
+def test_registries_are_independent():
+    a, b = CollectorRegistry(), CollectorRegistry()
+    Metrics(a, "c1").add("p", "a", "u", 1.0, 1.0)
+    Metrics(b, "c1")  # no "Duplicated timeseries" error: nothing global
+    assert value(b, "carbond_energy_joules_total", cluster="c1", partition="p", account="a") == 0
+
+
+def test_exposition_is_clean_under_promtool(filled_ledger):
+    reg = CollectorRegistry()
+    m = Metrics(reg, "c1", per_user=True)
+    m.resume(filled_ledger)
+    m.written(end_time=1.0, now=3.0)
+    promtool_check(generate_latest(reg))
+
+
+@pytest.mark.parametrize("listen, expected", [("127.0.0.1:9847", ("127.0.0.1", 9847)), ("[::1]:80", ("::1", 80)),
+                                              (":9847", ("0.0.0.0", 9847))])
+def test_parse_listen(listen, expected):
+    assert parse_listen(listen) == expected
+
+
+@pytest.mark.parametrize("bad", ["9847", "host:", "host:port", "h:70000"])
+def test_parse_listen_rejects(bad):
+    with pytest.raises(ConfigError, match="metrics.listen"):
+        parse_listen(bad)
+
+
+def test_serve_real_http_and_promtool(filled_ledger):
+    reg = CollectorRegistry()
+    Metrics(reg, "c1").resume(filled_ledger)
+    server = serve("127.0.0.1:0", reg)
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback test server
+            body = resp.read()
+            assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain")
+    finally:
+        server.shutdown()
+        server.server_close()
+    text = body.decode()
+    assert 'carbond_energy_joules_total{account="a",cluster="c1",partition="cpu"} 1500.0' in text
+    assert 'carbond_jobs_total{outcome="accounted"} 3.0' in text
+    promtool_check(body)
