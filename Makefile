@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := slurmctld slurmd slurmdbd slurm-client munge mariadb-server victoria-metrics prometheus \
-                python3-venv bsdutils procps util-linux
+                python3-venv bsdutils procps util-linux time
 export PATH := $(CURDIR)/$(VENV)/bin:/usr/sbin:/usr/bin:/sbin:/bin:$(PATH)
 
 .PHONY: test demo demo-stop bench lint deps venv clean
@@ -20,7 +20,7 @@ demo-stop:
 	scripts/demo stop
 
 bench: deps venv
-	bench/bench_footprint.sh
+	$(PY) bench/bench_footprint.py
 	$(PY) bench/bench_epilog.py
 
 lint: venv

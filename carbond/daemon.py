@@ -35,6 +35,7 @@ log = logging.getLogger("carbond.daemon")
 BATCH = 1000
 POLL_SECONDS = 0.25
 INTENSITY_EVERY = 300.0
+HEALTH_EVERY = 2.0
 FINAL_STATES = frozenset(COUNTED) - {PENDING_WRITE} | {"not-started", "zero-length"}
 
 
@@ -63,13 +64,13 @@ class Daemon:
     waiting: dict[str, Backoff] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
     _intensity_at: float = 0.0
+    _notified_at: float = 0.0
 
     # ---- the loop ---------------------------------------------------------------------------
 
     def serve_forever(self) -> None:
         self.notify("READY=1")
         while not self.stop.is_set():
-            self.notify("WATCHDOG=1")
             busy = self.step()
             self._health()
             if not busy:
@@ -212,10 +213,15 @@ class Daemon:
         self.waiting.pop(rec.job_id_key, None)
 
     def _health(self) -> None:
+        """Gauges every pass; the watchdog and STATUS at most every HEALTH_EVERY seconds."""
         count, oldest = self.spool.backlog()
         self.metrics.set_backlog(count, oldest)
         self.metrics.set_dead_letters(self.spool.dead_count())
         now = self.clock()
+        if now - self._notified_at < HEALTH_EVERY:
+            return
+        self._notified_at = now
+        self.notify("WATCHDOG=1")
         if now - self._intensity_at >= INTENSITY_EVERY:
             self._intensity_at = now
             try:
@@ -226,14 +232,21 @@ class Daemon:
 
 
 def _with_record(job: Job, rec: SpoolRecord) -> Job:
-    """Prefer the epilog's exact CPUs per node over sacct's even split, when both name the same nodes."""
+    """The job's nodes and CPUs per node as slurmctld handed them to the epilog.
+
+    They are exact where sacct only has a total CPU count, and right where sacct lags: for about
+    a second after the end, slurmdbd may list only the batch host in NodeList.
+    """
     try:
         hosts, cpus = rec.hosts(), rec.cpus()
     except CarbondError:
         return job
-    if hosts and tuple(hosts) == job.nodes and len(cpus) == len(hosts):
-        return replace(job, cpus=tuple(float(c) for c in cpus))
-    return job
+    if not hosts:
+        return job
+    per_node = tuple(float(c) for c in cpus) if len(cpus) == len(hosts) else ()
+    if not per_node and job.cpus:
+        per_node = (sum(job.cpus) / len(hosts),) * len(hosts)
+    return replace(job, nodes=tuple(hosts), cpus=per_node)
 
 
 def build(cfg: Config, registry: CollectorRegistry | None = None) -> Daemon:
@@ -257,12 +270,19 @@ def _lowercases(slurm: SlurmIO) -> bool:
         return True
 
 
+def _notifier() -> Callable[[str], None]:
+    """sd_notify that can never block the loop: a full or absent socket only drops the message."""
+    notifier = sdnotify.SystemdNotifier()
+    if notifier.socket is not None:
+        notifier.socket.setblocking(False)
+    return notifier.notify
+
+
 def run(cfg: Config) -> int:
     """Entry point of `carbond run` (systemd Type=notify)."""
     registry = CollectorRegistry()
     daemon = build(cfg, registry)
-    notifier = sdnotify.SystemdNotifier()
-    daemon.notify = notifier.notify
+    daemon.notify = _notifier()
     server = serve(cfg.metrics.listen, registry)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stop.set())

@@ -12,7 +12,7 @@ import sys
 from .config import Config
 from .report import equivalent
 from .slurm import SlurmIO
-from .token import parse
+from .token import method_of, parse
 
 
 def show(cfg: Config, job_ids: list[str], as_json: bool = False, out=None) -> int:
@@ -50,8 +50,8 @@ def _text(jid: str, f, v: dict) -> str:
         f"Wall-clock time: {hours:.2f} h",
         f"Energy: {float(v.get('energy_kwh', 0)):.4g} kWh",
         f"Carbon footprint: {co2:.4g} g CO2e ({equivalent(co2)})",
-        f"Mean grid intensity: {v.get('intensity', '-')} gCO2e/kWh",
-        f"PUE: {v.get('pue', '-')}",
-        f"Method: {v.get('method', '-')} ({float(v.get('coverage', 0)) * 100:.0f}% of node time measured)",
+        f"Mean grid intensity: {v.get('gkwh', '-')} gCO2e/kWh",
+        f"PUE: {v.get('pue', 1)}",
+        f"Method: {method_of(v)} ({float(v.get('cov', 1)) * 100:.0f}% of node time measured)",
     ]
     return "\n".join(lines) + "\n\n"

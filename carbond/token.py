@@ -1,6 +1,11 @@
 """The carbond token that `sacct` shows in a job's comment field.
 
-    carbond:co2e_g=12.3,energy_kwh=0.0456,intensity=182,method=measured,coverage=1,pue=1.2
+    carbond:co2e_g=12.3,energy_kwh=0.0456,gkwh=182
+    carbond:co2e_g=1.25e-3,energy_kwh=6.2e-6,gkwh=200,cov=0.8
+
+gkwh is the energy-weighted mean grid intensity (gCO2e/kWh); cov, the fraction of node time
+measured, appears only below 1 (method: cov=1 measured, 0 estimated, else mixed). PUE is a site
+constant (config, JSON, metrics), already inside co2e_g. A token fits `sacct -o AdminComment%60`.
 
 Lowercase, no spaces, quotes or `|`, so it passes through Slurm 22.05's sacctmgr (which
 lowercases values and turns quotes into backticks) and `sacct -P` unchanged. The field is
@@ -22,7 +27,7 @@ PREFIX = "carbond:"
 SEPARATOR = " "
 """Put between other content and an appended token: sacct shows it as is, and it ends a token."""
 
-ORDER = ("co2e_g", "energy_kwh", "intensity", "method", "coverage", "pue")
+ORDER = ("co2e_g", "energy_kwh", "gkwh", "cov", "pue")
 """co2e_g and energy_kwh first, so they stay visible in a truncated `AdminComment%60` column."""
 
 _KEY = r"[a-z][a-z0-9_]*"
@@ -30,7 +35,7 @@ _VALUE = r"[a-z0-9_.+-]+"
 _TOKEN = re.compile(rf"(?<![^\s;]){re.escape(PREFIX)}{_KEY}={_VALUE}(?:,{_KEY}={_VALUE})*(?![^\s;])")
 _KEY_OK = re.compile(rf"^{_KEY}$")
 _VALUE_OK = re.compile(rf"^{_VALUE}$")
-_NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
+_NUMBER = re.compile(r"^-?\d+(?:\.\d+)?(?:e[+-]?\d+)?$")
 _ASCII_UPPER = re.compile(r"[A-Z]")
 
 # Skip reasons, used as metric label values and ledger reasons.
@@ -39,12 +44,20 @@ FOREIGN = "foreign-payload"
 
 
 def compact(x: float, digits: int = 3) -> str:
-    """`x` with about `digits` significant digits (integers kept whole), plain decimal, no trailing zeros."""
+    """`x` with about `digits` significant digits (integers kept whole), no trailing zeros.
+
+    Below 0.001 it is written as `9.47e-5`, shorter than the decimal and still lowercase.
+    """
     if not math.isfinite(x):
         raise JobInputError(f"cannot put a non-finite number ({x}) in a carbond token")
     if x == 0:
         return "0"
     magnitude = math.floor(math.log10(abs(x)))
+    if magnitude < -3:
+        mantissa, _, exponent = f"{x:.{digits - 1}e}".partition("e")
+        if "." in mantissa:
+            mantissa = mantissa.rstrip("0").rstrip(".")
+        return f"{mantissa}e{int(exponent)}"
     decimals = min(max(digits - 1 - magnitude, 0), 12)
     text = f"{x:.{decimals}f}"
     if "." in text:
@@ -57,11 +70,15 @@ def token_values(fp: Any) -> dict[str, Any]:
     return {
         "co2e_g": fp.co2e_g,
         "energy_kwh": fp.energy_kwh,
-        "intensity": fp.intensity_g_per_kwh,
-        "method": fp.method,
-        "coverage": fp.coverage,
-        "pue": fp.pue,
+        "gkwh": fp.intensity_g_per_kwh,
+        "cov": fp.coverage if fp.coverage < 0.9995 else None,
     }
+
+
+def method_of(values: Mapping[str, Any]) -> str:
+    """measured, mixed or estimated, from a parsed token's coverage."""
+    cov = float(values.get("cov", 1))
+    return "measured" if cov >= 0.9995 else ("estimated" if cov <= 0 else "mixed")
 
 
 def format_token(values: Mapping[str, Any] | Any) -> str:

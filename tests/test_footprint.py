@@ -161,7 +161,7 @@ def test_constant_intensity_gives_kwh_times_intensity(watts, intensity, jobs, pu
     iv = view(MIDNIGHT - 1800, [intensity] * 80)
     # Epoch seconds in float64 resolve ~2.4e-7 s near 1.7e9: that bounds the absolute error.
     tol = watts * 1e-6 / KWH + 1e-15
-    for fp, (_, d, share) in zip(run(al, [tr], iv, pue=pue), jobs):
+    for fp, (_, d, share) in zip(run(al, [tr], iv, pue=pue), jobs, strict=False):
         assert fp.energy_kwh == pytest.approx(watts * share * d / KWH, rel=1e-9, abs=tol)
         assert fp.co2e_g == pytest.approx(fp.energy_kwh * intensity * pue, rel=1e-9, abs=1e-9)
         assert sum(p.energy_kwh for p in fp.periods) == pytest.approx(fp.energy_kwh, rel=1e-9, abs=1e-12)

@@ -12,22 +12,22 @@ from hypothesis import strategies as st
 from carbond import token
 from carbond.errors import JobInputError
 
-VALUES = {"co2e_g": 12.34, "energy_kwh": 0.04561, "intensity": 182.4, "method": "measured", "coverage": 1.0, "pue": 1.2}
-TOKEN = "carbond:co2e_g=12.3,energy_kwh=0.0456,intensity=182,method=measured,coverage=1,pue=1.2"
+VALUES = {"co2e_g": 12345.6, "energy_kwh": 61.7283, "gkwh": 182.4, "cov": 0.85}
+TOKEN = "carbond:co2e_g=12346,energy_kwh=61.7,gkwh=182,cov=0.85"
 
 
 def test_format_known_answer():
     assert token.format_token(VALUES) == TOKEN
 
 
-def test_format_keeps_co2_and_energy_in_the_first_60_characters():
-    assert "energy_kwh=0.0456" in TOKEN[:60] and TOKEN.startswith("carbond:co2e_g=12.3,")
+def test_format_fits_sacct_admincomment_60_column():
+    assert len(TOKEN) <= 60 and TOKEN.startswith("carbond:co2e_g=12346,")
 
 
 @pytest.mark.parametrize(
     "x, text",
     [(0, "0"), (1.0, "1"), (12.34, "12.3"), (0.045612, "0.0456"), (123456.7, "123457"), (99.95, "100"),
-     (0.0000012345, "0.00000123"), (1e-15, "0")],
+     (0.0000012345, "1.23e-6"), (0.00025, "2.5e-4"), (1e-15, "1e-15")],
 )
 def test_compact(x, text):
     assert token.compact(x) == text
@@ -37,7 +37,14 @@ def test_format_from_a_footprint_object_and_none_is_left_out():
     class Fp:
         co2e_g, energy_kwh, intensity_g_per_kwh, method, coverage, pue = 1.5, 0.01, None, "estimated", 0.0, 1.0
 
-    assert token.format_token(Fp()) == "carbond:co2e_g=1.5,energy_kwh=0.01,method=estimated,coverage=0,pue=1"
+    assert token.format_token(Fp()) == "carbond:co2e_g=1.5,energy_kwh=0.01,cov=0"
+    assert token.method_of(token.parse(token.format_token(Fp()))) == "estimated"
+
+
+def test_tiny_numbers_round_trip_through_parse():
+    t = token.format_token({"co2e_g": 1.23e-6, "energy_kwh": 6.2e-9})
+    assert t == "carbond:co2e_g=1.23e-6,energy_kwh=6.2e-9"
+    assert token.parse(t) == {"co2e_g": 1.23e-6, "energy_kwh": 6.2e-9}
 
 
 @pytest.mark.parametrize("bad", [{"method": "Measured"}, {"method": "a b"}, {"method": 'x"'}, {"Key": 1},
@@ -64,8 +71,7 @@ def test_parse_finds_a_token_only_at_a_boundary(field, found):
 
 
 def test_parse_values():
-    assert token.parse("x " + TOKEN) == {"co2e_g": 12.3, "energy_kwh": 0.0456, "intensity": 182.0,
-                                         "method": "measured", "coverage": 1.0, "pue": 1.2}
+    assert token.parse("x " + TOKEN) == {"co2e_g": 12346.0, "energy_kwh": 61.7, "gkwh": 182.0, "cov": 0.85}
 
 
 def test_merge_into_empty_appends_and_replaces():

@@ -1,0 +1,163 @@
+"""carbond as a site runs it, on the real testbed: the daemon process, its config, a power feeder.
+
+Shared by the end-to-end tests and bench/bench_daemon.py. The daemon runs as `python -m carbond
+run` with a real NOTIFY_SOCKET, so READY/WATCHDOG/STATUS are observed as systemd would see them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from carbond.token import parse
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CarbondStack:
+    def __init__(self, slurm, vm_url: str, workdir: Path, settle: float = 20.0, feed_interval: float = 1.0,
+                 extra_config: str = "") -> None:
+        self.slurm = slurm
+        self.vm_url = vm_url
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir = self.dir / "state"
+        self.port = free_port()
+        self.config = self.dir / "carbond.yaml"
+        self.config.write_text(
+            f"cluster: {slurm.env.get('CLUSTER', 'testcl')}\n"
+            f"state_dir: {self.state_dir}\n"
+            f"spool_dir: {slurm.spool_dir}\n"
+            f"settle_seconds: {settle}\n"
+            f"victoriametrics:\n  url: {vm_url}\n  timeout: 5\n"
+            "intensity:\n  provider: constant\n  value: 200\n"
+            "nodes:\n  - match: n[1-3]\n    cpus: 2\n    idle_watts: 100\n    max_watts: 300\n"
+            f"metrics:\n  listen: 127.0.0.1:{self.port}\n"
+            "slurm:\n  sacct: /usr/bin/sacct\n  sacctmgr: /usr/bin/sacctmgr\n  retry_seconds: 600\n"
+            + extra_config
+        )
+        self.proc: subprocess.Popen | None = None
+        self.feeder: subprocess.Popen | None = None
+        self.notify_path = str(self.dir / "notify.sock")
+        self.notify_sock: socket.socket | None = None
+        self.notifications: list[str] = []
+        self.log = self.dir / "carbond.log"
+
+    # ---- processes --------------------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        env = dict(self.slurm.env)
+        env["PYTHONPATH"] = str(REPO)
+        env["NOTIFY_SOCKET"] = self.notify_path
+        return env
+
+    def start_feeder(self, interval: float = 1.0) -> None:
+        self.feeder = subprocess.Popen(  # noqa: S603
+            [sys.executable, str(REPO / "scripts" / "power-feeder"), "--url", self.vm_url, "--interval", str(interval)],
+            env=self.slurm.env, stdout=subprocess.DEVNULL, stderr=open(self.dir / "feeder.log", "ab"),
+        )
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the daemon and wait for READY=1 on the notify socket."""
+        if self.notify_sock is None:
+            self.notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            if os.path.exists(self.notify_path):
+                os.unlink(self.notify_path)
+            self.notify_sock.bind(self.notify_path)
+            self.notify_sock.settimeout(0.2)
+            threading.Thread(target=self._drain_forever, daemon=True).start()
+        seen = len(self.notifications)
+        self.proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "carbond", "--config", str(self.config), "run"],
+            env=self.env(), stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, cwd=self.dir,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "READY=1" in self.drain_notifications()[seen:]:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"carbond exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+        raise RuntimeError(f"carbond sent no READY=1 within {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def _drain_forever(self) -> None:
+        """Read the notify socket like systemd does, so the daemon is never throttled by the test."""
+        sock = self.notify_sock
+        while sock is not None and sock.fileno() >= 0:
+            try:
+                self.notifications.append(sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def drain_notifications(self) -> list[str]:
+        """Every notification received so far (read continuously by a background thread)."""
+        time.sleep(0.2)
+        return list(self.notifications)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def close(self) -> None:
+        self.stop()
+        if self.feeder is not None:
+            self.feeder.terminate()
+            self.feeder.wait(10)
+        if self.notify_sock is not None:
+            self.notify_sock.close()
+
+    # ---- observations -----------------------------------------------------------------------
+
+    def metrics(self) -> dict[tuple[str, tuple], float]:
+        text = requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    def metric_sum(self, name: str) -> float:
+        return sum(v for (n, _), v in self.metrics().items() if n == name)
+
+    def tokens(self, job_id: str) -> dict[str, dict | None]:
+        """JobID -> parsed carbond token (None if none) for a job or every task of an array."""
+        rows = self.slurm.sacct_rows(job_id, ["JobID", "AdminComment"])
+        return {r["JobID"]: parse(r["AdminComment"]) for r in rows}
+
+    def wait_tokens(self, job_id: str, count: int = 1, timeout: float = 90.0) -> dict[str, dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            toks = self.tokens(job_id)
+            if len(toks) >= count and all(toks.values()):
+                return toks  # type: ignore[return-value]
+            time.sleep(0.3)
+        raise AssertionError(f"job {job_id}: tokens after {timeout} s: {self.tokens(job_id)}\n"
+                             f"{self.log.read_text()[-3000:]}")
+
+    def ledger_rows(self) -> list[tuple]:
+        with sqlite3.connect(self.state_dir / "ledger.sqlite") as db:
+            return db.execute("SELECT job_id, state, energy_j, co2e_g FROM jobs").fetchall()

@@ -1,0 +1,385 @@
+"""VictoriaClient against a real VictoriaMetrics (the `vm` fixture) and, for what single-node
+VM ignores (tenant paths, credentials), against a tiny local server that records requests."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
+
+import numpy as np
+import pytest
+from fixtures_vm import free_port
+
+from carbond.config import BasicAuth, VictoriaConfig
+from carbond.errors import VictoriaError
+from carbond.victoria import VictoriaClient, add_matcher, parse_export_line
+
+T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
+POWER = 'amperageProbeReading{amperageProbeLocationName="System Board Pwr Consumption"}'
+
+
+def client(url: str, **kw) -> VictoriaClient:
+    return VictoriaClient(VictoriaConfig(url=url, **kw))
+
+
+# -- against the real VictoriaMetrics -----------------------------------------------------------
+def test_round_trip_exact_values_and_millisecond_times(vm):
+    node = vm.node("rt")
+    t = [T0 + 0.001, T0 + 30.25, T0 + 60.999, T0 + 90]
+    w = [312.5, 0.1, 120.0, 449.75]
+    vm.import_series(node, t, w)
+    vm.flush()
+    got = client(vm.url).fetch_power([node], T0, T0 + 100)
+    gt, gw = got[node]
+    assert gt.dtype == np.float64 and gw.dtype == np.float64
+    assert gt.tolist() == [T0 + 0.001, T0 + 30.25, T0 + 60.999, T0 + 90.0]
+    assert gw.tolist() == w
+
+
+def test_window_bounds_are_inclusive_and_exact_to_the_millisecond(vm):
+    node = vm.node("win")
+    vm.import_series(node, [T0, T0 + 10, T0 + 20, T0 + 30], [1, 2, 3, 4])
+    vm.flush()
+    c = client(vm.url)
+    assert c.fetch_power([node], T0 + 10, T0 + 20)[node][1].tolist() == [2.0, 3.0]
+    assert c.fetch_power([node], T0 + 10.001, T0 + 19.999) == {}
+    assert c.fetch_power([node], T0 + 40, T0 + 50) == {}
+
+
+def test_many_nodes_one_request(vm):
+    nodes = [vm.node("many") for _ in range(60)]
+    vm.import_lines(_lines(nodes, [T0, T0 + 30], lambda i: [100 + i, 200 + i]))
+    vm.flush()
+    c = client(vm.url)
+    got = c.fetch_power(nodes, T0 - 1, T0 + 31)
+    assert c.requests_made == 1
+    assert sorted(got) == sorted(nodes)
+    for i, n in enumerate(nodes):
+        assert got[n][1].tolist() == [100 + i, 200 + i]
+
+
+def test_chunks_return_every_sample_exactly_once(vm):
+    """Samples every 5 s with some exactly on chunk edges (every 60 s), over 3 node groups."""
+    nodes = [vm.node("chunk") for _ in range(5)]
+    t = [T0 + k * 5 for k in range(121)]  # 600 s
+    vm.import_lines(_lines(nodes, t, lambda i: [i * 1000 + k for k in range(121)]))
+    vm.flush()
+    c = client(vm.url, chunk_seconds=60, max_nodes_per_request=2)
+    got = c.fetch_power(nodes, T0, T0 + 600)
+    assert c.requests_made == 11 * 3  # 10 whole chunks + one holding only T0+600, x 3 node groups
+    for i, n in enumerate(nodes):
+        gt, gw = got[n]
+        assert gt.tolist() == [float(x) for x in t]
+        assert gw.tolist() == [i * 1000 + k for k in range(121)]
+
+
+def test_requests_grow_with_chunks_not_with_calls_per_job(vm):
+    nodes = [vm.node("req") for _ in range(30)]
+    vm.import_lines(_lines(nodes, [T0 + k * 60 for k in range(60)], lambda i: [float(i)] * 60))
+    vm.flush()
+    c = client(vm.url, chunk_seconds=1200, max_nodes_per_request=500)
+    c.fetch_power(nodes, T0, T0 + 3600 - 1)  # 3 chunks; one call for every job of the batch
+    assert c.requests_made == 3
+    c.fetch_power(nodes[:1], T0, T0 + 3600 - 1)
+    assert c.requests_made == 6  # another call costs chunks, never nodes x chunks
+
+
+def test_node_names_with_regex_metacharacters(vm):
+    tag = vm.node("re")
+    odd = [f"{tag}.a", f"{tag}+b", f"{tag}(c)", f"{tag}[d]", f"{tag}|e", f"{tag}*", f"{tag}$^", f'{tag}"q', f"{tag}\\s"]
+    decoys = [f"{tag}Xa", f"{tag}bb", f"{tag}c", f"{tag}e", f"{tag}"]
+    allnodes = odd + decoys
+    vm.import_lines(_lines(allnodes, [T0], lambda i: [float(i + 1)]))
+    vm.flush()
+    got = client(vm.url).fetch_power(odd, T0 - 1, T0 + 1)
+    assert sorted(got) == sorted(odd)
+    for i, n in enumerate(odd):
+        assert got[n][1].tolist() == [float(i + 1)]
+
+
+def test_selector_with_and_without_braces(vm):
+    node = vm.node("sel")
+    vm.import_series(node, [T0], [111])  # the default power series
+    vm.import_series(node, [T0 + 1], [222], metric="node_power", labels={})
+    vm.import_series(node, [T0 + 2], [333], metric="node_power", labels={"sensor": "psu"})
+    vm.flush()
+
+    def fetch(query: str, label: str = "alias") -> list[float]:
+        got = client(vm.url, query=query, node_label=label).fetch_power([node], T0 - 1, T0 + 3)
+        return got[node][1].tolist() if node in got else []
+
+    assert fetch(POWER) == [111.0]
+    assert fetch("amperageProbeReading") == [111.0]
+    assert fetch("node_power") == [222.0, 333.0]
+    assert fetch("node_power{}") == [222.0, 333.0]
+    assert fetch('node_power{sensor="psu"}') == [333.0]
+    assert fetch('{__name__="node_power",sensor="psu",}') == [333.0]
+    assert fetch('node_power{sensor!="psu"}') == [222.0]
+
+
+def test_custom_node_label(vm):
+    node = vm.node("lab")
+    vm.import_series(node, [T0], [42], metric="ipmi_power", labels={}, node_label="instance")
+    vm.flush()
+    got = client(vm.url, query="ipmi_power", node_label="instance").fetch_power([node], T0, T0)
+    assert got[node][1].tolist() == [42.0]
+
+
+def test_infinite_values_are_dropped(vm):
+    """VM keeps +Inf/-Inf (NaN is refused at import); power that is not finite is unusable."""
+    node = vm.node("inf")
+    body = "".join(
+        f'amperageProbeReading{{alias="{node}"}} {v} {(T0 + k) * 1000}\n'
+        for k, v in enumerate(["100", "+Inf", "-Inf", "250.5", "1.5e-07"])
+    )
+    vm.server.session.post(f"{vm.url}/api/v1/import/prometheus", data=body).raise_for_status()
+    vm.flush()
+    got = client(vm.url, query="amperageProbeReading").fetch_power([node], T0, T0 + 10)
+    assert got[node][0].tolist() == [T0, T0 + 3, T0 + 4]
+    assert got[node][1].tolist() == [100.0, 250.5, 1.5e-7]
+
+
+def test_nodes_without_samples_are_absent(vm):
+    have, missing = vm.node("have"), vm.node("missing")
+    vm.import_series(have, [T0], [1])
+    vm.flush()
+    assert list(client(vm.url).fetch_power([have, missing], T0, T0 + 1)) == [have]
+    assert client(vm.url).fetch_power([], T0, T0 + 1) == {}
+
+
+def test_vm_down_then_back(vm_running):
+    vm = vm_running
+    node = vm.node("down")
+    vm.import_series(node, [T0, T0 + 30], [5, 6])
+    vm.flush()
+    c = client(vm.url)
+    vm.stop()
+    with pytest.raises(VictoriaError, match="127.0.0.1"):
+        c.fetch_power([node], T0, T0 + 30)
+    vm.start()
+    assert c.fetch_power([node], T0, T0 + 30)[node][1].tolist() == [5.0, 6.0]
+
+
+def test_query_range_matrix_and_split_by_point_limit(vm):
+    name = vm.node("intensity").replace("-", "_")
+    t = [T0 + k * 1800 for k in range(48)]
+    vm.import_series("grid", t, [float(100 + k) for k in range(48)], metric=name, labels={"zone": "GB"})
+    vm.flush()
+    c = client(vm.url)
+    [(labels, gt, gv)] = c.query_range(name, T0, T0 + 47 * 1800, 1800)
+    assert labels["zone"] == "GB" and labels["__name__"] == name
+    assert gt.tolist() == [float(x) for x in t]
+    assert gv.tolist() == [float(100 + k) for k in range(48)]
+
+
+def test_query_range_split_by_point_limit_is_seamless(vm):
+    name = vm.node("dense").replace("-", "_")
+    t = [T0 + k * 10 for k in range(4002)]
+    vm.import_series("grid", t, [float(k) for k in range(4002)], metric=name, labels={})
+    vm.flush()
+    c = client(vm.url)
+    [(_, gt, gv)] = c.query_range(name, T0, T0 + 40_000, 1)  # 40,001 points > VM's 30,000
+    assert c.requests_made == 2
+    assert gt.tolist() == [float(T0 + k) for k in range(40_001)]
+    assert gv.tolist() == [float(k // 10) for k in range(40_001)]
+
+
+def test_query_range_error_names_url(vm):
+    with pytest.raises(VictoriaError, match=vm.url):
+        client(vm.url).query_range("sum(", T0, T0 + 60, 30)
+
+
+def test_latest_sample(vm):
+    a, b, c_ = vm.node("lat"), vm.node("lat"), vm.node("lat")
+    now = time.time()
+    vm.import_series(a, [now - 120, now - 60.5, now - 3.25], [1, 2, 3])
+    vm.import_series(b, [now - 300], [1])
+    vm.flush()
+    c = client(vm.url)
+    got = c.latest_sample([a, b, c_], now - 100)
+    assert list(got) == [a]
+    assert got[a] == pytest.approx(now - 3.25, abs=0.002)
+    assert c.latest_sample([a], now - 1) == {}
+
+
+# -- parsing, without a server ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ("300,312.5,0.00000015,-4", [300, 312.5, 1.5e-7, -4]),
+        ("1000000000000000000000,2", [1e21, 2]),
+        ("9007199254740993,1", [9007199254740992.0, 1]),  # beyond 2**53: float rounding, like json
+        ("1,NaN,+Inf,-Inf,5", [1, 5]),  # VM 1.79 spelling
+        ('1,null,"Infinity","-Infinity",5', [1, 5]),  # newer VM spelling
+        ("1e+21,2.5E-3,7", [1e21, 2.5e-3, 7]),
+    ],
+)
+def test_parse_export_line_values(values, expected):
+    n = values.count(",") + 1
+    ts = ",".join(str(1690000000000 + k) for k in range(n))
+    line = f'{{"metric":{{"__name__":"p","alias":"x"}},"values":[{values}],"timestamps":[{ts}]}}'.encode()
+    metric, t, w = parse_export_line(line)
+    assert metric == {"__name__": "p", "alias": "x"}
+    assert w.tolist() == expected
+    assert len(t) == len(w) and t.dtype == np.int64
+
+
+def test_parse_export_line_short_timestamps_and_odd_layouts():
+    _, t, w = parse_export_line(b'{"metric":{"alias":"x"},"values":[1,2],"timestamps":[1000,2000]}')
+    assert t.tolist() == [1000, 2000] and w.tolist() == [1.0, 2.0]
+    spaced = b'{"metric": {"alias": "x"}, "values": [1, 2.5], "timestamps": [1690000000000, 1690000000001]}'
+    _, t, w = parse_export_line(spaced)
+    assert t.tolist() == [1690000000000, 1690000000001] and w.tolist() == [1.0, 2.5]
+    tricky = b'{"metric":{"alias":"],\\"timestamps\\":[","values":"x"},"values":[7],"timestamps":[1690000000000]}'
+    metric, t, w = parse_export_line(tricky)
+    assert metric["alias"] == '],"timestamps":[' and w.tolist() == [7.0]
+
+
+def test_parse_export_line_rejects_mismatch_and_garbage():
+    with pytest.raises(VictoriaError, match="2 timestamps but 1 values"):
+        parse_export_line(b'{"metric":{"alias":"x"},"values":[1],"timestamps":[1690000000000,1690000000001]}')
+    with pytest.raises(VictoriaError, match="cannot parse"):
+        parse_export_line(b'{"metric":{"alias":"x"},"values":[1,zz],"timestamps":[1690000000000,1690000000001]}')
+
+
+@pytest.mark.parametrize(
+    ("selector", "merged"),
+    [
+        ("m", 'm{alias=~"a|b"}'),
+        ("m{}", 'm{alias=~"a|b"}'),
+        (' m{ } ', 'm{alias=~"a|b"}'),
+        ('m{x="y"}', 'm{x="y",alias=~"a|b"}'),
+        ('m{x="y",}', 'm{x="y",alias=~"a|b"}'),
+        ('{__name__="m"}', '{__name__="m",alias=~"a|b"}'),
+        ('m{x="}{"}', 'm{x="}{",alias=~"a|b"}'),
+        ('m:rate5m{x=~"a\\"}"}', 'm:rate5m{x=~"a\\"}",alias=~"a|b"}'),
+    ],
+)
+def test_add_matcher(selector, merged):
+    assert add_matcher(selector, 'alias=~"a|b"') == merged
+
+
+@pytest.mark.parametrize("bad", ["sum(m)", "m{x=\"y\"", "rate(m[5m])", "m{a='b'} or n{c='d'}"])
+def test_add_matcher_rejects_non_selectors(bad):
+    with pytest.raises(VictoriaError, match="series selector"):
+        add_matcher(bad, 'alias=~"a"')
+
+
+# -- what reaches the wire (single-node VM ignores tenants and credentials) ----------------------
+class Recorder:
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self.body = b""
+
+
+@pytest.fixture
+def recorder() -> Iterator[tuple[str, Recorder]]:
+    rec = Recorder()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            form = parse_qs(self.rfile.read(length).decode())
+            rec.requests.append({"path": self.path, "headers": dict(self.headers), "form": form})
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(rec.body)))
+            self.end_headers()
+            self.wfile.write(rec.body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", rec
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_tenant_path_and_bearer_token_reach_the_wire(recorder, tmp_path, monkeypatch):
+    url, rec = recorder
+    monkeypatch.delenv("CARBOND_VM_BEARER_TOKEN", raising=False)
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    rec.body = b'{"metric":{"alias":"n1"},"values":[5],"timestamps":[1700000000000]}\n'
+    got = client(url, tenant="7:3", bearer_token_file=str(token)).fetch_power(["n1", "n2"], T0, T0 + 10)
+    assert got["n1"][1].tolist() == [5.0]
+    [req] = rec.requests
+    assert req["path"] == "/select/7:3/prometheus/api/v1/export"
+    assert req["headers"]["Authorization"] == "Bearer s3cret-token"
+    assert req["form"]["match[]"] == [add_matcher(POWER, 'alias=~"n1|n2"')]
+    assert req["form"]["start"] == ["1700000000.000"] and req["form"]["end"] == ["1700000010.000"]
+
+
+def test_bearer_token_from_environment_overrides_file(recorder, tmp_path, monkeypatch):
+    url, rec = recorder
+    token = tmp_path / "token"
+    token.write_text("from-file")
+    monkeypatch.setenv("CARBOND_VM_BEARER_TOKEN", "from-env")
+    client(url, bearer_token_file=str(token)).fetch_power(["n1"], T0, T0 + 1)
+    assert rec.requests[0]["headers"]["Authorization"] == "Bearer from-env"
+
+
+def test_basic_auth_reaches_the_wire(recorder, tmp_path):
+    url, rec = recorder
+    pw = tmp_path / "pw"
+    pw.write_text("pa:ss\n")
+    client(url, basic_auth=BasicAuth("carbond", str(pw))).fetch_power(["n1"], T0, T0 + 1)
+    expected = "Basic " + base64.b64encode(b"carbond:pa:ss").decode()
+    assert rec.requests[0]["headers"]["Authorization"] == expected
+
+
+def test_http_error_names_url_not_secret(recorder, tmp_path):
+    url, rec = recorder
+    token = tmp_path / "token"
+    token.write_text("s3cret-token")
+    rec.body = b"not json"
+    with pytest.raises(VictoriaError) as err:
+        client(url, bearer_token_file=str(token)).query_range("up", T0, T0 + 60, 30)
+    assert url in str(err.value) and "s3cret" not in str(err.value)
+
+
+def test_unreachable_url_names_url_but_not_credentials(tmp_path, monkeypatch):
+    monkeypatch.delenv("CARBOND_VM_BEARER_TOKEN", raising=False)
+    token = tmp_path / "token"
+    token.write_text("s3cret-token")
+    pw = tmp_path / "pw"
+    pw.write_text("hunter2")
+    port = free_port()
+    c = VictoriaClient(
+        VictoriaConfig(url=f"http://admin:urlpass@127.0.0.1:{port}", bearer_token_file=str(token),
+                       basic_auth=BasicAuth("u", str(pw)), timeout=2)
+    )
+    for call in (lambda: c.fetch_power(["n1"], T0, T0 + 1), lambda: c.latest_sample(["n1"], T0),
+                 lambda: c.query_range("up", T0, T0 + 60, 30)):
+        with pytest.raises(VictoriaError) as err:
+            call()
+        msg = str(err.value)
+        assert f"http://127.0.0.1:{port}" in msg
+        for secret in ("s3cret", "hunter2", "urlpass"):
+            assert secret not in msg
+    assert c.requests_made == 3
+
+
+def test_unreadable_secret_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("CARBOND_VM_BEARER_TOKEN", raising=False)
+    missing = tmp_path / "nope"
+    with pytest.raises(VictoriaError, match=str(missing)):
+        client("http://127.0.0.1:1", bearer_token_file=str(missing))
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def _lines(nodes, t, values_for) -> list[str]:
+    out = []
+    for i, n in enumerate(nodes):
+        labels = {"__name__": "amperageProbeReading", "amperageProbeLocationName": "System Board Pwr Consumption", "alias": n}
+        out.append(json.dumps({"metric": labels, "values": list(values_for(i)), "timestamps": [round(x * 1000) for x in t]}))
+    return out
