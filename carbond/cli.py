@@ -110,9 +110,10 @@ def _footprint(args: argparse.Namespace, cfg) -> int:
         with stream:
             items = list(read_sacct(stream, args.timezone))
     engine, victoria = build_engine(cfg)
-    results = engine.account(items)
-    writer = report.write_json if args.json else report.write_table
-    n = writer(results, sys.stdout)
+    if args.json:
+        n = report.write_json_batches(engine.batches(items), sys.stdout)
+    else:
+        n = report.write_table(engine.account(items), sys.stdout)
     if args.stats:
         secs = time.perf_counter() - t0
         print(

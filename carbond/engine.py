@@ -8,14 +8,14 @@ numpy core in bounded batches, so requests grow with nodes and time, never with 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from .config import Config
+from .config import Config, NodeClass
 from .energy import Trace, build_trace
-from .footprint import Allocation, IntensityView, JobFootprint, JobMeta, compute, footprints
+from .footprint import Allocation, Batch, IntensityView, JobFootprint, JobMeta, compute
 from .jobs import BadLine, Job
 
 BATCH = 50_000
@@ -36,22 +36,20 @@ class Engine:
     intensity: IntensityLookup
     node_cpus: Callable[[str], int | None] | None = None
     """Extra source of node CPU counts (e.g. Slurm) for nodes the config does not describe."""
+    _nodes: dict[str, tuple[NodeClass | None, int | None]] = field(default_factory=dict)
 
     def account(self, items: Iterable[Job | BadLine]) -> Iterator[JobFootprint]:
         """Footprints in input order; jobs that cannot be accounted get a status, never vanish."""
+        for batch in self.batches(items):
+            yield from batch.footprints()
+
+    def batches(self, items: Iterable[Job | BadLine]) -> Iterator[Batch]:
+        """The input accounted in bounded batches, in input order (the bulk writers' way in)."""
         items = list(items)
         ready = [j for j in items if isinstance(j, Job) and _status(j) is None]
         traces, view = self._inputs(ready) if ready else ({}, None)
         for lo in range(0, len(items), BATCH):
-            chunk = items[lo : lo + BATCH]
-            done = self._batch([j for j in chunk if isinstance(j, Job) and _status(j) is None], traces, view)
-            for item in chunk:
-                if isinstance(item, BadLine):
-                    yield JobFootprint(item.job_id, "error", error=f"line {item.line_no}: {item.error}")
-                elif (status := _status(item)) is not None:
-                    yield _unaccounted(item, status, self.cfg.pue)
-                else:
-                    yield done[item.job_id]
+            yield self._batch(items[lo : lo + BATCH], traces, view)
 
     def _inputs(self, jobs: list[Job]) -> tuple[dict[str, Trace], IntensityView]:
         nodes = sorted({n for j in jobs for n in j.nodes})
@@ -64,16 +62,26 @@ class Engine:
         view = IntensityView(table.first_slot, table.values, np.asarray(table.kinds), np.asarray(table.stale))
         return traces, view
 
-    def _batch(self, jobs: list[Job], traces: dict[str, Trace], view: IntensityView | None) -> dict[str, JobFootprint]:
-        if not jobs or view is None:
-            return {}
+    def _batch(self, chunk: list[Job | BadLine], traces: dict[str, Trace], view: IntensityView | None) -> Batch:
+        pue = self.cfg.pue
+        jobs = [j for j in chunk if isinstance(j, Job) and _status(j) is None]
         alloc, metas, names, errors = self._allocate(jobs)
-        trace_list = [traces.get(n) for n in names]
-        acc = compute(alloc, trace_list, view, self.cfg.pue, self.cfg.embodied.g_per_node_hour)
-        out = {fp.job_id: fp for fp in footprints(acc, alloc, metas, self.cfg.pue)}
-        for job_id, message in errors.items():
-            out[job_id] = JobFootprint(job_id, "error", error=message, pue=self.cfg.pue)
-        return out
+        acc = None
+        if metas and view is not None:
+            trace_list = [traces.get(n) for n in names]
+            acc = compute(alloc, trace_list, view, pue, self.cfg.embodied.g_per_node_hour)
+        index = {m.job_id: i for i, m in enumerate(metas)}
+        slots: list[int | JobFootprint] = []
+        for item in chunk:
+            if isinstance(item, BadLine):
+                slots.append(JobFootprint(item.job_id, "error", error=f"line {item.line_no}: {item.error}", pue=pue))
+            elif (status := _status(item)) is not None:
+                slots.append(_unaccounted(item, status, pue))
+            elif item.job_id in errors:
+                slots.append(JobFootprint(item.job_id, "error", error=errors[item.job_id], pue=pue))
+            else:
+                slots.append(index[item.job_id])
+        return Batch(slots, metas, acc, alloc, pue)
 
     def _allocate(self, jobs: list[Job]) -> tuple[Allocation, list[JobMeta], list[str], dict[str, str]]:
         """The flattened job-node table; a job whose shares cannot be known becomes an error."""
@@ -106,11 +114,18 @@ class Engine:
         )
         return alloc, metas, list(node_index), errors
 
+    def _node(self, node: str) -> tuple[NodeClass | None, int | None]:
+        """The node's class and CPU count, looked up once per node."""
+        if node not in self._nodes:
+            cls = self.cfg.node_class(node)
+            cpus = cls.cpus if cls and cls.cpus else (self.node_cpus(node) if self.node_cpus else None)
+            self._nodes[node] = (cls, cpus)
+        return self._nodes[node]
+
     def _row(self, job: Job, i: int) -> tuple[float, float]:
         """(share of node energy, fallback watts) for the job's i-th node."""
         node = job.nodes[i]
-        cls = self.cfg.node_class(node)
-        node_cpus = cls.cpus if cls and cls.cpus else (self.node_cpus(node) if self.node_cpus else None)
+        cls, node_cpus = self._node(node)
         held = job.cpus[i] if job.cpus else None
         if held is None:
             load = 1.0

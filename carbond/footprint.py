@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from typing import NamedTuple
 
 import numpy as np
 
 from .energy import HALF_HOUR, Trace, split_half_hours, window
-from .times import iso
+from .times import iso, iso_many
 
 J_PER_KWH = 3.6e6
 FULL = 1.0 - 1e-9
@@ -65,6 +67,8 @@ class Accounting:
     operational_g: np.ndarray
     embodied_g: np.ndarray
     coverage: np.ndarray
+    intensity: np.ndarray
+    """Mean grid intensity per job: energy-weighted, or time-weighted for a job that used none."""
     row_energy_j: np.ndarray
     period_job: np.ndarray
     period_start: np.ndarray
@@ -109,6 +113,14 @@ def compute(
     intensity_v, kinds, stale = intensity.at(pieces.slot[first])
     period_g = period_j / J_PER_KWH * intensity_v * pue
 
+    job_j = np.bincount(period_job, period_j, minlength=n_jobs)
+    period_s = pieces.end[first] - pieces.start[first]
+    by_energy = np.bincount(period_job, period_j * intensity_v, minlength=n_jobs)
+    by_time = np.bincount(period_job, period_s * intensity_v, minlength=n_jobs)
+    job_s = np.bincount(period_job, period_s, minlength=n_jobs)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_i = np.where(job_j > 0, by_energy / job_j, by_time / job_s)
+
     row_share_h = alloc.share * row_s / 3600.0
     embodied = embodied_g_per_node_hour * np.bincount(alloc.row_job, row_share_h, minlength=n_jobs)
     total_s = np.bincount(alloc.row_job, row_s, minlength=n_jobs)
@@ -116,10 +128,11 @@ def compute(
         np.bincount(alloc.row_job, row_cs, minlength=n_jobs), total_s, out=np.zeros(n_jobs), where=total_s > 0
     )
     return Accounting(
-        energy_j=np.bincount(period_job, period_j, minlength=n_jobs),
+        energy_j=job_j,
         operational_g=np.bincount(period_job, period_g, minlength=n_jobs),
         embodied_g=embodied,
         coverage=np.minimum(coverage, 1.0),
+        intensity=mean_i,
         row_energy_j=np.bincount(pieces.owner, piece_j, minlength=n_rows),
         period_job=period_job,
         period_start=pieces.start[first],
@@ -162,25 +175,26 @@ def _measure(pieces, row_node: np.ndarray, traces: Sequence[Trace | None]) -> tu
 # ---- the job-level view -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class NodeEnergy:
+class NodeEnergy(NamedTuple):
     node: str
     energy_kwh: float
     share: float
 
 
-@dataclass(frozen=True)
-class Period:
-    start: float
-    end: float
+class Period(NamedTuple):
+    """One UTC half-hour of a job, ready for output: RFC 3339 times, rounded numbers, None if unknown."""
+
+    start: str
+    end: str
     energy_kwh: float
     intensity_g_per_kwh: float | None
     intensity_kind: str
+    """actual, forecast, constant, csv, series or missing; `-stale` appended when a cached value
+    stood in for an unreachable provider."""
     co2e_g: float | None
-    stale: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JobFootprint:
     job_id: str
     status: str
@@ -207,41 +221,24 @@ class JobFootprint:
         d = {
             "job_id": self.job_id,
             "status": self.status,
-            "energy_kwh": _r(self.energy_kwh),
-            "co2e_g": _r(self.co2e_g),
-            "operational_g": _r(self.operational_g),
-            "embodied_g": _r(self.embodied_g),
-            "intensity_g_per_kwh": _r(self.intensity_g_per_kwh),
+            "energy_kwh": self.energy_kwh,
+            "co2e_g": self.co2e_g,
+            "operational_g": self.operational_g,
+            "embodied_g": self.embodied_g,
+            "intensity_g_per_kwh": self.intensity_g_per_kwh,
             "pue": self.pue,
             "method": self.method,
-            "coverage": _r(self.coverage),
+            "coverage": self.coverage,
             "start": iso(self.start) if self.start is not None else None,
             "end": iso(self.end) if self.end is not None else None,
-            "nodes": [{"node": n.node, "energy_kwh": _r(n.energy_kwh), "share": _r(n.share)} for n in self.nodes],
-            "periods": [
-                {
-                    "start": iso(p.start),
-                    "end": iso(p.end),
-                    "energy_kwh": _r(p.energy_kwh),
-                    "intensity_g_per_kwh": _r(p.intensity_g_per_kwh),
-                    "intensity_kind": p.intensity_kind + ("-stale" if p.stale else ""),
-                    "co2e_g": _r(p.co2e_g),
-                }
-                for p in self.periods
-            ],
+            "nodes": [dict(zip(NodeEnergy._fields, n, strict=True)) for n in self.nodes],
+            "periods": [dict(zip(Period._fields, p, strict=True)) for p in self.periods],
         }
         if self.warnings:
             d["warnings"] = list(self.warnings)
         if self.error:
             d["error"] = self.error
         return d
-
-
-def _r(x: float | None, digits: int = 9) -> float | None:
-    """Round for output only; NaN (unknown) becomes null."""
-    if x is None or x != x:
-        return None
-    return round(float(x), digits)
 
 
 def method_of(coverage: float) -> str:
@@ -262,61 +259,144 @@ class JobMeta:
     warnings: list[str] = field(default_factory=list)
 
 
-def footprints(acc: Accounting, alloc: Allocation, metas: Sequence[JobMeta], pue: float) -> Iterator[JobFootprint]:
-    """Per-job results from the batch arrays (Python floats via tolist(): this loop is the hot path)."""
-    energy = acc.energy_j.tolist()
-    op_g = acc.operational_g.tolist()
-    emb_g = acc.embodied_g.tolist()
-    cov = acc.coverage.tolist()
-    start, end = alloc.start.tolist(), alloc.end.tolist()
-    row_j, share = acc.row_energy_j.tolist(), alloc.share.tolist()
-    ps, pe, pj = acc.period_start.tolist(), acc.period_end.tolist(), acc.period_energy_j.tolist()
-    pi, pk, pst, pg = (
-        acc.period_intensity.tolist(),
-        acc.period_kind.tolist(),
-        acc.period_stale.tolist(),
-        acc.period_g.tolist(),
+SIGNIFICANT = 12
+
+
+def significant(values: np.ndarray, digits: int = SIGNIFICANT) -> np.ndarray:
+    """Round to `digits` significant digits: tiny jobs keep their precision, JSON loses float noise."""
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        magnitude = np.floor(np.log10(np.abs(values)))
+        scale = 10.0 ** (digits - 1 - np.nan_to_num(magnitude, posinf=0.0, neginf=0.0))
+        rounded = np.round(values * scale) / scale
+    return np.where(np.isfinite(rounded) & (values != 0), rounded, values)
+
+
+def _out(values: np.ndarray) -> list[float | None]:
+    """Output-ready floats, NaN (unknown) as None; vectorised, as this is the hot path."""
+    out = significant(values).tolist()
+    if np.isnan(values).any():
+        out = [None if v != v else v for v in out]
+    return out
+
+
+@dataclass(frozen=True)
+class Columns:
+    """A batch's output values as Python lists, converted once per array (the bulk path's currency)."""
+
+    p_start: list[str]
+    p_end: list[str]
+    p_kwh: list[float | None]
+    p_intensity: list[float | None]
+    p_kind: list[str]
+    p_g: list[float | None]
+    row_kwh: list[float | None]
+    share: list[float | None]
+    kwh: list[float | None]
+    total_g: list[float | None]
+    op_g: list[float | None]
+    emb_g: list[float | None]
+    cov: list[float | None]
+    mean_i: list[float | None]
+    start: list[float]
+    end: list[float]
+    row_offsets: list[int]
+    period_offsets: list[int]
+    stale: list[bool]
+    forecast: list[bool]
+
+
+def columns(acc: Accounting, alloc: Allocation) -> Columns:
+    n = alloc.start.size
+    kinds = acc.period_kind.tolist()
+    if acc.period_stale.any():
+        kinds = [k + "-stale" if s else k for k, s in zip(kinds, acc.period_stale.tolist(), strict=True)]
+    return Columns(
+        p_start=iso_many(acc.period_start),
+        p_end=iso_many(acc.period_end),
+        p_kwh=_out(acc.period_energy_j / J_PER_KWH),
+        p_intensity=_out(acc.period_intensity),
+        p_kind=kinds,
+        p_g=_out(acc.period_g),
+        row_kwh=_out(acc.row_energy_j / J_PER_KWH),
+        share=_out(alloc.share),
+        kwh=_out(acc.energy_j / J_PER_KWH),
+        total_g=_out(acc.operational_g + acc.embodied_g),
+        op_g=_out(acc.operational_g),
+        emb_g=_out(acc.embodied_g),
+        cov=_out(acc.coverage),
+        mean_i=_out(acc.intensity),
+        start=alloc.start.tolist(),
+        end=alloc.end.tolist(),
+        row_offsets=acc.row_offsets.tolist(),
+        period_offsets=acc.period_offsets.tolist(),
+        stale=(np.bincount(acc.period_job, acc.period_stale, minlength=n) > 0).tolist(),
+        forecast=(np.bincount(acc.period_job, acc.period_kind == "forecast", minlength=n) > 0).tolist(),
     )
-    ro, po = acc.row_offsets.tolist(), acc.period_offsets.tolist()
+
+
+def footprints(acc: Accounting, alloc: Allocation, metas: Sequence[JobMeta], pue: float) -> Iterator[JobFootprint]:
+    """Per-job results from the batch arrays; every number and time is formatted once, per array."""
+    c = columns(acc, alloc)
+    rows = zip(c.p_start, c.p_end, c.p_kwh, c.p_intensity, c.p_kind, c.p_g, strict=True)
+    periods = list(map(tuple.__new__, repeat(Period), rows))  # Period(*row) without its Python-level __new__
     for i, meta in enumerate(metas):
-        r0, p0, p1 = ro[i], po[i], po[i + 1]
-        nodes = tuple(NodeEnergy(n, row_j[r0 + k] / J_PER_KWH, share[r0 + k]) for k, n in enumerate(meta.nodes))
-        periods = tuple(
-            Period(ps[p], pe[p], pj[p] / J_PER_KWH, pi[p], pk[p], pg[p], pst[p]) for p in range(p0, p1)
-        )
-        yield _job_footprint(meta, energy[i], op_g[i], emb_g[i], cov[i], start[i], end[i], nodes, periods, pue)
+        r0, r1 = c.row_offsets[i], c.row_offsets[i + 1]
+        nodes = tuple(map(NodeEnergy, meta.nodes, c.row_kwh[r0:r1], c.share[r0:r1]))
+        yield job_footprint(c, i, meta, nodes, tuple(periods[c.period_offsets[i] : c.period_offsets[i + 1]]), pue)
 
 
-def _job_footprint(meta, energy_j, op_g, emb_g, cov, start, end, nodes, periods, pue) -> JobFootprint:
+def is_plain(c: Columns, i: int, meta: JobMeta) -> bool:
+    """Accounted without any note: the bulk writers may format it straight from the columns."""
+    return not (meta.warnings or c.stale[i] or c.forecast[i] or c.kwh[i] is None or c.op_g[i] is None)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A bounded slice of the input, accounted: the arrays of the jobs that went through the
+    arithmetic and, in input order, either an index into them or a finished result."""
+
+    slots: list[int | JobFootprint]
+    metas: list[JobMeta]
+    acc: Accounting | None
+    alloc: Allocation | None
+    pue: float
+
+    def footprints(self) -> Iterator[JobFootprint]:
+        done = list(footprints(self.acc, self.alloc, self.metas, self.pue)) if self.acc is not None else []
+        for slot in self.slots:
+            yield done[slot] if isinstance(slot, int) else slot
+
+
+def job_footprint(c: Columns, i: int, meta: JobMeta, nodes, periods, pue: float) -> JobFootprint:
+    kwh, op_g = c.kwh[i], c.op_g[i]
     warnings = list(meta.warnings)
     status, error = "ok", None
-    if energy_j != energy_j:
+    if kwh is None:
         status = "error"
-        bad = [n.node for n in nodes if n.energy_kwh != n.energy_kwh]
+        bad = [n.node for n in nodes if n.energy_kwh is None]
         error = f"no power samples for {', '.join(bad)} in the job's window and no idle_watts/max_watts to estimate from"
-    elif op_g != op_g:
+    elif op_g is None:
         status = "error"
-        gaps = [iso(p.start) for p in periods if p.intensity_g_per_kwh != p.intensity_g_per_kwh]
+        gaps = [p.start for p in periods if p.intensity_g_per_kwh is None]
         error = f"no grid intensity for {len(gaps)} half-hour(s) from {gaps[0]}"
-    if any(p.stale for p in periods):
+    if c.stale[i]:
         warnings.append("intensity provider unreachable: cached values used")
-    if any(p.intensity_kind == "forecast" for p in periods):
+    if c.forecast[i]:
         warnings.append("forecast intensity used for some half-hours (actual not yet published)")
-    kwh = energy_j / J_PER_KWH
-    mean_i = (op_g / pue / kwh) if kwh > 0 and op_g == op_g else _time_mean(periods)
     return JobFootprint(
         job_id=meta.job_id,
         status=status,
         energy_kwh=kwh,
-        co2e_g=op_g + emb_g if op_g == op_g else None,
-        operational_g=op_g if op_g == op_g else None,
-        embodied_g=emb_g,
-        intensity_g_per_kwh=mean_i,
+        co2e_g=c.total_g[i],
+        operational_g=op_g,
+        embodied_g=c.emb_g[i],
+        intensity_g_per_kwh=c.mean_i[i],
         pue=pue,
-        method=method_of(cov),
-        coverage=cov,
-        start=start,
-        end=end,
+        method=method_of(c.cov[i]),
+        coverage=c.cov[i],
+        start=c.start[i],
+        end=c.end[i],
         nodes=nodes,
         periods=periods,
         warnings=tuple(warnings),
@@ -325,11 +405,3 @@ def _job_footprint(meta, energy_j, op_g, emb_g, cov, start, end, nodes, periods,
         account=meta.account,
         user=meta.user,
     )
-
-
-def _time_mean(periods: Sequence[Period]) -> float | None:
-    secs = [p.end - p.start for p in periods]
-    vals = [p.intensity_g_per_kwh for p in periods]
-    if not periods or any(v is None or v != v for v in vals) or sum(secs) <= 0:
-        return None
-    return sum(s * v for s, v in zip(secs, vals, strict=False)) / sum(secs)

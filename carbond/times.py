@@ -8,8 +8,11 @@ twice (the autumn hour) is flagged, one that never occurs (the spring hour) is a
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+import time
+from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
 
 from .errors import TimeFormatError
 
@@ -56,8 +59,19 @@ def _localize(dt: datetime, tz: ZoneInfo, text: str) -> tuple[float, str | None]
 
 
 def iso(epoch: float) -> str:
-    """RFC 3339 UTC with a Z, seconds precision (sub-second kept when present)."""
-    dt = datetime.fromtimestamp(epoch, UTC)
-    if dt.microsecond:
-        return dt.isoformat().replace("+00:00", "Z")
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    """RFC 3339 UTC with a Z: whole seconds, or milliseconds when the time has a fraction."""
+    if epoch == int(epoch):
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    ms = round(epoch * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+def iso_many(epochs: np.ndarray) -> list[str]:
+    """iso() for a whole array at once (the bulk path formats millions of period bounds)."""
+    epochs = np.asarray(epochs, dtype=np.float64)
+    if epochs.size == 0:
+        return []
+    whole = np.all(epochs == np.floor(epochs))
+    unit = "s" if whole else "ms"
+    stamps = np.round(epochs * (1 if whole else 1000)).astype(f"datetime64[{unit}]")
+    return [s + "Z" for s in np.datetime_as_string(stamps, unit=unit).tolist()]

@@ -1,0 +1,62 @@
+"""Output: the bulk JSON writer must say exactly what JobFootprint.to_dict says."""
+
+import io
+import json
+from types import SimpleNamespace
+
+import numpy as np
+from test_footprint import MIDNIGHT, FakePower
+
+from carbond import report
+from carbond.config import from_mapping
+from carbond.engine import Engine
+from carbond.jobs import BadLine, Job
+
+
+class MixedIntensity:
+    """Actual, forecast, stale and missing half-hours, as a provider outage would leave them."""
+
+    def lookup(self, start, end):
+        first = int(start // 1800 * 1800)
+        n = int((end - first) // 1800) + 1
+        values = np.linspace(100, 300, n)
+        kinds = np.array(["actual"] * n, dtype=object)
+        stale = np.zeros(n, bool)
+        kinds[n // 2 :] = "forecast"
+        stale[-3:] = True
+        values[-1] = np.nan
+        return SimpleNamespace(first_slot=first, values=values, kinds=kinds, stale=stale)
+
+
+def test_bulk_json_matches_to_dict_for_every_kind_of_job():
+    cfg = from_mapping({"nodes": [{"match": "n[1-2]", "cpus": 4, "idle_watts": 100, "max_watts": 300}],
+                        "pue": 1.3, "embodied": {"g_per_node_hour": 7}})
+    power = FakePower({"n1": (MIDNIGHT - 3600, MIDNIGHT + 40 * 3600, 250)})
+    h = 3600.0
+    items = [
+        Job("1", MIDNIGHT + 17.5, MIDNIGHT + 2 * h, ("n1",), (2.0,), partition="p"),  # plain, measured
+        Job("2", MIDNIGHT, MIDNIGHT + h, ("n1", "n2"), (1.0, 3.0)),  # n2 estimated: mixed
+        Job("3", MIDNIGHT, MIDNIGHT + h, ("n1",), (1.0,), warnings=("local time ambiguous",)),
+        Job("4", None, None),
+        BadLine("5", 7, "bad"),
+        Job("6", MIDNIGHT + 20 * h, MIDNIGHT + 30 * h, ("n1",), (4.0,)),  # forecast periods
+        Job("7", MIDNIGHT + 36 * h, MIDNIGHT + 40 * h + 60, ("n1",), (1.0,)),  # stale and missing intensity
+        Job("8", MIDNIGHT, MIDNIGHT + 60, ("x9",), (1.0,)),  # unknown node: error
+    ]
+    engine = Engine(cfg, power, MixedIntensity())
+    canonical, bulk = io.StringIO(), io.StringIO()
+    report.write_json(engine.account(items), canonical)
+    report.write_json_batches(engine.batches(items), bulk)
+    assert bulk.getvalue() == canonical.getvalue()
+    lines = [json.loads(x) for x in canonical.getvalue().splitlines()]
+    assert [d["status"] for d in lines] == ["ok", "ok", "ok", "not-started", "error", "ok", "error", "error"]
+    assert lines[1]["method"] == "mixed" and "warnings" in lines[5] and "-stale" in json.dumps(lines[6])
+
+
+def test_table_has_a_totals_line_and_periods_for_one_job():
+    cfg = from_mapping({"attribution": "exclusive"})
+    power = FakePower({"n1": (MIDNIGHT - 3600, MIDNIGHT + 7200, 360)})
+    out = io.StringIO()
+    report.write_table(Engine(cfg, power, MixedIntensity()).account([Job("1", MIDNIGHT, MIDNIGHT + 3600, ("n1",))]), out)
+    text = out.getvalue()
+    assert "1 job(s), 0.360 kWh" in text and "HALF-HOUR (UTC)" in text and "2023-11-15 00:30:00" in text
