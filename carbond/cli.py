@@ -18,9 +18,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config (default: $CARBOND_CONFIG or /etc/carbond/carbond.yaml)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--version", action="version", version=f"carbond {__version__}")
+    # --config is also accepted after the subcommand (`carbond run --config FILE`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="YAML config")
     sub = p.add_subparsers(dest="command", required=True)
 
-    fp = sub.add_parser("footprint", help="energy and CO2e of a window on some nodes, or of jobs from sacct")
+    fp = sub.add_parser("footprint", parents=[common], help="energy and CO2e of a window on some nodes, or of jobs from sacct")
     src = fp.add_mutually_exclusive_group(required=True)
     src.add_argument("--nodes", help="Slurm hostlist, e.g. 'cpu-p-[1-2]'")
     src.add_argument("--jobs", help="sacct -P output with JobIDRaw|Start|End|NodeList|AllocTRES ('-' for stdin)")
@@ -31,19 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--json", action="store_true", help="JSON (one object per line for --jobs)")
     fp.add_argument("--stats", action="store_true", help="print jobs/s and VictoriaMetrics requests to stderr")
 
-    sub.add_parser("run", help="the daemon: account every job handed over by the epilog")
+    sub.add_parser("run", parents=[common], help="the daemon: account every job handed over by the epilog")
 
-    show = sub.add_parser("show", help="a job's footprint as recorded in Slurm")
+    show = sub.add_parser("show", parents=[common], help="a job's footprint as recorded in Slurm")
     show.add_argument("job_ids", nargs="+", metavar="JOBID")
     show.add_argument("--json", action="store_true")
 
-    bf = sub.add_parser("backfill", help="account jobs that ended in a range and have no carbond token")
+    bf = sub.add_parser("backfill", parents=[common], help="account jobs that ended in a range and have no carbond token")
     bf.add_argument("--start", required=True)
     bf.add_argument("--end", required=True)
     bf.add_argument("--write", action="store_true", help="write the tokens (default: only show)")
     bf.add_argument("--json", action="store_true")
 
-    chk = sub.add_parser("check-config", help="validate the config and exit")
+    chk = sub.add_parser("check-config", parents=[common], help="validate the config and exit")
     chk.set_defaults(command="check-config")
     return p
 

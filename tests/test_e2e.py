@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import subprocess
@@ -26,6 +27,16 @@ def stack(slurm, vm, tmp_path_factory):
     s.start()
     yield s
     s.close()
+
+
+@contextlib.contextmanager
+def stopped(service):
+    """carbond or VictoriaMetrics down for the duration of the block, back up after it."""
+    service.stop()
+    try:
+        yield
+    finally:
+        service.start()
 
 
 def ended(slurm, job_id: str, timeout: float = 60.0) -> None:
@@ -112,28 +123,22 @@ def test_content_that_sacctmgr_would_mangle_is_left_alone_and_counted(stack, slu
 
 
 def test_job_that_ends_while_carbond_is_stopped_is_accounted_when_it_starts(stack, slurm):
-    stack.stop()
-    try:
+    with stopped(stack):
         job = slurm.sbatch(["-n1", "-J", "offline"], "sleep 1")
         ended(slurm, job)
         time.sleep(1)
         assert stack.tokens(job)[job] is None
         assert any(p.name.startswith(f"{job}.") for p in Path(slurm.spool_dir).iterdir())
-    finally:
-        stack.start()
     assert stack.wait_tokens(job)[job]["co2e_g"] > 0
 
 
 def test_sigkill_mid_batch_loses_nothing_and_doubles_nothing(stack, slurm):
-    stack.stop()
-    try:
+    with stopped(stack):
         job = slurm.sbatch(["--array=1-20", "-n1", "-J", "burst"], "sleep 1")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and len(list(Path(slurm.spool_dir).glob(f"{job}_*.job"))) < 20:
             time.sleep(0.3)
         time.sleep(2)  # samples past every task's end, so the batch goes straight through
-    finally:
-        stack.start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any(stack.tokens(job).values()):
         time.sleep(0.05)
@@ -157,21 +162,17 @@ def test_sigkill_mid_batch_loses_nothing_and_doubles_nothing(stack, slurm):
 
 
 def test_victoriametrics_down_at_job_end_is_retried(stack, slurm, vm):
-    vm.stop()
-    try:
+    with stopped(vm):
         job = slurm.sbatch(["-n1", "-J", "vmdown"], "sleep 1")
         ended(slurm, job)
         time.sleep(4)
         assert stack.tokens(job)[job] is None
-    finally:
-        vm.start()
     tok = stack.wait_tokens(job, timeout=120)[job]
     assert tok["co2e_g"] > 0
 
 
 def test_backfill_accounts_what_the_daemon_missed_and_the_daemon_does_not_recount(stack, slurm, tmp_path):
-    stack.stop()
-    try:
+    with stopped(stack):
         job = slurm.sbatch(["-n1", "-J", "backfill"], "sleep 2")
         ended(slurm, job)
         time.sleep(2)
@@ -185,8 +186,6 @@ def test_backfill_accounts_what_the_daemon_missed_and_the_daemon_does_not_recoun
         assert wet.returncode == 0, wet.stderr
         assert stack.tokens(job)[job]["co2e_g"] > 0
         rows_before = len(stack.ledger_rows())
-    finally:
-        stack.start()
     accounted = stack.metrics()[("carbond_jobs_total", (("outcome", "accounted"),))]
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and any(p.name.startswith(f"{job}.") for p in Path(slurm.spool_dir).iterdir()):
