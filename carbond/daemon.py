@@ -232,21 +232,29 @@ class Daemon:
 
 
 def _with_record(job: Job, rec: SpoolRecord) -> Job:
-    """The job's nodes and CPUs per node as slurmctld handed them to the epilog.
+    """The job as slurmctld handed it to the epilog, where sacct may not know better yet.
 
-    They are exact where sacct only has a total CPU count, and right where sacct lags: for about
-    a second after the end, slurmdbd may list only the batch host in NodeList.
+    For about a second after a job ends, slurmdbd's record can be incomplete: NodeList only the
+    batch host, no partition, no array ids. The array ids matter most: `sacctmgr ... where
+    jobid=<raw id of task 1>` would rewrite every task of the array, while `1234_1` hits one.
+    The epilog also has the exact CPUs per node, where sacct only has a total.
     """
     try:
         hosts, cpus = rec.hosts(), rec.cpus()
     except CarbondError:
-        return job
-    if not hosts:
-        return job
-    per_node = tuple(float(c) for c in cpus) if len(cpus) == len(hosts) else ()
-    if not per_node and job.cpus:
-        per_node = (sum(job.cpus) / len(hosts),) * len(hosts)
-    return replace(job, nodes=tuple(hosts), cpus=per_node)
+        hosts, cpus = (), []
+    changes: dict[str, object] = {}
+    if hosts:
+        per_node = tuple(float(c) for c in cpus) if len(cpus) == len(hosts) else ()
+        if not per_node and job.cpus:
+            per_node = (sum(job.cpus) / len(hosts),) * len(hosts)
+        changes.update(nodes=tuple(hosts), cpus=per_node)
+    for key in ("partition", "account", "user"):
+        if getattr(rec, key):
+            changes[key] = getattr(rec, key)
+    if rec.array_job_id:
+        changes["display_id"] = rec.display_id
+    return replace(job, **changes)
 
 
 def build(cfg: Config, registry: CollectorRegistry | None = None) -> Daemon:

@@ -265,9 +265,9 @@ def finished_jobs(slurm, n: int) -> list[str]:
     """n finished jobs (an array, so one submission), as JobIDRaw."""
     array = slurm.sbatch(["-a", f"1-{n}", "-n1", "-o", "/dev/null", "-J", "carbond-io"], "true")
     deadline = time.monotonic() + 120
-    while True:  # slurmdbd learns of array tasks a little after slurmctld: ask sacct itself
-        rows = slurm.sacct_rows(array, ["JobIDRaw", "State"])
-        if len(rows) == n and all(r["State"] == "COMPLETED" for r in rows):
+    while True:  # slurmdbd completes a task's record a little after slurmctld ends it: ask sacct
+        rows = slurm.sacct_rows(array, ["JobIDRaw", "JobID", "State", "Partition"])
+        if len(rows) == n and all(r["State"] == "COMPLETED" and "_" in r["JobID"] and r["Partition"] for r in rows):
             return [r["JobIDRaw"] for r in rows]
         assert time.monotonic() < deadline, f"array {array}: {rows}\n{slurm.log_tail()}"
         time.sleep(0.5)
