@@ -61,13 +61,14 @@ class Publisher:
             else:
                 todo.append((entry, facts, merge(current, entry.token or "")))
         results = self.slurm.write_many([(facts, self.field, value) for _, facts, value in todo])
+        written = []
         for entry, facts, _ in todo:
             err = results.get(facts.job.job_id, results.get(entry.job_id))
+            out[entry.job_id] = WRITTEN if err is None else err
             if err is None:
-                self.ledger.mark_written(entry.job_id)
-                if self.metrics:
-                    self.metrics.written(entry.end_time)
-                out[entry.job_id] = WRITTEN
-            else:
-                out[entry.job_id] = err
+                written.append(entry)
+        self.ledger.mark_written([e.job_id for e in written])  # one transaction, one fsync
+        if self.metrics:
+            for entry in written:
+                self.metrics.written(entry.end_time)
         return out

@@ -23,21 +23,34 @@ def show(cfg: Config, job_ids: list[str], as_json: bool = False, out=None) -> in
     for raw, f in facts.items():
         by_any[raw] = f
         by_any.setdefault(f.job.display_id, f)
-    missing = 0
+    pending = 0
     for jid in job_ids:
         f = by_any.get(jid)
         values = parse(f.field(cfg.slurm.comment_field)) if f else None
+        if values is not None:
+            final, why = True, ""
+        elif f is None:
+            final, why = False, "not found in Slurm's accounting."
+        else:
+            final, why = _why_none(f)
+        pending += not final
         if as_json:
             out.write(json.dumps({"job_id": jid, "state": f.state if f else None, "footprint": values}) + "\n")
-        elif f is None:
-            out.write(f"Job {jid}: not found in Slurm's accounting.\n")
-        elif values is None:
-            out.write(f"Job {jid}: not accounted yet (state {f.state}); carbond writes its footprint "
-                      f"a few seconds after the job ends.\n")
-        else:
+        elif values is not None:
             out.write(_text(jid, f, values))
-        missing += values is None
-    return 1 if missing else 0
+        else:
+            out.write(f"Job {jid}: {why}\n")
+    return 1 if pending else 0
+
+
+def _why_none(f) -> tuple[bool, str]:
+    """Why a job has no token, and whether that is final (no footprint will ever come)."""
+    if f.job.start is None:
+        return True, f"never ran (state {f.state}): no footprint."
+    if f.ended and f.job.end == f.job.start:
+        return True, "ran for less than a second (sacct's resolution): no measurable footprint."
+    return False, (f"not accounted yet (state {f.state}); carbond writes its footprint a few seconds "
+                   "after the job ends.")
 
 
 def _text(jid: str, f, v: dict) -> str:
