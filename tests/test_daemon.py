@@ -1,24 +1,12 @@
 """The daemon's own logic that needs no cluster (the loop itself is tested end to end in test_e2e)."""
 
+from test_spool import GOOD, record_text
+
 from carbond.daemon import _with_record
 from carbond.jobs import Job
 from carbond.spool import parse_record
 
-RECORD = b"""carbond-spool 1
-job_id=202
-array_job_id=202
-array_task_id=1
-nodes=n[1-3]
-cpus_per_node=2,1(x2)
-partition=debug
-account=physics
-user=alice
-uid=1000
-exit_code=0:0
-cluster=testcl
-epilog_time=1700000000
-end
-"""
+RECORD = record_text(dict(GOOD, job_id="202", array_job_id="202", array_task_id="1")).encode()
 
 
 def test_an_incomplete_sacct_record_is_completed_from_the_epilog_record():
@@ -32,8 +20,8 @@ def test_an_incomplete_sacct_record_is_completed_from_the_epilog_record():
 
 
 def test_a_record_without_nodes_keeps_what_sacct_knows():
-    rec = RECORD.replace(b"nodes=n[1-3]", b"nodes=").replace(b"cpus_per_node=2,1(x2)", b"cpus_per_node=")
-    rec = rec.replace(b"array_job_id=202", b"array_job_id=").replace(b"array_task_id=1", b"array_task_id=")
+    empty = dict(nodes="", cpus_per_node="", array_job_id="", array_task_id="")
+    rec = record_text(dict(GOOD, job_id="202", **empty)).encode()
     sacct = Job("202", 1.0, 2.0, ("n1",), (1.0,), partition="debug", display_id="202")
     assert _with_record(sacct, parse_record(rec, "/spool/202.job")) == Job(
         "202", 1.0, 2.0, ("n1",), (1.0,), partition="debug", account="physics", user="alice", display_id="202"
