@@ -123,12 +123,20 @@ class CarbondStack:
             self.proc.wait(10)
 
     def close(self) -> None:
-        self.stop()
-        if self.feeder is not None:
-            self.feeder.terminate()
-            self.feeder.wait(10)
-        if self.notify_sock is not None:
-            self.notify_sock.close()
+        """Stop everything this stack started, even if the daemon does not stop in time."""
+        try:
+            self.stop()
+        except subprocess.TimeoutExpired:
+            self.kill()
+        finally:
+            if self.feeder is not None:
+                self.feeder.terminate()
+                try:
+                    self.feeder.wait(20)
+                except subprocess.TimeoutExpired:
+                    self.feeder.kill()
+            if self.notify_sock is not None:
+                self.notify_sock.close()
 
     # ---- observations -----------------------------------------------------------------------
 

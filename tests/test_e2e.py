@@ -40,7 +40,10 @@ def stopped(service):
 
 
 def ended(slurm, job_id: str, timeout: float = 60.0) -> None:
+    """The job is over for slurmctld and slurmdbd alike (sacct lags slurmctld by a moment)."""
     slurm.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=timeout)
+    slurm.wait_sacct(job_id, ["State", "End"],
+                     lambda r: r["End"].isdigit() and r["State"] not in ("RUNNING", "PENDING", "COMPLETING"))
 
 
 def facts(slurm, job_id):
