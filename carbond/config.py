@@ -167,7 +167,10 @@ def from_mapping(data: Any, source: str = "") -> Config:
 
 
 def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
-    """Build dataclass `cls` from a mapping, appending problems instead of raising."""
+    """Build dataclass `cls` from a mapping, appending problems instead of raising.
+
+    Returns None only when a required key is missing; every problem found is in `problems`.
+    """
     if not isinstance(data, dict):
         problems.append(f"{prefix.rstrip('.') or '(top level)'}: expected a mapping, got {_kind(data)}")
         return None
@@ -187,10 +190,9 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
                 missing = True
             continue
         value = _convert(hints[name], data[name], key, problems)
-        if value is _BAD:
-            missing = True
-        else:
+        if value is not _BAD:
             values[name] = value
+        # A bad value is already reported; its default stands in, so the rest is still checked.
     return None if missing else cls(**values)
 
 

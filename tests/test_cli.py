@@ -1,0 +1,126 @@
+"""`carbond footprint` end to end against a real VictoriaMetrics, and the CLI's error contract."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from carbond.cli import main
+
+T0 = 1_729_987_200  # 2024-10-27T00:00:00Z, the night UK clocks go back
+
+
+@pytest.fixture
+def setup(vm, tmp_path):
+    """Two nodes with known traces and a CSV of half-hourly intensities 100, 110, 120, ..."""
+    a, b = vm.node("cli"), vm.node("cli")
+    t = np.arange(T0 - 600, T0 + 4 * 3600, 30.0)
+    vm.import_series(a, t, 100 + 0.05 * (t - T0 + 600))  # a ramp: 100 W rising 0.05 W/s
+    vm.import_series(b, t, np.full(t.size, 200.0))
+    vm.flush()
+    rows = ["from,to,intensity"] + [
+        f"{_iso(T0 + k * 1800)},{_iso(T0 + (k + 1) * 1800)},{100 + 10 * k}" for k in range(-2, 10)
+    ]
+    (tmp_path / "ci.csv").write_text("\n".join(rows) + "\n")
+    cfg = tmp_path / "carbond.yaml"
+    cfg.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        f"victoriametrics:\n  url: {vm.url}\n"
+        f"intensity:\n  provider: csv\n  path: {tmp_path / 'ci.csv'}\n"
+        f"nodes:\n  - match: {a},{b}\n    cpus: 8\n"
+    )
+    return str(cfg), a, b
+
+
+def _iso(epoch: int) -> str:
+    from carbond.times import iso
+
+    return iso(epoch)
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_footprint_of_a_window_matches_the_analytic_integral(setup, capsys):
+    cfg, a, _ = setup
+    start, end = T0 + 1000, T0 + 2800  # 1000 s in the first half-hour, 1000 s in the second
+    code, out, err = run(capsys, "--config", cfg, "footprint", "--nodes", a, "--start", str(start),
+                         "--end", "2024-10-27T00:46:40+00:00", "--json")
+    assert code == 0, err
+    d = json.loads(out)
+
+    def p(x):
+        return 100 + 0.05 * (x - T0 + 600)
+
+    def joules(lo, hi):
+        return (p(lo) + p(hi)) / 2 * (hi - lo)
+
+    first, second = joules(start, T0 + 1800), joules(T0 + 1800, end)
+    assert d["energy_kwh"] == pytest.approx((first + second) / 3.6e6, rel=1e-9)
+    assert [x["intensity_g_per_kwh"] for x in d["periods"]] == [100, 110]
+    assert d["co2e_g"] == pytest.approx((first * 100 + second * 110) / 3.6e6, rel=1e-9)
+    assert d["method"] == "measured" and d["coverage"] == 1.0 and d["nodes"][0]["share"] == 1.0
+    assert [x["start"] for x in d["periods"]] == ["2024-10-27T00:16:40Z", "2024-10-27T00:30:00Z"]
+
+
+def test_footprint_of_sacct_jobs_in_local_time_across_the_autumn_hour(setup, capsys, tmp_path):
+    cfg, a, b = setup
+    table = tmp_path / "sacct.txt"
+    table.write_text(
+        "JobIDRaw|JobID|Start|End|NodeList|AllocTRES\n"
+        f"1|1|2024-10-27T01:10:00|2024-10-27T01:50:00|{a}|cpu=4\n"  # 01:xx happens twice tonight
+        f"2|2|{T0 + 600}|{T0 + 4200}|{a},{b}|cpu=8,node=2\n"
+        "3|3|Unknown|Unknown|None assigned|cpu=1\n"
+    )
+    code, out, err = run(capsys, "--config", cfg, "footprint", "--jobs", str(table), "--timezone", "Europe/London",
+                         "--json", "--stats")
+    assert code == 0, err
+    one, two, three = (json.loads(line) for line in out.splitlines())
+    assert "ambiguous" in one["warnings"][0] and one["start"] == "2024-10-27T00:10:00Z"  # first 01:10 is BST
+    assert one["nodes"][0]["share"] == 0.5
+    assert {n["node"]: n["share"] for n in two["nodes"]} == {a: 0.5, b: 0.5}
+    assert two["nodes"][1]["energy_kwh"] == pytest.approx(200 * 0.5 * 3600 / 3.6e6, rel=1e-9)
+    assert three["status"] == "not-started"
+    assert "3 jobs" in err and "VictoriaMetrics request" in err
+
+
+def test_table_output_for_people(setup, capsys):
+    cfg, a, _ = setup
+    code, out, _ = run(capsys, "--config", cfg, "footprint", "--nodes", a, "--start", str(T0), "--end", str(T0 + 3600))
+    assert code == 0
+    assert out.startswith("JOBID") and "HALF-HOUR (UTC)" in out and "1 job(s)," in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--nodes", "n[1-", "--start", "1", "--end", "2"], "unclosed '[' in hostlist"),
+        (["--nodes", "n1", "--start", "yesterday", "--end", "2"], "cannot read time 'yesterday'"),
+        (["--nodes", "n1"], "--nodes needs --start and --end"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_1(setup, capsys, args, message):
+    cfg, _, _ = setup
+    code, out, err = run(capsys, "--config", cfg, "footprint", *args)
+    assert code == 1 and out == "" and message in err and err.count("\n") == 1
+
+
+def test_broken_config_names_every_key(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("pue: high\nintensity:\n  provider: nope\n")
+    code, _, err = run(capsys, "--config", str(cfg), "check-config")
+    assert code == 1 and "pue: expected a number" in err and "intensity.provider: must be one of" in err
+
+
+def test_unreachable_victoriametrics_names_the_url(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_dir: {tmp_path}\nvictoriametrics:\n  url: http://127.0.0.1:9\n  timeout: 2\n"
+                   "intensity:\n  provider: constant\n  value: 100\nattribution: exclusive\n")
+    code, _, err = run(capsys, "--config", str(cfg), "footprint", "--nodes", "n1", "--start", "1700000000",
+                       "--end", "1700003600")
+    assert code == 1 and "http://127.0.0.1:9" in err
