@@ -29,6 +29,7 @@ from .metrics import Metrics, serve
 from .publish import WRITTEN, Publisher
 from .slurm import JobFacts, SlurmIO, node_cpu_lookup
 from .spool import Spool, SpoolRecord
+from .victoria import VictoriaClient
 
 log = logging.getLogger("carbond.daemon")
 
@@ -56,7 +57,7 @@ class Daemon:
     ledger: Ledger
     slurm: SlurmIO
     engine: Engine
-    victoria: object
+    victoria: VictoriaClient
     publisher: Publisher
     metrics: Metrics
     notify: Callable[[str], None] = lambda msg: None

@@ -21,6 +21,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from . import footprint
 from .errors import JobInputError
 
 PREFIX = "carbond:"
@@ -71,14 +72,14 @@ def token_values(fp: Any) -> dict[str, Any]:
         "co2e_g": fp.co2e_g,
         "energy_kwh": fp.energy_kwh,
         "gkwh": fp.intensity_g_per_kwh,
-        "cov": fp.coverage if fp.coverage < 0.9995 else None,
+        # Present whenever the method is not `measured`, capped so rounding never shows 1.
+        "cov": min(fp.coverage, 0.999) if fp.method != "measured" else None,
     }
 
 
 def method_of(values: Mapping[str, Any]) -> str:
-    """measured, mixed or estimated, from a parsed token's coverage."""
-    cov = float(values.get("cov", 1))
-    return "measured" if cov >= 0.9995 else ("estimated" if cov <= 0 else "mixed")
+    """measured, mixed or estimated, from a parsed token's coverage (absent: fully measured)."""
+    return footprint.method_of(float(values.get("cov", 1)))
 
 
 def format_token(values: Mapping[str, Any] | Any) -> str:
