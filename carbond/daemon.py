@@ -229,7 +229,8 @@ class Daemon:
                 self.metrics.set_intensity(self.engine.intensity.current())
             except CarbondError as exc:
                 log.warning("current grid intensity unavailable: %s", exc)
-        self.notify(f"STATUS=backlog {count} job(s); {self.ledger.state_counts().get(WRITTEN, 0)} written")
+        jobs, grams = self.metrics.accounted()
+        self.notify(f"STATUS=backlog {count} job(s); {jobs:.0f} accounted, {grams / 1000:.3f} kg CO2e")
 
 
 def _with_record(job: Job, rec: SpoolRecord) -> Job:

@@ -100,6 +100,12 @@ class Metrics:
             raise ValueError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
         self.last_success.labels(target=target).set(time.time() if when is None else when)
 
+    def accounted(self) -> tuple[float, float]:
+        """(jobs accounted, grams CO2e) so far: the running totals, from memory, not the ledger."""
+        jobs = self.registry.get_sample_value("carbond_jobs_total", {"outcome": "accounted"}) or 0.0
+        grams = sum(s.value for m in self.emissions.collect() for s in m.samples if s.name.endswith("_total"))
+        return jobs, grams
+
     def set_backlog(self, jobs: int, oldest_seconds: float) -> None:
         self.backlog.set(jobs)
         self.backlog_oldest.set(max(0.0, oldest_seconds) if jobs else 0.0)

@@ -65,6 +65,15 @@ def test_resume_equals_the_ledger(filled_ledger):
     assert emitted == total == 15.5
 
 
+def test_accounted_summary_matches_the_ledger(filled_ledger):
+    m = Metrics(CollectorRegistry(), "testcl")
+    m.resume(filled_ledger)
+    jobs = sum(t.jobs for t in filled_ledger.totals().values())
+    grams = sum(t.grams for t in filled_ledger.totals().values())
+    assert m.accounted() == (pytest.approx(jobs), pytest.approx(grams))
+    assert Metrics(CollectorRegistry(), "testcl").accounted() == (0.0, 0.0)
+
+
 def test_per_user_label(filled_ledger):
     reg = CollectorRegistry()
     Metrics(reg, "c1", per_user=True).resume(filled_ledger)
