@@ -335,9 +335,11 @@ def columns(acc: Accounting, alloc: Allocation) -> Columns:
     )
 
 
-def footprints(acc: Accounting, alloc: Allocation, metas: Sequence[JobMeta], pue: float) -> Iterator[JobFootprint]:
-    """Per-job results from the batch arrays; every number and time is formatted once, per array."""
-    c = columns(acc, alloc)
+def footprints(acc: Accounting, alloc: Allocation, metas: Sequence[JobMeta], pue: float,
+               c: Columns | None = None) -> Iterator[JobFootprint]:
+    """Per-job results from the batch arrays; every number and time is formatted once, per array
+    (pass `c` when the caller already has the columns)."""
+    c = c if c is not None else columns(acc, alloc)
     rows = zip(c.p_start, c.p_end, c.p_kwh, c.p_intensity, c.p_kind, c.p_g, strict=True)
     periods = list(map(tuple.__new__, repeat(Period), rows))  # Period(*row) without its Python-level __new__
     for i, meta in enumerate(metas):

@@ -50,7 +50,7 @@ def batch_lines(b: Batch) -> Iterator[str]:
             continue
         i, meta = slot, b.metas[slot]
         if not is_plain(c, i, meta):
-            slow = slow if slow is not None else list(footprints(b.acc, b.alloc, b.metas, b.pue))
+            slow = slow if slow is not None else list(footprints(b.acc, b.alloc, b.metas, b.pue, c))
             yield _ENCODER.encode(slow[i].to_dict())
             continue
         r0, r1 = c.row_offsets[i], c.row_offsets[i + 1]
