@@ -19,6 +19,8 @@ import yaml
 from .errors import ConfigError, HostlistError
 
 DEFAULT_PATH = "/etc/carbond/carbond.yaml"
+WATCHDOG_SECONDS = 60.0
+"""WatchdogSec of systemd/carbond.service; a Slurm call must return within half of it."""
 DEFAULT_POWER_QUERY = 'amperageProbeReading{amperageProbeLocationName="System Board Pwr Consumption"}'
 PROVIDERS = ("uk-carbon-intensity", "electricitymaps", "prometheus", "csv", "constant")
 COMMENT_FIELDS = ("admin_comment", "system_comment", "comment")
@@ -83,7 +85,16 @@ class SlurmConfig:
     concurrency: int = 16
     """sacctmgr calls in flight at once: each has ~0.25 s fixed latency but they overlap freely."""
     retry_seconds: int = 3600
-    """How long a job is retried (slurmdbd unaware of it, VictoriaMetrics down) before dead-lettering."""
+    """How long a job is retried for a reason of its own (slurmdbd unaware of it) before dead-lettering.
+    Time while a whole service is down (sacct failing, VictoriaMetrics down) does not count."""
+    timeout: float = 20.0
+    """Seconds any one sacct/sacctmgr/squeue call may take; must stay under WatchdogSec/2."""
+    reconcile_seconds: int = 300
+    """How often slurmdbd is asked for ended jobs that never reached the spool (0: never)."""
+    reconcile_lag_seconds: int = 600
+    """A job is reconciled only this long after its end, so its spool record has had time to arrive."""
+    suspend_poll_seconds: float = 5.0
+    """How often squeue is asked which jobs are suspended, to record suspend intervals (0: never)."""
 
 
 @dataclass(frozen=True)
@@ -279,6 +290,14 @@ def _check(cfg: Config) -> list[str]:
         p.append(f"slurm.comment_field: must be one of {', '.join(COMMENT_FIELDS)}, got {cfg.slurm.comment_field!r}")
     if cfg.slurm.concurrency < 1:
         p.append("slurm.concurrency: must be at least 1")
+    if not 0 < cfg.slurm.timeout < WATCHDOG_SECONDS / 2:
+        p.append(f"slurm.timeout: must be above 0 and below WatchdogSec/2 = {WATCHDOG_SECONDS / 2:g} s "
+                 f"(systemd/carbond.service has WatchdogSec={WATCHDOG_SECONDS:g}), got {cfg.slurm.timeout:g}")
+    if cfg.slurm.retry_seconds < 1:
+        p.append("slurm.retry_seconds: must be at least 1")
+    for key in ("reconcile_seconds", "reconcile_lag_seconds", "suspend_poll_seconds"):
+        if getattr(cfg.slurm, key) < 0:
+            p.append(f"slurm.{key}: must not be negative")
     host, _, port = cfg.metrics.listen.rpartition(":")
     if not host or not port.isdigit():
         p.append(f"metrics.listen: expected HOST:PORT, got {cfg.metrics.listen!r}")

@@ -1,34 +1,54 @@
-"""`carbond run`: turn every spool record into a footprint in Slurm, once, without ever blocking Slurm.
+"""`carbond run`: turn every spool record into a footprint in Slurm, once, whatever happens.
 
-One step of the loop:
-    spool records --ledger says done--> acknowledged (a repeated record, or a crash after the write)
-    the rest --one sacct call--> job facts --not in slurmdbd yet, or power not yet past the end--> retry later
-    ready jobs --engine--> footprints --ledger (counted once) + metrics--> tokens --sacctmgr, concurrent-->
+One pass of the loop:
+    spool records (those in backoff skipped by name, unread) --ledger says done--> acknowledged
+    the rest, one record per job --one sacct call--> job facts --not in slurmdbd yet, or power not
+    yet past the end--> retry later (per record)
+    ready jobs --sacct -D: every run; suspend intervals--> pieces --engine--> footprints
+    --ledger (counted once)--> tokens --sacctmgr, concurrent, each marked as it returns-->
     written (or skipped, with the reason) --> spool record acknowledged.
-A record that keeps failing for `slurm.retry_seconds` goes to the dead-letter folder with its reason.
+
+The pass is one error boundary. Whatever it raises is contained and counted in
+carbond_loop_errors_total{kind}: an outage (sacct failing, VictoriaMetrics or intensity down,
+the ledger's disk full) backs every record of the batch off without ageing it; anything else
+is a suspected poison record, so the batch is bisected until the record is alone, and a record
+that still fails alone POISON_TRIES times goes to the dead-letter folder with the exception.
+A record is dead-lettered for a reason of its own only after `slurm.retry_seconds` from the
+first time carbond tried it. The watchdog is fed from progress stamps (every Slurm call that
+returns, every pass), not from the loop, so a slow sacctmgr never gets the daemon killed while
+it progresses, and a hung one (bounded by slurm.timeout) never blocks READY or /metrics.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import sdnotify
 from prometheus_client import CollectorRegistry
 
-from .config import Config
+from .config import WATCHDOG_SECONDS, Config
 from .engine import Engine, build_engine
 from .errors import CarbondError, IntensityUnavailable, SlurmError, VictoriaError
+from .footprint import JobFootprint
+from .instance_lock import InstanceLock
 from .jobs import Job
-from .ledger import COUNTED, PENDING_WRITE, Entry, Ledger
+from .ledger import COUNTED, PENDING_WRITE, RECOVERED, UNWRITABLE, Entry, Ledger, LedgerError
 from .metrics import Metrics, serve
 from .publish import WRITTEN, Publisher
-from .slurm import JobFacts, SlurmIO, node_cpu_lookup
+from .reconcile import Reconciler
+from .runs import combine, pieces
+from .slurm import JobFacts, Run, SlurmCommandError, SlurmIO, node_cpu_lookup
 from .spool import Spool, SpoolRecord
+from .suspend import SuspendWatch
 from .victoria import VictoriaClient
 
 log = logging.getLogger("carbond.daemon")
@@ -37,7 +57,26 @@ BATCH = 1000
 POLL_SECONDS = 0.25
 INTENSITY_EVERY = 300.0
 HEALTH_EVERY = 2.0
-FINAL_STATES = frozenset(COUNTED) - {PENDING_WRITE} | {"not-started", "zero-length"}
+MAX_DELAY = 60.0
+POISON_TRIES = 3
+"""Failures of a record alone (after bisection) before it is dead-lettered as poison."""
+FINAL_STATES = frozenset(COUNTED) - {PENDING_WRITE, UNWRITABLE} | {"not-started", "zero-length"}
+"""Ledger states after which a record is only acknowledged. UNWRITABLE is not final: a record
+for such a job (its dead letter re-queued) publishes the token again."""
+
+
+class Progress:
+    """When the daemon last made progress: fed by the loop and by every Slurm call that returns."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.at = clock()
+
+    def touch(self) -> None:
+        self.at = self.clock()
+
+    def fresh(self, within: float) -> bool:
+        return self.clock() - self.at < within
 
 
 @dataclass
@@ -45,9 +84,13 @@ class Backoff:
     """When a record may be tried again, and why it is waiting."""
 
     first: float
+    """carbond's first attempt: the retry window starts here, never at the job's end."""
     next_at: float = 0.0
     delay: float = 0.5
     reason: str = ""
+    aging_from: float | None = None
+    """First failure for a reason of the record's own; outages do not age a record."""
+    poison: int = 0
 
 
 @dataclass
@@ -63,58 +106,106 @@ class Daemon:
     notify: Callable[[str], None] = lambda msg: None
     clock: Callable[[], float] = time.time
     waiting: dict[str, Backoff] = field(default_factory=dict)
+    """Per spool record (its file name), never per job: two records of one job never mix."""
     stop: threading.Event = field(default_factory=threading.Event)
+    progress: Progress = field(default_factory=Progress)
+    reconciler: Reconciler | None = None
+    suspends: SuspendWatch | None = None
+    recovered: dict[str, SpoolRecord] = field(default_factory=dict)
+    """Jobs reconciliation found without a spool record, waiting to be accounted."""
     _intensity_at: float = 0.0
     _notified_at: float = 0.0
+    _suspend_at: float = 0.0
+    _outage: str = ""
 
     # ---- the loop ---------------------------------------------------------------------------
 
     def serve_forever(self) -> None:
         self.notify("READY=1")
+        beat = threading.Thread(target=self._heartbeat, name="watchdog", daemon=True)
+        beat.start()
         while not self.stop.is_set():
+            self.progress.touch()
             busy = self.step()
-            self._health()
+            self._guard("spool", self._health)
             if not busy:
                 self.stop.wait(POLL_SECONDS)
         self.notify("STOPPING=1")
 
     def step(self) -> int:
-        """One pass over the spool; returns how many records made progress."""
-        records, dead = self.spool.pending(limit=BATCH)
+        """One pass over the spool; returns how many records made progress. Never raises."""
+        done = self._guard("internal", self._step)
+        if self.suspends is not None and self.clock() - self._suspend_at >= self.cfg.slurm.suspend_poll_seconds:
+            self._suspend_at = self.clock()
+            self._guard("slurm", self.suspends.poll)
+        if self.reconciler is not None and self.reconciler.due():
+            self._guard("slurm", self._reconcile)
+        return done or 0
+
+    def _step(self) -> int:
+        records, dead = self.spool.pending(limit=BATCH, skip=self._not_due)
         for d in dead:
             log.error("spool file %s dead-lettered: %s", d.path, d.reason)
+        self._forget_gone()
         now = self.clock()
+        records += [r for r in self.recovered.values() if self._due_at(r, now)]
         known = self.ledger.known(r.job_id_key for r in records)
         done = 0
         due: list[SpoolRecord] = []
+        taken: set[str] = set()
         for rec in records:
             state = known.get(rec.job_id_key)
             if state in FINAL_STATES:
                 self._ack(rec)  # a repeated record, or a crash between write and acknowledgement
                 done += 1
-            elif self._due(rec, now):
+            elif rec.job_id_key in taken:
+                continue  # another record of the same job goes first; this one is acknowledged after it
+            else:
+                if state == UNWRITABLE and self.ledger.republish(rec.job_id_key):
+                    log.info("job %s: token published again (its record was re-queued)", rec.display_id)
+                    known[rec.job_id_key] = PENDING_WRITE
+                taken.add(rec.job_id_key)
                 due.append(rec)
         if due:
-            done += self._process(due, known)
+            done += self._attempt(due, known)
         return done
 
-    def _process(self, due: list[SpoolRecord], known: dict[str, str]) -> int:
-        try:
-            facts = self.slurm.read_jobs([r.job_id_key for r in due])
-            self.metrics.success("slurmdbd")
-        except SlurmError as exc:
-            for rec in due:
-                self._retry(rec, f"sacct failed: {exc}")
+    def _attempt(self, batch: list[SpoolRecord], known: dict[str, str]) -> int:
+        """Process a batch inside the error boundary; bisect it when something in it is poison."""
+        if self.stop.is_set():
             return 0
+        try:
+            n = self._process(batch, known)
+            self._outage_over()
+            return n
+        except Exception as exc:  # noqa: BLE001 - the error boundary: nothing may stop the loop
+            kind = error_kind(exc)
+            self.metrics.loop_error(kind)
+            if kind != "poison":
+                self._outage_seen(kind, exc)
+                for rec in batch:
+                    self._retry(rec, f"{kind} unavailable", ages=False)
+                return 0
+            if len(batch) == 1:
+                self._poisoned(batch[0], exc)
+                return 0
+            log.warning("a batch of %d record(s) failed (%s); bisecting to find the record", len(batch),
+                        short(exc))
+            mid = len(batch) // 2
+            return self._attempt(batch[:mid], known) + self._attempt(batch[mid:], known)
+
+    def _process(self, due: list[SpoolRecord], known: dict[str, str]) -> int:
+        facts = self.slurm.read_jobs([r.job_id_key for r in due])
+        self.metrics.success("slurmdbd")
         ready: list[tuple[SpoolRecord, JobFacts]] = []
         for rec in due:
             f = facts.get(rec.job_id_key)
             if f is None:
                 self._retry(rec, "slurmdbd does not know the job yet")
             elif not f.ended:
-                self._retry(rec, f"job is {f.state or 'not finished'} in slurmdbd", quick=True)
+                self._retry(rec, f"job is {f.state.lower() or 'not finished'} in slurmdbd", quick=True, ages=False)
             else:
-                ready.append((rec, replace(f, job=_with_record(f.job, rec))))
+                ready.append((rec, replace(f, job=with_record(f.job, rec))))
         fresh = [(r, f) for r, f in ready if known.get(r.job_id_key) != PENDING_WRITE]
         writes = [(r, f) for r, f in ready if known.get(r.job_id_key) == PENDING_WRITE]
         writes += self._account(fresh)
@@ -125,41 +216,51 @@ class Daemon:
         ready = [(r, f) for r, f in ready if not self._power_pending(r, f)]
         if not ready:
             return []
-        try:
-            fps = list(self.engine.account([f.job for _, f in ready]))
-        except (VictoriaError, IntensityUnavailable) as exc:
-            for rec, _ in ready:
-                self._retry(rec, str(exc))
-            return []
+        runs = self.slurm.read_runs([f.job.job_id for _, f in ready])
+        plan = [(rec, f, pieces(f.job, runs.get(f.job.job_id, ()), self._suspends_of(f.job.job_id, runs)))
+                for rec, f in ready]
+        flat = [p.job for _, _, ps in plan for p in ps]
+        fps = iter(list(self.engine.account(flat)))
         self.metrics.success("victoriametrics")
         self.metrics.success("intensity")
-        final, out = [], []
-        for (rec, f), fp in zip(ready, fps, strict=True):
+        final: list[tuple[SpoolRecord, JobFacts, JobFootprint]] = []
+        for rec, f, ps in plan:
+            fp = combine(f.job.job_id, [(p, next(fps)) for p in ps])
             if fp.status == "error":
-                self._retry(rec, fp.error or "error", bury_as=Entry.dead(rec.job_id_key, fp.error or "", f.job.end))
+                self._retry(rec, f"cannot account: {fp.error or 'error'}",
+                            bury_as=Entry.dead(rec.job_id_key, fp.error or "", f.job.end))
             else:
                 final.append((rec, f, fp))
-        entries = self.publisher.record([(f.job, fp) for _, f, fp in final])
-        for (rec, f, _), entry in zip(final, entries, strict=True):
-            if entry.state == PENDING_WRITE:
-                out.append((rec, f))
-            else:
-                self._ack(rec)
+                for note in fp.warnings:
+                    if "suspended" in note:
+                        log.info("job %s: %s", rec.display_id, note)
+        by_origin: dict[str, list[tuple[SpoolRecord, JobFacts, JobFootprint]]] = {}
+        for item in final:
+            by_origin.setdefault(RECOVERED if _recovered(item[0]) else "", []).append(item)
+        out = []
+        for origin, items in by_origin.items():
+            entries = self.publisher.record([(f.job, fp) for _, f, fp in items], origin=origin)
+            for (rec, f, _), entry in zip(items, entries, strict=True):
+                if entry.state == PENDING_WRITE:
+                    out.append((rec, f))
+                else:
+                    self._ack(rec)
         return out
+
+    def _suspends_of(self, job_id: str, runs: dict[str, list[Run]]) -> list[tuple[float, float | None]]:
+        if not any(r.suspended > 0 for r in runs.get(job_id, ())):
+            return []
+        return self.ledger.suspended(job_id)
 
     def _power_pending(self, rec: SpoolRecord, f: JobFacts) -> bool:
         """Wait (up to settle_seconds after the end) until every node has a sample past the end."""
         end, nodes = f.job.end, f.job.nodes
         if end is None or not nodes or self.clock() > end + self.cfg.settle_seconds:
             return False
-        try:
-            latest = self.victoria.latest_sample(nodes, end)
-        except VictoriaError as exc:
-            self._retry(rec, str(exc))
-            return True
+        latest = self.victoria.latest_sample(nodes, end)
         if all(latest.get(n, 0) >= end for n in nodes):
             return False
-        self._retry(rec, "waiting for power samples past the job's end", quick=True, count=False)
+        self._retry(rec, "waiting for power samples past the job's end", quick=True, ages=False, quiet=True)
         return True
 
     def _write(self, pairs: list[tuple[SpoolRecord, JobFacts]]) -> int:
@@ -167,7 +268,7 @@ class Daemon:
             return 0
         entries = {e.job_id: e for e in (self.ledger.get(r.job_id_key) for r, _ in pairs) if e}
         items = [(entries[r.job_id_key], f) for r, f in pairs if r.job_id_key in entries]
-        results = self.publisher.write(items)
+        results = self.publisher.write(items, cancel=self.stop.is_set)
         done = 0
         for rec, _ in pairs:
             res = results.get(rec.job_id_key)
@@ -175,109 +276,248 @@ class Daemon:
                 self._ack(rec)
                 done += 1
             elif isinstance(res, SlurmError) and not getattr(res, "retryable", True):
-                self._give_up(rec, f"sacctmgr refused: {res}", unwritable=True)
+                self._give_up(rec, f"sacctmgr refused the write: {short(res)}", unwritable="refused")
             else:
-                self._retry(rec, f"sacctmgr: {res}", unwritable=True)
+                self._retry(rec, f"token not written: {short(res) if res is not None else 'no result'}",
+                            unwritable="gave-up", ages=not _outage_error(res))
         return done
+
+    def _reconcile(self) -> None:
+        assert self.reconciler is not None
+        for f in self.reconciler.find(self.spool.job_ids() | set(self.recovered)):
+            rec = recovered_record(f)
+            self.recovered[rec.job_id_key] = rec
 
     # ---- bookkeeping ------------------------------------------------------------------------
 
-    def _due(self, rec: SpoolRecord, now: float) -> bool:
-        b = self.waiting.get(rec.job_id_key)
+    def _not_due(self, name: str) -> bool:
+        b = self.waiting.get(name)
+        return b is not None and self.clock() < b.next_at
+
+    def _due_at(self, rec: SpoolRecord, now: float) -> bool:
+        b = self.waiting.get(_key(rec))
         return b is None or now >= b.next_at
 
-    def _retry(self, rec: SpoolRecord, reason: str, quick: bool = False, count: bool = True,
-               bury_as: Entry | None = None, unwritable: bool = False) -> None:
+    def _forget_gone(self) -> None:
+        """Drop backoff state of spool files that are gone (acknowledged elsewhere, moved by hand)."""
+        if len(self.waiting) > 2 * max(len(self.spool.names), 1) + len(self.recovered):
+            keep = self.spool.names | {_key(r) for r in self.recovered.values()}
+            self.waiting = {k: b for k, b in self.waiting.items() if k in keep}
+
+    def _retry(self, rec: SpoolRecord, reason: str, quick: bool = False, ages: bool = True, quiet: bool = False,
+               bury_as: Entry | None = None, unwritable: str = "") -> None:
         now = self.clock()
-        b = self.waiting.setdefault(rec.job_id_key, Backoff(first=now))
-        if count and now - min(b.first, rec.epilog_time or now) > self.cfg.slurm.retry_seconds:
-            self._give_up(rec, reason, bury_as=bury_as, unwritable=unwritable)
-            return
-        if reason != b.reason:
-            log.info("job %s: retrying: %s", rec.display_id, reason)
+        b = self.waiting.setdefault(_key(rec), Backoff(first=now))
+        if ages:
+            b.aging_from = now if b.aging_from is None else b.aging_from
+            if now - b.aging_from > self.cfg.slurm.retry_seconds:
+                self._give_up(rec, reason, bury_as=bury_as, unwritable=unwritable)
+                return
+        if reason != b.reason and not quiet:
+            log.info("job %s (%s): waiting: %s", rec.display_id, rec.name or "recovered", reason)
         b.reason = reason
-        b.delay = 1.0 if quick else min(b.delay * 2, 60.0)
+        b.delay = 1.0 if quick else min(b.delay * 2, MAX_DELAY)
         b.next_at = now + b.delay
 
-    def _give_up(self, rec: SpoolRecord, reason: str, bury_as: Entry | None = None, unwritable: bool = False) -> None:
-        log.error("job %s: giving up after retries: %s", rec.display_id, reason)
-        if unwritable:
-            self.ledger.mark_unwritable(rec.job_id_key, reason[:500])
-        elif bury_as is not None or self.ledger.get(rec.job_id_key) is None:
+    def _poisoned(self, rec: SpoolRecord, exc: BaseException) -> None:
+        b = self.waiting.setdefault(_key(rec), Backoff(first=self.clock()))
+        b.poison += 1
+        reason = f"fails on its own: {type(exc).__name__}: {short(exc)}"
+        if b.poison >= POISON_TRIES:
+            log.error("job %s (%s): dead-lettered after %d failures on its own: %s", rec.display_id, rec.name,
+                      b.poison, reason, exc_info=exc)
+            self._give_up(rec, reason, poison=True)
+        else:
+            self._retry(rec, reason)
+
+    def _give_up(self, rec: SpoolRecord, reason: str, bury_as: Entry | None = None, unwritable: str = "",
+                 poison: bool = False) -> None:
+        if not poison:
+            log.error("job %s (%s): giving up after retries: %s", rec.display_id, rec.name or "recovered", reason)
+        if unwritable and self.ledger.mark_unwritable(rec.job_id_key, unwritable):
+            self.metrics.write_skipped(unwritable)
+        elif not unwritable and (bury_as is not None or self.ledger.get(rec.job_id_key) is None):
             entry = bury_as or Entry.dead(rec.job_id_key, reason[:500])
             self.metrics.recorded([entry], self.ledger.record_many([entry]))
-        self.spool.dead_letter(rec, reason)
-        self.waiting.pop(rec.job_id_key, None)
+        if not _recovered(rec):
+            self.spool.dead_letter(rec, reason)
+        self._forget(rec)
 
     def _ack(self, rec: SpoolRecord) -> None:
-        self.spool.ack(rec)
-        self.waiting.pop(rec.job_id_key, None)
+        if not _recovered(rec):
+            self.spool.ack(rec)
+        self._forget(rec)
+
+    def _forget(self, rec: SpoolRecord) -> None:
+        self.waiting.pop(_key(rec), None)
+        if _recovered(rec):
+            self.recovered.pop(rec.job_id_key, None)
+
+    def _outage_seen(self, kind: str, exc: BaseException) -> None:
+        """One log line when an outage starts or changes, none while it lasts."""
+        text = f"{kind}: {short(exc)}"
+        if kind != self._outage:
+            log.warning("outage: %s; records wait without ageing until it is over", text)
+        self._outage = kind
+
+    def _outage_over(self) -> None:
+        if self._outage:
+            log.warning("outage over (%s)", self._outage)
+            self._outage = ""
+
+    def _guard(self, kind: str, fn: Callable[[], Any]) -> Any:
+        """Run `fn` inside the error boundary: log once per change, count, never raise."""
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - the error boundary
+            k = error_kind(exc) if kind == "internal" else (error_kind(exc) if error_kind(exc) != "poison" else kind)
+            self.metrics.loop_error(k)
+            self._outage_seen(k, exc)
+            return None
 
     def _health(self) -> None:
-        """Gauges every pass; the watchdog and STATUS at most every HEALTH_EVERY seconds."""
+        """Gauges every pass; the current intensity every INTENSITY_EVERY seconds."""
         count, oldest = self.spool.backlog()
-        self.metrics.set_backlog(count, oldest)
+        self.metrics.set_backlog(count + len(self.recovered), oldest)
         self.metrics.set_dead_letters(self.spool.dead_count())
         now = self.clock()
-        if now - self._notified_at < HEALTH_EVERY:
-            return
-        self._notified_at = now
-        self.notify("WATCHDOG=1")
         if now - self._intensity_at >= INTENSITY_EVERY:
             self._intensity_at = now
             try:
                 self.metrics.set_intensity(self.engine.intensity.current())
             except CarbondError as exc:
                 log.warning("current grid intensity unavailable: %s", exc)
-        jobs, grams = self.metrics.accounted()
-        self.notify(f"STATUS=backlog {count} job(s); {jobs:.0f} accounted, {grams / 1000:.3f} kg CO2e")
+
+    def _heartbeat(self) -> None:
+        """WATCHDOG=1 while the daemon progresses (a pass, or any Slurm call returning), and STATUS."""
+        while not self.stop.wait(HEALTH_EVERY):
+            if self.progress.fresh(WATCHDOG_SECONDS / 2):
+                self.notify("WATCHDOG=1")
+            try:
+                jobs, grams = self.metrics.accounted()
+                count = int(self.metrics.backlog._value.get())
+                self.notify(f"STATUS=backlog {count} job(s); {jobs:.0f} accounted, {grams / 1000:.3f} kg CO2e")
+            except Exception as exc:  # noqa: BLE001 - STATUS is best effort
+                log.debug("no STATUS: %s", exc)
 
 
-def _with_record(job: Job, rec: SpoolRecord) -> Job:
-    """The job as slurmctld handed it to the epilog, where sacct may not know better yet.
+def _key(rec: SpoolRecord) -> str:
+    return rec.name if rec.path else f"recovered:{rec.job_id_key}"
+
+
+def _recovered(rec: SpoolRecord) -> bool:
+    return not rec.path
+
+
+def recovered_record(f: JobFacts) -> SpoolRecord:
+    """A stand-in spool record for a job found by reconciliation (no file: path "")."""
+    display = f.job.display_id or f.job.job_id
+    array_job, _, task = display.partition("_") if "_" in display else ("", "", "")
+    return SpoolRecord(job_id=f.job.job_id, array_job_id=array_job, array_task_id=task, nodes="", cpus_per_node="",
+                       partition="", account="", user="", uid=None, exit_code="", cluster=f.cluster,
+                       epilog_time=int(f.job.end or 0), path="")
+
+
+def error_kind(exc: BaseException) -> str:
+    """The carbond_loop_errors_total label; every kind but "poison" is an outage of a service."""
+    if isinstance(exc, (LedgerError, sqlite3.Error)):
+        return "ledger"
+    if isinstance(exc, VictoriaError):
+        return "victoriametrics"
+    if isinstance(exc, IntensityUnavailable):
+        return "intensity"
+    if isinstance(exc, OSError) or (isinstance(exc, CarbondError) and str(exc).startswith("spool directory")):
+        return "spool"
+    if isinstance(exc, SlurmError) and _outage_error(exc):
+        return "slurm"
+    return "poison"
+
+
+def _outage_error(exc: object) -> bool:
+    """A Slurm command that failed to run or answer (not one that answered with something unusable)."""
+    if isinstance(exc, SlurmCommandError):
+        return exc.returncode != 0 or "timed out" in str(exc)
+    return isinstance(exc, SlurmError) and "stopping" in str(exc)
+
+
+def short(exc: object, limit: int = 200) -> str:
+    """An error for a log line: never a whole command line or its job id list."""
+    if isinstance(exc, SlurmCommandError):
+        status = f"exit {exc.returncode}" if exc.returncode is not None else "no answer"
+        text = f"{os.path.basename(exc.cmd[0]) if exc.cmd else 'slurm'} {status}: {exc.stderr or '(no stderr)'}"
+    else:
+        text = str(exc)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def with_record(job: Job, rec: SpoolRecord) -> Job:
+    """The job's facts: slurmdbd's once its record is complete, the epilog's as a hint before that.
 
     For about a second after a job ends, slurmdbd's record can be incomplete: NodeList only the
-    batch host, no partition, no array ids. The array ids matter most: `sacctmgr ... where
-    jobid=<raw id of task 1>` would rewrite every task of the array, while `1234_1` hits one.
-    The epilog also has the exact CPUs per node, where sacct only has a total.
+    batch host, no partition. Until then the spool record's nodes, CPUs and labels stand in.
+    Once slurmdbd has a partition and as many nodes as the record, slurmdbd wins for nodes, CPUs,
+    user, account and partition (a requeued job's record names the first run's nodes; slurmdbd
+    the last); the record then only gives exact CPUs per node when it names the same nodes.
+    Array ids always come from the record: `sacctmgr ... where jobid=<raw id of task 1>` would
+    rewrite every task of the array, while `1234_1` hits one.
     """
     try:
         hosts, cpus = rec.hosts(), rec.cpus()
     except CarbondError:
         hosts, cpus = (), []
     changes: dict[str, object] = {}
-    if hosts:
-        per_node = tuple(float(c) for c in cpus) if len(cpus) == len(hosts) else ()
-        if not per_node and job.cpus:
-            per_node = (sum(job.cpus) / len(hosts),) * len(hosts)
-        changes.update(nodes=tuple(hosts), cpus=per_node)
-    for key in ("partition", "account", "user"):
-        if getattr(rec, key):
-            changes[key] = getattr(rec, key)
+    complete = bool(job.partition) and bool(job.nodes) and (not hosts or len(hosts) == len(job.nodes))
+    if complete:
+        if hosts and len(cpus) == len(hosts) and set(hosts) == set(job.nodes):
+            held = dict(zip(hosts, cpus, strict=True))
+            changes["cpus"] = tuple(float(held[n]) for n in job.nodes)
+        for key in ("partition", "account", "user"):
+            if not getattr(job, key) and getattr(rec, key):
+                changes[key] = getattr(rec, key)
+    else:
+        if hosts:
+            per_node = tuple(float(c) for c in cpus) if len(cpus) == len(hosts) else ()
+            if not per_node and job.cpus:
+                per_node = (sum(job.cpus) / len(hosts),) * len(hosts)
+            changes.update(nodes=tuple(hosts), cpus=per_node)
+        for key in ("partition", "account", "user"):
+            if getattr(rec, key):
+                changes[key] = getattr(rec, key)
     if rec.array_job_id:
         changes["display_id"] = rec.display_id
     return replace(job, **changes)
 
 
-def build(cfg: Config, registry: CollectorRegistry | None = None) -> Daemon:
-    """The daemon and everything it talks to, from the config."""
+_with_record = with_record  # the name earlier tests use
+
+
+def build(cfg: Config, registry: CollectorRegistry | None = None, progress: Progress | None = None) -> Daemon:
+    """The daemon and everything it talks to, from the config. Runs no Slurm command."""
     registry = registry or CollectorRegistry()
-    slurm = SlurmIO(cfg.slurm, cluster=cfg.cluster or None)
+    progress = progress or Progress()
+
+    def runner(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return subprocess.run(*args, **kwargs)  # noqa: S603 - argument lists only, see SlurmIO
+        finally:
+            progress.touch()
+
+    slurm = SlurmIO(cfg.slurm, cluster=cfg.cluster or None, runner=runner, timeout=cfg.slurm.timeout)
     engine, victoria = build_engine(cfg, node_cpus=node_cpu_lookup(slurm))
     ledger = Ledger(cfg.state_dir, cfg.cluster)
     metrics = Metrics(registry, cfg.cluster, cfg.metrics.per_user)
     metrics.resume(ledger)
-    lowercases = _lowercases(slurm)
-    publisher = Publisher(ledger, slurm, metrics, cfg.slurm.comment_field, lowercases)
-    return Daemon(cfg, Spool(cfg.spool_dir), ledger, slurm, engine, victoria, publisher, metrics)
-
-
-def _lowercases(slurm: SlurmIO) -> bool:
-    try:
-        return slurm.lowercases()
-    except SlurmError as exc:
-        log.warning("cannot read the Slurm version (%s); assuming sacctmgr lowercases values", exc)
-        return True
+    publisher = Publisher(ledger, slurm, metrics, cfg.slurm.comment_field, None)
+    clock = time.time
+    daemon = Daemon(cfg, Spool(cfg.spool_dir), ledger, slurm, engine, victoria, publisher, metrics,
+                    clock=clock, progress=progress)
+    if cfg.slurm.reconcile_seconds > 0:
+        daemon.reconciler = Reconciler(slurm, ledger, clock, cfg.slurm.reconcile_seconds,
+                                       cfg.slurm.reconcile_lag_seconds)
+    if cfg.slurm.suspend_poll_seconds > 0:
+        daemon.suspends = SuspendWatch(slurm, ledger, clock)
+    return daemon
 
 
 def _notifier() -> Callable[[str], None]:
@@ -289,7 +529,8 @@ def _notifier() -> Callable[[str], None]:
 
 
 def run(cfg: Config) -> int:
-    """Entry point of `carbond run` (systemd Type=notify)."""
+    """Entry point of `carbond run` (systemd Type=notify): lock, /metrics, READY=1, then the loop."""
+    lock = InstanceLock(cfg.state_dir, cfg.spool_dir).acquire()
     registry = CollectorRegistry()
     daemon = build(cfg, registry)
     daemon.notify = _notifier()
@@ -303,5 +544,6 @@ def run(cfg: Config) -> int:
         server.shutdown()
         server.server_close()
         daemon.ledger.close()
+        lock.release()
     log.info("carbond stopped")
     return 0

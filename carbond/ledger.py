@@ -37,6 +37,18 @@ COUNTED = (ACCOUNTED, PENDING_WRITE, WRITTEN, UNWRITABLE)
 
 FILENAME = "ledger.sqlite"
 
+SKIP_REASONS = ("would-mangle", "foreign-payload", "refused", "gave-up")
+"""Why a counted job has no token: the field would be damaged, holds another tool's payload,
+sacctmgr refused the write (permissions, ambiguous id), or carbond gave up retrying it."""
+
+
+def skip_label(reason: str | None) -> str:
+    """The fixed label for an UNWRITABLE row's reason (older ledgers stored free text)."""
+    text = (reason or "").strip()
+    if text in SKIP_REASONS:
+        return text
+    return "refused" if "refused" in text else "gave-up"
+
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
     cluster     TEXT NOT NULL,
@@ -52,10 +64,23 @@ CREATE TABLE IF NOT EXISTS jobs (
     recorded_at REAL NOT NULL,
     written_at  REAL,
     reason      TEXT,
+    pue         REAL,
+    origin      TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (cluster, job_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (state) WHERE state = 'pending-write';
+CREATE TABLE IF NOT EXISTS suspends (
+    cluster     TEXT NOT NULL,
+    job_id      TEXT NOT NULL,
+    start       REAL NOT NULL,
+    end         REAL,
+    PRIMARY KEY (cluster, job_id, start)
+) WITHOUT ROWID;
 """
+_MIGRATIONS = (("pue", "REAL"), ("origin", "TEXT NOT NULL DEFAULT ''"))
+"""Columns added after the first release: ALTER TABLE ... ADD COLUMN on a ledger that lacks them."""
+RECOVERED = "recovered"
+"""`origin` of a job found by reconciliation: it ended in slurmdbd with no spool record."""
 
 
 class LedgerError(CarbondError):
@@ -79,6 +104,10 @@ class Entry:
     reason: str | None = None
     recorded_at: float = 0.0
     written_at: float | None = None
+    pue: float | None = None
+    """The PUE the footprint was computed with (None: not recorded, e.g. a ledger from before it was)."""
+    origin: str = ""
+    """Where the job came from: "" (the spool), "recovered" (reconciliation), or another writer's name."""
 
     @classmethod
     def from_footprint(cls, job: object, fp: object, token: str | None = None) -> Entry:
@@ -94,7 +123,7 @@ class Entry:
                       end_time=getattr(job, "end", None))
         if status == "ok":
             return cls(state=PENDING_WRITE if token else ACCOUNTED, energy_j=float(fp.energy_kwh) * 3.6e6,
-                       co2e_g=float(fp.co2e_g), token=token, **common)
+                       co2e_g=float(fp.co2e_g), token=token, pue=getattr(fp, "pue", None), **common)
         if status in (NOT_STARTED, ZERO_LENGTH):
             return cls(state=status, reason=getattr(fp, "error", None) or None, **common)
         raise LedgerError(f"job {common['job_id']}: a footprint with status {status!r} is not an outcome; "
@@ -122,7 +151,7 @@ class Totals:
 
 
 _COLUMNS = ("job_id", "state", "energy_j", "co2e_g", "partition", "account", "user", "end_time", "token",
-            "reason", "recorded_at", "written_at")
+            "reason", "recorded_at", "written_at", "pue", "origin")
 
 
 class Ledger:
@@ -139,8 +168,15 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not just a crash
             self._db.executescript(_SCHEMA)
+            self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from None
+
+    def _migrate(self) -> None:
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, decl in _MIGRATIONS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
 
     def close(self) -> None:
         with self._lock:
@@ -175,10 +211,11 @@ class Ledger:
                 db.execute("DELETE FROM jobs WHERE cluster=? AND job_id=? AND state=? AND ?<>?",
                            (self.cluster, e.job_id, DEAD, e.state, DEAD))
                 cur = db.execute(
-                    f"INSERT OR IGNORE INTO jobs (cluster, {', '.join(_COLUMNS)}) VALUES ({', '.join('?' * 13)})",
+                    f"INSERT OR IGNORE INTO jobs (cluster, {', '.join(_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})",
                     (self.cluster, e.job_id, e.state, e.energy_j if e.counted else 0.0,
                      e.co2e_g if e.counted else 0.0, e.partition, e.account, e.user, e.end_time, e.token,
-                     e.reason, e.recorded_at or now, e.written_at),
+                     e.reason, e.recorded_at or now, e.written_at, e.pue, e.origin),
                 )
                 out.append(cur.rowcount == 1)
         return out
@@ -194,6 +231,37 @@ class Ledger:
     def mark_pending(self, job_id: str, token: str) -> bool:
         """ACCOUNTED/WRITTEN/UNWRITABLE -> PENDING_WRITE with a new token (a later `backfill --write`)."""
         return self._move(job_id, (ACCOUNTED, WRITTEN, UNWRITABLE), PENDING_WRITE, token=token, reason=None) == 1
+
+    def republish(self, job_id: str) -> bool:
+        """UNWRITABLE -> PENDING_WRITE with the token it already has (its dead letter was re-queued)."""
+        entry = self.get(job_id)
+        if entry is None or entry.state != UNWRITABLE or not entry.token:
+            return False
+        return self._move(job_id, (UNWRITABLE,), PENDING_WRITE, reason=None) == 1
+
+    # --- suspend intervals (see carbond/suspend.py) ------------------------------------------
+
+    def suspend_started(self, job_id: str, at: float) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO suspends (cluster, job_id, start, end) VALUES (?, ?, ?, NULL)",
+                       (self.cluster, job_id, at))
+
+    def suspend_ended(self, job_id: str, at: float) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE suspends SET end=? WHERE cluster=? AND job_id=? AND end IS NULL",
+                       (at, self.cluster, job_id))
+
+    def suspended(self, job_id: str) -> list[tuple[float, float | None]]:
+        """The job's recorded suspend intervals, in order (end None: still open when last seen)."""
+        with self._lock:
+            return self._db.execute("SELECT start, end FROM suspends WHERE cluster=? AND job_id=? ORDER BY start",
+                                    (self.cluster, job_id)).fetchall()
+
+    def open_suspends(self) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT job_id FROM suspends WHERE cluster=? AND end IS NULL",
+                                    (self.cluster,)).fetchall()
+        return {r[0] for r in rows}
 
     def _move(self, job_ids: str | Iterable[str], frm: tuple[str, ...], to: str, **values: object) -> int:
         ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
@@ -241,6 +309,21 @@ class Ledger:
             rows = self._db.execute(q, (self.cluster, *COUNTED)).fetchall()
         return {(p, a, u): Totals(j, g, n) for p, a, u, j, g, n in rows}
 
+    def pue_of(self, job_id: str) -> float | None:
+        """The PUE the job was accounted with, or None (not in the ledger, or recorded before PUE was)."""
+        entry = self.get(job_id)
+        return entry.pue if entry else None
+
+    def recovered_count(self) -> int:
+        """Jobs reconciliation found in slurmdbd without a spool record (carbond_jobs_recovered_total)."""
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM jobs WHERE cluster=? AND origin=?",
+                                    (self.cluster, RECOVERED)).fetchone()[0]
+
+    def latest_end(self) -> float | None:
+        with self._lock:
+            return self._db.execute("SELECT MAX(end_time) FROM jobs WHERE cluster=?", (self.cluster,)).fetchone()[0]
+
     def state_counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM jobs WHERE cluster=? GROUP BY state",
@@ -256,11 +339,15 @@ class Ledger:
         return out
 
     def skipped_counts(self) -> dict[str, int]:
-        """carbond_writes_skipped_total by reason: UNWRITABLE rows grouped by their reason."""
+        """carbond_writes_skipped_total by reason: UNWRITABLE rows, each reason one of SKIP_REASONS."""
         with self._lock:
             rows = self._db.execute("SELECT COALESCE(reason, ''), COUNT(*) FROM jobs WHERE cluster=? AND state=? "
                                     "GROUP BY reason", (self.cluster, UNWRITABLE)).fetchall()
-        return dict(rows)
+        out: dict[str, int] = {}
+        for reason, n in rows:
+            label = skip_label(reason)
+            out[label] = out.get(label, 0) + n
+        return out
 
     def _select(self, where: str, args: tuple) -> list[Entry]:
         with self._lock:
@@ -287,15 +374,28 @@ class _Transaction:
         return self._ledger._db
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        """COMMIT, or ROLLBACK; a ROLLBACK that fails too (sqlite may already have rolled back,
+        e.g. on 'database or disk is full') never hides the first error, which is re-raised as a
+        LedgerError naming the file, so the daemon retries it like any outage."""
         db = self._ledger._db
         try:
             if exc_type is None:
                 try:
                     db.execute("COMMIT")
                 except sqlite3.Error as err:
-                    db.execute("ROLLBACK")
+                    _quiet_rollback(db)
                     raise LedgerError(f"cannot write the ledger {self._ledger.path}: {err}") from None
             else:
-                db.execute("ROLLBACK")
+                _quiet_rollback(db)
+                if isinstance(exc, sqlite3.Error):
+                    raise LedgerError(f"cannot write the ledger {self._ledger.path}: {exc}") from None
         finally:
             self._ledger._lock.release()
+
+
+def _quiet_rollback(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # the connection is already out of its transaction; the original error is what matters

@@ -1,22 +1,32 @@
 """Prometheus metrics of the daemon: the site's running totals and carbond's own health.
 
 Everything lives in a CollectorRegistry passed in (no global state), so tests and the daemon
-each have their own. The energy, emissions, jobs and skipped-write counters resume from the
-ledger at start: they are then always the sum over the accounted jobs, across restarts.
+each have their own. Once a ledger is attached, the energy, emissions, jobs, skipped-write and
+recovered counters are read from it at scrape time (a custom collector, cached for a second), so
+they always equal the ledger, whoever wrote it: the daemon, `backfill --write`, a re-queued dead
+letter. Without a ledger (tests, one-shot tools) they count in memory.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
 
 from .errors import ConfigError
-from .ledger import ACCOUNTED, DEAD, NOT_STARTED, ZERO_LENGTH, Entry, Ledger
+from .ledger import ACCOUNTED, DEAD, NOT_STARTED, SKIP_REASONS, ZERO_LENGTH, Entry, Ledger
+
+log = logging.getLogger("carbond.metrics")
 
 OUTCOMES = (ACCOUNTED, NOT_STARTED, ZERO_LENGTH, DEAD)
-SKIP_REASONS = ("would-mangle", "foreign-payload")
+LOOP_ERROR_KINDS = ("slurm", "victoriametrics", "intensity", "ledger", "spool", "poison", "internal")
+"""carbond_loop_errors_total{kind}: what a pass of the loop ran into (and contained)."""
+SNAPSHOT_TTL = 1.0
 TARGETS = ("victoriametrics", "intensity", "slurmdbd")
 LATENCY_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 """Seconds from job end to token written: seconds normally, hours when VictoriaMetrics was down."""
@@ -29,15 +39,12 @@ class Metrics:
         self.registry = registry
         self.cluster = cluster
         self.per_user = per_user
-        labels = ["cluster", "partition", "account"] + (["user"] if per_user else [])
-        self.energy = Counter("carbond_energy_joules", "Energy of accounted jobs (PUE included).",
-                              labels, registry=registry)
-        self.emissions = Counter("carbond_emissions_grams", "CO2e of accounted jobs, operational plus embodied.",
-                                 labels, registry=registry)
-        self.jobs = Counter("carbond_jobs", "Jobs carbond is done with, by outcome.", ["outcome"], registry=registry)
-        self.writes_skipped = Counter("carbond_writes_skipped",
-                                      "Footprints kept out of the comment field because a rewrite would damage it.",
-                                      ["reason"], registry=registry)
+        self.totals = _Totals(cluster, per_user)
+        registry.register(self.totals)
+        self.loop_errors = Counter("carbond_loop_errors", "Errors a pass of the daemon loop ran into and contained.",
+                                   ["kind"], registry=registry)
+        for kind in LOOP_ERROR_KINDS:
+            self.loop_errors.labels(kind=kind)
         self.backlog = Gauge("carbond_backlog_jobs", "Jobs waiting to be accounted or written.", registry=registry)
         self.backlog_oldest = Gauge("carbond_backlog_oldest_seconds", "Age of the oldest job in the backlog.",
                                     registry=registry)
@@ -49,44 +56,45 @@ class Metrics:
                                "Grid carbon intensity of the current half-hour.", registry=registry)
         self.latency = Histogram("carbond_processing_latency_seconds", "From job end to its token written.",
                                  buckets=LATENCY_BUCKETS, registry=registry)
-        for outcome in OUTCOMES:
-            self.jobs.labels(outcome=outcome)
-        for reason in SKIP_REASONS:
-            self.writes_skipped.labels(reason=reason)
         for target in TARGETS:
             self.last_success.labels(target=target)
         self.intensity.set(float("nan"))
 
     def resume(self, ledger: Ledger) -> None:
-        """Start every counter at the ledger's totals; call once, before any add()."""
-        for (partition, account, user), t in ledger.totals().items():
-            self.add(partition, account, user, t.joules, t.grams)
-        for outcome, n in ledger.outcome_counts().items():
-            self.jobs.labels(outcome=outcome).inc(n)
-        for reason, n in ledger.skipped_counts().items():
-            self.writes_skipped.labels(reason=reason).inc(n)
+        """Read the totals from `ledger` from now on (at every scrape): they then always equal it."""
+        self.totals.ledger = ledger
+
+    attach = resume
 
     def recorded(self, entries: Iterable[Entry], new: Iterable[bool] | None = None) -> None:
-        """Count ledger entries that record()/record_many() reported as new (all if `new` is None)."""
+        """Count new ledger entries in memory; with a ledger attached the ledger is read instead."""
+        if self.totals.ledger is not None:
+            self.totals.invalidate()
+            return
         entries = list(entries)
         flags = list(new) if new is not None else [True] * len(entries)
         for entry, is_new in zip(entries, flags, strict=True):
             if not is_new:
                 continue
-            self.jobs.labels(outcome=entry.outcome).inc()
+            self.totals.mem_jobs[entry.outcome] = self.totals.mem_jobs.get(entry.outcome, 0) + 1
             if entry.counted:
                 self.add(entry.partition, entry.account, entry.user, entry.energy_j, entry.co2e_g)
 
     def add(self, partition: str, account: str, user: str, joules: float, grams: float) -> None:
-        labels = {"cluster": self.cluster, "partition": partition, "account": account}
-        if self.per_user:
-            labels["user"] = user
-        self.energy.labels(**labels).inc(joules)
-        self.emissions.labels(**labels).inc(grams)
+        """In-memory totals (no ledger attached)."""
+        key = (partition, account, user if self.per_user else "")
+        j, g = self.totals.mem_sums.get(key, (0.0, 0.0))
+        self.totals.mem_sums[key] = (j + joules, g + grams)
 
     def write_skipped(self, reason: str) -> None:
-        """Count a field left alone; call when Ledger.mark_unwritable() returned True."""
-        self.writes_skipped.labels(reason=reason).inc()
+        """Count a field left alone (in memory; with a ledger attached its UNWRITABLE rows count)."""
+        if self.totals.ledger is not None:
+            self.totals.invalidate()
+            return
+        self.totals.mem_skipped[reason] = self.totals.mem_skipped.get(reason, 0) + 1
+
+    def loop_error(self, kind: str) -> None:
+        self.loop_errors.labels(kind=kind if kind in LOOP_ERROR_KINDS else "internal").inc()
 
     def written(self, end_time: float | None, now: float | None = None) -> None:
         """A token reached slurmdbd: observe the job-end-to-written latency."""
@@ -100,11 +108,10 @@ class Metrics:
             raise ValueError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
         self.last_success.labels(target=target).set(time.time() if when is None else when)
 
-    def accounted(self) -> tuple[float, float]:
-        """(jobs accounted, grams CO2e) so far: the running totals, from memory, not the ledger."""
-        jobs = self.registry.get_sample_value("carbond_jobs_total", {"outcome": "accounted"}) or 0.0
-        grams = sum(s.value for m in self.emissions.collect() for s in m.samples if s.name.endswith("_total"))
-        return jobs, grams
+    def accounted(self, max_age: float = 30.0) -> tuple[float, float]:
+        """(jobs accounted, grams CO2e) so far, from a ledger snapshot at most `max_age` seconds old."""
+        snap = self.totals.snapshot(max_age)
+        return float(snap.jobs.get(ACCOUNTED, 0)), sum(g for _, g in snap.sums.values())
 
     def set_backlog(self, jobs: int, oldest_seconds: float) -> None:
         self.backlog.set(jobs)
@@ -134,3 +141,79 @@ def serve(listen: str, registry: CollectorRegistry):  # -> wsgiref WSGIServer
     host, port = parse_listen(listen)
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server
+
+
+@dataclass
+class _Snapshot:
+    sums: dict[tuple[str, str, str], tuple[float, float]] = field(default_factory=dict)
+    """(partition, account, user or "") -> (joules, grams)"""
+    jobs: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    recovered: int = 0
+
+
+class _Totals:
+    """The ledger-backed counters: one consistent snapshot of the ledger per scrape."""
+
+    def __init__(self, cluster: str, per_user: bool) -> None:
+        self.cluster = cluster
+        self.per_user = per_user
+        self.ledger: Ledger | None = None
+        self.mem_sums: dict[tuple[str, str, str], tuple[float, float]] = {}
+        self.mem_jobs: dict[str, int] = {}
+        self.mem_skipped: dict[str, int] = {}
+        self._snap: _Snapshot | None = None
+        self._at = 0.0
+        self._lock = threading.Lock()
+
+    def invalidate(self) -> None:
+        self._at = 0.0
+
+    def snapshot(self, max_age: float = SNAPSHOT_TTL) -> _Snapshot:
+        if self.ledger is None:
+            return _Snapshot(dict(self.mem_sums), dict(self.mem_jobs), dict(self.mem_skipped), 0)
+        with self._lock:
+            now = time.monotonic()
+            if self._snap is None or now - self._at > max_age:
+                try:
+                    self._snap = self._read(self.ledger)
+                    self._at = now
+                except Exception as exc:  # noqa: BLE001 - a scrape must never fail on a busy or full disk
+                    log.warning("cannot read the ledger for the metrics (serving the last totals): %s", exc)
+                    if self._snap is None:
+                        self._snap = _Snapshot()
+            return self._snap
+
+    def _read(self, ledger: Ledger) -> _Snapshot:
+        sums: dict[tuple[str, str, str], tuple[float, float]] = {}
+        for (p, a, u), t in ledger.totals().items():
+            key = (p, a, u if self.per_user else "")
+            j, g = sums.get(key, (0.0, 0.0))
+            sums[key] = (j + t.joules, g + t.grams)
+        return _Snapshot(sums, ledger.outcome_counts(), ledger.skipped_counts(), ledger.recovered_count())
+
+    def describe(self) -> list:
+        return []  # collected at scrape time only; nothing to check at registration
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        snap = self.snapshot()
+        labels = ["cluster", "partition", "account"] + (["user"] if self.per_user else [])
+        energy = CounterMetricFamily("carbond_energy_joules", "Energy of accounted jobs (PUE included).",
+                                     labels=labels)
+        grams = CounterMetricFamily("carbond_emissions_grams", "CO2e of accounted jobs, operational plus embodied.",
+                                    labels=labels)
+        for (p, a, u), (j, g) in sorted(snap.sums.items()):
+            values = [self.cluster, p, a] + ([u] if self.per_user else [])
+            energy.add_metric(values, j)
+            grams.add_metric(values, g)
+        jobs = CounterMetricFamily("carbond_jobs", "Jobs carbond is done with, by outcome.", labels=["outcome"])
+        for outcome in OUTCOMES:
+            jobs.add_metric([outcome], snap.jobs.get(outcome, 0))
+        skipped = CounterMetricFamily("carbond_writes_skipped",
+                                      "Counted footprints whose token is not in Slurm, by reason.", labels=["reason"])
+        for reason in SKIP_REASONS:
+            skipped.add_metric([reason], snap.skipped.get(reason, 0))
+        recovered = CounterMetricFamily("carbond_jobs_recovered",
+                                        "Jobs found in slurmdbd without a spool record, then accounted.")
+        recovered.add_metric([], snap.recovered)
+        yield from (energy, grams, jobs, skipped, recovered)

@@ -8,14 +8,14 @@ earlier carbond token), so a crash between write and acknowledgement only repeat
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from .footprint import JobFootprint
 from .jobs import Job
 from .ledger import Entry, Ledger
 from .metrics import Metrics
-from .slurm import JobFacts, SlurmIO
+from .slurm import JobFacts, SlurmError, SlurmIO
 from .token import format_token, merge, skip_reason
 
 log = logging.getLogger("carbond.publish")
@@ -30,28 +30,41 @@ class Publisher:
     metrics: Metrics | None
     field: str
     """The configured comment field: admin_comment, system_comment or comment."""
-    lowercases: bool = True
-    """Whether this Slurm's sacctmgr lowercases values (22.05 does)."""
+    lowercases: bool | None = True
+    """Whether this Slurm's sacctmgr lowercases values (22.05 does); None: ask sacctmgr at the first
+    write (never at start-up, so READY=1 and /metrics never wait for Slurm)."""
 
-    def record(self, pairs: Sequence[tuple[Job, JobFootprint]], write: bool = True) -> list[Entry]:
+    def _lowercases(self) -> bool:
+        if self.lowercases is None:
+            try:
+                self.lowercases = self.slurm.lowercases()
+            except SlurmError as exc:
+                log.warning("cannot read the Slurm version (%s); assuming sacctmgr lowercases values", exc)
+                return True  # asked again at the next write
+        return self.lowercases
+
+    def record(self, pairs: Sequence[tuple[Job, JobFootprint]], write: bool = True, origin: str = "") -> list[Entry]:
         """Ledger entries for final footprints; new ones are counted in the metrics."""
-        entries = [Entry.from_footprint(job, fp, format_token(fp) if write and fp.status == "ok" else None)
-                   for job, fp in pairs]
+        entries = [replace(Entry.from_footprint(job, fp, format_token(fp) if write and fp.status == "ok" else None),
+                           origin=origin) for job, fp in pairs]
         new = self.ledger.record_many(entries)
         if self.metrics:
             self.metrics.recorded(entries, new)
         return entries
 
-    def write(self, items: Sequence[tuple[Entry, JobFacts]]) -> dict[str, object]:
-        """Write pending tokens merged into each job's current field.
+    def write(self, items: Sequence[tuple[Entry, JobFacts]], cancel: Callable[[], bool] | None = None
+              ) -> dict[str, object]:
+        """Write pending tokens merged into each job's current field; each is marked written in the
+        ledger as its sacctmgr call returns, so a restart never redoes a finished write.
 
         Returns job id -> "written", "skipped:<reason>" or the SlurmError (retry the retryable).
         """
         out: dict[str, object] = {}
         todo: list[tuple[Entry, JobFacts, str]] = []
+        lowercases = self._lowercases() if items else True
         for entry, facts in items:
             current = facts.field(self.field)
-            reason = skip_reason(current, self.lowercases)
+            reason = skip_reason(current, lowercases)
             if reason:
                 if self.ledger.mark_unwritable(entry.job_id, reason) and self.metrics:
                     self.metrics.write_skipped(reason)
@@ -60,15 +73,30 @@ class Publisher:
                 out[entry.job_id] = f"skipped:{reason}"
             else:
                 todo.append((entry, facts, merge(current, entry.token or "")))
-        results = self.slurm.write_many([(facts, self.field, value) for _, facts, value in todo])
-        written = []
+        by_raw = {facts.job.job_id: entry for entry, facts, _ in todo}
+        marked: dict[str, BaseException | None] = {}
+
+        def done(raw: str, err: object) -> None:
+            entry = by_raw.get(raw)
+            if err is not None or entry is None:
+                return
+            try:
+                self.ledger.mark_written(entry.job_id)  # as it returns, not after the whole batch
+                marked[entry.job_id] = None
+            except Exception as exc:  # noqa: BLE001 - reported below, the write is redone later
+                marked[entry.job_id] = exc
+            if self.metrics:
+                self.metrics.written(entry.end_time)
+
+        results = self.slurm.write_many([(facts, self.field, value) for _, facts, value in todo], on_done=done,
+                                        cancel=cancel)
         for entry, facts, _ in todo:
             err = results.get(facts.job.job_id, results.get(entry.job_id))
+            if err is None and entry.job_id not in marked:
+                self.ledger.mark_written(entry.job_id)  # a runner that does not call on_done (fakes)
+                marked[entry.job_id] = None
+            failure = marked.get(entry.job_id)
+            if err is None and failure is not None:
+                raise failure  # the ledger could not take the mark: an outage, retried as such
             out[entry.job_id] = WRITTEN if err is None else err
-            if err is None:
-                written.append(entry)
-        self.ledger.mark_written([e.job_id for e in written])  # one transaction, one fsync
-        if self.metrics:
-            for entry in written:
-                self.metrics.written(entry.end_time)
         return out

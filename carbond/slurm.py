@@ -209,12 +209,15 @@ class SlurmIO:
             raise JobNotInDatabase(cmd, proc.returncode, err or out, f"job {job_id} is not in slurmdbd (yet)")
         raise SlurmCommandError(cmd, proc.returncode, err or out)
 
-    def write_many(self, items: Iterable[tuple[str | Job | JobFacts, str, str]], concurrency: int | None = None
-                   ) -> dict[str, SlurmError | None]:
+    def write_many(self, items: Iterable[tuple[str | Job | JobFacts, str, str]], concurrency: int | None = None,
+                   on_done: Callable[[str, SlurmError | None], None] | None = None,
+                   cancel: Callable[[], bool] | None = None) -> dict[str, SlurmError | None]:
         """Write (job, field, value) items, at most `concurrency` (slurm.concurrency) at once.
 
         Each sacctmgr call is ~0.27 s of mostly waiting, so they overlap well. Returns
         JobIDRaw (or the string given) -> None on success or the error (retry the retryable).
+        `on_done(raw id, result)` runs as each write returns (so it is marked at once, not after
+        the batch); once `cancel()` is true, writes not yet started fail with a retryable error.
         """
         items = list(items)
         if not items:
@@ -222,15 +225,50 @@ class SlurmIO:
         workers = max(1, min(concurrency or self.cfg.concurrency, len(items)))
 
         def one(item: tuple[str, str, str]) -> SlurmError | None:
+            if cancel is not None and cancel():
+                return SlurmError("not written: carbond is stopping")
             try:
                 self.write_comment(*item)
+                result = None
             except SlurmError as exc:
-                return exc
-            return None
+                result = exc
+            if on_done is not None:
+                on_done(_raw_id(item[0]), result)
+            return result
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sacctmgr") as pool:
             results = list(pool.map(one, items))
         return {_raw_id(item[0]): res for item, res in zip(items, results, strict=True)}
+
+    def read_runs(self, job_ids: Iterable[str]) -> dict[str, list[Run]]:
+        """JobIDRaw -> every run of the job (`sacct -D`: a requeued job has one row per run), oldest first."""
+        ids = list(dict.fromkeys(str(j) for j in job_ids))
+        out: dict[str, list[Run]] = {}
+        for i in range(0, len(ids), MAX_IDS_PER_CALL):
+            cmd = [self.cfg.sacct, "-D", "-X", "-a", "-P", "-n", "--delimiter=" + DELIMITER, *self._cluster_opt(),
+                   "-j", ",".join(ids[i : i + MAX_IDS_PER_CALL]), "-o", ",".join(RUN_COLUMNS)]
+            for run in parse_runs(self._run(cmd, {"SLURM_TIME_FORMAT": "%s"})):
+                out.setdefault(run.job_id, []).append(run)
+        for runs in out.values():
+            runs.sort(key=lambda r: (r.start is None, r.start or 0.0))
+        return out
+
+    def suspended_jobs(self) -> set[str]:
+        """JobIDRaw of every job suspended right now (`squeue -t SUSPENDED`, one cheap call)."""
+        squeue = os.path.join(os.path.dirname(self.cfg.sacct), "squeue")
+        cmd = [squeue, "-h", "-t", "SUSPENDED", *self._cluster_opt(), "-o", "%A"]
+        return {line.strip() for line in self._run(cmd, {}).splitlines() if line.strip().isdigit()}
+
+    def suspend_time(self, job_id: str) -> float | None:
+        """The job's SuspendTime (its last suspend or resume, exact), from slurmctld; None if unknown."""
+        scontrol = os.path.join(os.path.dirname(self.cfg.sacct), "scontrol")
+        cmd = [scontrol, "-o", "show", "job", str(job_id)]
+        try:
+            text = self._run(cmd, {"SLURM_TIME_FORMAT": "%s"})
+        except SlurmError:
+            return None
+        m = re.search(r"(?:^|\s)SuspendTime=(\d+)(?:\s|$)", text)
+        return float(m.group(1)) if m else None
 
     # --- nodes -----------------------------------------------------------------------------
 
@@ -315,6 +353,49 @@ def _raw_id(job: str | Job | JobFacts) -> str:
 
 
 # --- parsing (pure functions, tested on captured output) ------------------------------------
+
+RUN_COLUMNS = ("JobIDRaw", "State", "Start", "End", "NodeList", "AllocTRES", "Suspended", "JobIDRaw")
+"""No free-text column, so a row is exactly one line: nothing a user typed can split it."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a job as slurmdbd keeps it (a requeued job has one per start)."""
+
+    job_id: str
+    state: str
+    start: float | None
+    end: float | None
+    nodes: tuple[str, ...]
+    cpus: int
+    suspended: float
+    """Seconds suspended during this run (sacct keeps only the total)."""
+
+
+def parse_runs(text: str) -> list[Run]:
+    """Rows of `sacct -D -X -P -n --delimiter=D -o <RUN_COLUMNS>` with SLURM_TIME_FORMAT=%s."""
+    out = []
+    for line in text.splitlines():
+        if not line:
+            continue
+        f = line.split(DELIMITER)
+        if len(f) != len(RUN_COLUMNS) or f[0] != f[-1] or not f[0].isdigit():
+            raise SlurmError(f"sacct -D printed a row of {len(f)} fields, expected {len(RUN_COLUMNS)}")
+        nodes = () if f[4].strip().lower() in NO_NODES else expand(f[4])
+        cpus, _ = tres_counts(f[5])
+        start = _epoch(f[2]) if nodes else None
+        out.append(Run(f[0], f[1].split(" ")[0].upper(), start, _epoch(f[3]), nodes, cpus, parse_elapsed(f[6])))
+    return out
+
+
+def parse_elapsed(text: str) -> float:
+    """sacct's `[D-][HH:]MM:SS` duration -> seconds; '' or unknown -> 0."""
+    text = text.strip()
+    m = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text)
+    if not m:
+        return 0.0
+    d, h, mi, sec = (int(g) if g else 0 for g in m.groups())
+    return float(((d * 24 + h) * 60 + mi) * 60 + sec)
 
 
 class _Ambiguous(SlurmError):

@@ -262,6 +262,8 @@ class Spool:
         self.dir = Path(directory)
         self.dead_dir = self.dir / DEAD
         self.clock = clock
+        self.names: set[str] = set()
+        """File names of the records seen by the last pending()."""
 
     def _scan(self) -> tuple[list[os.DirEntry[str]], list[os.DirEntry[str]]]:
         """One scandir: ready records (`*.job`) and epilog temp files ('.'-prefixed)."""
@@ -289,11 +291,20 @@ class Spool:
             oldest = mtime if oldest is None else min(oldest, mtime)
         return count, (max(0.0, self.clock() - oldest) if oldest is not None else 0.0)
 
-    def pending(self, limit: int | None = None) -> tuple[list[SpoolRecord], list[DeadLetter]]:
-        """Records waiting, oldest first (at most `limit` files read), and the files just dead-lettered."""
+    def pending(self, limit: int | None = None, skip: Callable[[str], bool] | None = None
+                ) -> tuple[list[SpoolRecord], list[DeadLetter]]:
+        """Records waiting, oldest first, and the files just dead-lettered.
+
+        `skip(name)` is asked before a file is even stat'ed (records in backoff cost a set lookup),
+        and `limit` bounds how many of the rest are read, so records that wait never hold back
+        newer ones: every pass reads the oldest records that are due, however many are waiting.
+        """
         ready, temps = self._scan()
+        self.names = {e.name for e in ready}
         stamped = []
         for entry in ready:
+            if skip is not None and skip(entry.name):
+                continue
             try:
                 stamped.append((entry.stat(follow_symlinks=False).st_mtime, entry.name))
             except FileNotFoundError:
@@ -314,6 +325,15 @@ class Spool:
         self._sweep_temps(temps)
         records.sort(key=lambda r: (r.epilog_time, int(r.job_id), r.path))
         return records, bad
+
+    def job_ids(self) -> set[str]:
+        """Job ids of every record seen by the last pending() (from the file names, no reads)."""
+        out = set()
+        for name in self.names:
+            m = _NAME.fullmatch(name)
+            if m:
+                out.add(m.group(3))
+        return out
 
     def ack(self, record: SpoolRecord) -> bool:
         """Remove the record once its job is in the ledger; False if it was gone or replaced."""

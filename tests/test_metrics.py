@@ -1,6 +1,7 @@
 """Metrics: totals resume from the ledger, the exposition is clean under promtool, served over HTTP."""
 
 import math
+import time
 import shutil
 import subprocess
 import urllib.request
@@ -92,15 +93,37 @@ def test_recorded_counts_only_new_entries_and_matches_a_restart(tmp_path):
         m.resume(led)
         m.recorded(entries, led.record_many(entries))
         m.recorded(entries, led.record_many(entries))  # the same spool records again: nothing new
-    assert value(reg, "carbond_emissions_grams_total", cluster="c1", partition="p", account="a") == 600.0
-    assert value(reg, "carbond_jobs_total", outcome="zero-length") == 1
+        assert value(reg, "carbond_emissions_grams_total", cluster="c1", partition="p", account="a") == 600.0
+        assert value(reg, "carbond_jobs_total", outcome="zero-length") == 1
+        before = {n: value(reg, n, **lb) for n, lb in _SERIES}
     restarted = CollectorRegistry()
     with Ledger(tmp_path, "c1") as led:
         Metrics(restarted, "c1").resume(led)
-    for name, labels in [("carbond_emissions_grams_total", {"cluster": "c1", "partition": "p", "account": "a"}),
-                         ("carbond_energy_joules_total", {"cluster": "c1", "partition": "p", "account": "a"}),
-                         ("carbond_jobs_total", {"outcome": "accounted"})]:
-        assert value(restarted, name, **labels) == value(reg, name, **labels)
+        for name, labels in _SERIES:
+            assert value(restarted, name, **labels) == before[name]
+
+
+_SERIES = [("carbond_emissions_grams_total", {"cluster": "c1", "partition": "p", "account": "a"}),
+           ("carbond_energy_joules_total", {"cluster": "c1", "partition": "p", "account": "a"}),
+           ("carbond_jobs_total", {"outcome": "accounted"})]
+
+
+def test_another_writer_shows_in_the_running_daemons_metrics_without_a_restart(tmp_path):
+    reg = CollectorRegistry()
+    with Ledger(tmp_path, "c1") as mine, Ledger(tmp_path, "c1") as backfill:
+        Metrics(reg, "c1").resume(mine)
+        assert value(reg, "carbond_jobs_total", outcome="accounted") == 0
+        backfill.record_many([Entry(job_id="7", state=L.ACCOUNTED, energy_j=10.0, co2e_g=1.0, partition="p",
+                                    account="a", pue=1.4)])
+        backfill.record_many([Entry(job_id="8", state=L.PENDING_WRITE, energy_j=5.0, co2e_g=2.0, partition="p",
+                                    account="a", token="carbond:co2e_g=2")])
+        backfill.mark_unwritable("8", "sacctmgr refused: sacctmgr -i modify job where jobid=8 ...")
+        time.sleep(1.1)  # the scrape snapshot is cached for a second
+        assert value(reg, "carbond_jobs_total", outcome="accounted") == 2
+        assert value(reg, "carbond_emissions_grams_total", cluster="c1", partition="p", account="a") == 3.0
+        # a free-text reason from an older ledger still lands on a fixed label
+        assert value(reg, "carbond_writes_skipped_total", reason="refused") == 1
+        assert mine.pue_of("7") == 1.4 and mine.pue_of("8") is None
 
 
 def test_health_gauges_and_latency():

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
+from ..errors import ConfigError, IntensityUnavailable
 from . import HALF_HOUR, Reading
 
 if TYPE_CHECKING:
@@ -46,7 +46,12 @@ class CsvIntensity:
         return f"{self.name}:{self.path}"
 
     def fetch(self, start: int, end: int) -> list[Reading]:
-        self.reload()
+        try:
+            self.reload()
+        except ConfigError as exc:
+            # Edited badly while the daemon runs: a ConfigError is for start-up only; at run time the
+            # provider is unavailable until the file is fixed, and the daemon retries.
+            raise IntensityUnavailable(f"intensity csv {self.path}: {'; '.join(exc.problems)}") from None
         values = self._values
         return [Reading(s, values[s], "csv") for s in range(start, end, HALF_HOUR) if s in values]
 

@@ -1,0 +1,58 @@
+"""Visible loss: jobs that ended in slurmdbd but never reached the spool (spool full or missing,
+epilog not configured on a controller) are found, accounted and counted.
+
+Every `slurm.reconcile_seconds`, one `sacct` call lists the jobs that ended in a bounded window
+ending `reconcile_lag_seconds` ago (their spool record, if any, has had time to arrive); those
+with neither a ledger row nor a spool record are handed to the daemon as recovered jobs
+(ledger origin "recovered", `carbond_jobs_recovered_total`). The window moves forward from
+where the last one ended, so each job is looked at about once; at start it covers one period.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from .ledger import Ledger
+from .slurm import JobFacts, SlurmIO
+
+log = logging.getLogger("carbond.reconcile")
+
+MAX_WINDOW_FACTOR = 4
+"""A window spans at most this many periods (after a long stop, catch up in bounded steps)."""
+
+
+@dataclass
+class Reconciler:
+    slurm: SlurmIO
+    ledger: Ledger
+    clock: Callable[[], float]
+    every: float
+    lag: float
+    cursor: float | None = None
+    next_at: float = 0.0
+
+    def due(self) -> bool:
+        return self.every > 0 and self.clock() >= self.next_at
+
+    def find(self, spooled: Iterable[str]) -> list[JobFacts]:
+        """Jobs of the next window with no ledger row and no spool record (`spooled`: job ids)."""
+        now = self.clock()
+        self.next_at = now + self.every
+        hi = now - self.lag
+        lo = self.cursor if self.cursor is not None else hi - self.every
+        hi = min(hi, lo + self.every * MAX_WINDOW_FACTOR)
+        if hi <= lo:
+            return []
+        facts = self.slurm.jobs_ended_between(lo, hi)
+        self.cursor = hi
+        if not facts:
+            return []
+        known = self.ledger.known(facts)
+        waiting = set(spooled)
+        missing = [f for key, f in facts.items() if key not in known and key not in waiting]
+        if missing:
+            log.warning("%d job(s) ended between %.0f and %.0f without a spool record: accounting them",
+                        len(missing), lo, hi)
+        return missing
