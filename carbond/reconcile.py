@@ -41,7 +41,9 @@ class Reconciler:
         now = self.clock()
         self.next_at = now + self.every
         hi = now - self.lag
-        lo = self.cursor if self.cursor is not None else hi - self.every
+        if self.cursor is None:
+            self.cursor = hi - self.every  # fixed at the first try, so a failed first call loses nothing
+        lo = self.cursor
         hi = min(hi, lo + self.every * MAX_WINDOW_FACTOR)
         if hi <= lo:
             return []
