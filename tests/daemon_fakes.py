@@ -88,7 +88,7 @@ class FakeSlurm:
 
     def write_many(self, items, concurrency=None, on_done=None, cancel=None):
         out: dict[str, Any] = {}
-        for n, (facts, fld, value) in enumerate(items):
+        for n, (facts, _field, value) in enumerate(items):
             raw = facts.job.job_id
             if self.crash_after is not None and n >= self.crash_after:
                 raise Killed("killed mid-batch")

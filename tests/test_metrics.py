@@ -1,9 +1,9 @@
 """Metrics: totals resume from the ledger, the exposition is clean under promtool, served over HTTP."""
 
 import math
-import time
 import shutil
 import subprocess
+import time
 import urllib.request
 
 import pytest
