@@ -329,3 +329,84 @@ def test_build_runs_no_slurm_command(tmp_path):
     d = build(cfg)
     assert d.publisher.lowercases is None  # asked at the first write, not before READY=1
     d.ledger.close()
+
+
+def test_check_config_keeps_slurm_calls_under_half_the_watchdog():
+    from carbond.config import from_mapping
+    from carbond.errors import ConfigError
+
+    assert from_mapping({"slurm": {"timeout": 29}}).slurm.timeout == 29
+    with pytest.raises(ConfigError, match=r"slurm.timeout: must be above 0 and below WatchdogSec/2 = 30 s"):
+        from_mapping({"slurm": {"timeout": 30}})
+
+
+def test_a_csv_file_broken_at_run_time_is_unavailable_not_a_config_error(tmp_path):
+    from carbond.errors import IntensityUnavailable
+    from carbond.intensity.csvfile import CsvIntensity
+
+    f = tmp_path / "i.csv"
+    f.write_text("from,to,intensity\n2024-01-01T00:00Z,2024-01-01T00:30Z,100\n")
+    p = CsvIntensity(str(f))
+    p.reload()
+    f.write_text("from,to,intensity\n2024-01-01T00:00Z,oops,100\n")
+    os.utime(f, ns=(1, 10**18))
+    with pytest.raises(IntensityUnavailable, match="i.csv"):
+        p.fetch(1704067200, 1704069000)
+
+
+def test_slow_sacctmgr_past_the_watchdog_keeps_it_fed_and_marks_each_write_as_it_returns(tmp_path, monkeypatch):
+    """The in-process twin of the systemd test: sacctmgr takes longer per call than the watchdog
+    allows for a whole step; WATCHDOG=1 keeps coming from progress stamps, and the ledger is marked
+    write by write, so a kill mid-batch keeps every finished write."""
+    import subprocess
+    import threading
+    import time
+
+    from carbond import daemon as D
+    from carbond.config import SlurmConfig
+    from carbond.slurm import SlurmIO
+
+    monkeypatch.setattr(D, "WATCHDOG_SECONDS", 1.0)
+    monkeypatch.setattr(D, "HEALTH_EVERY", 0.1)
+    r = rig(tmp_path)
+    calls = []
+
+    def runner(cmd, **kw):
+        time.sleep(0.3)  # each call longer than the whole "watchdog" budget of 0.5 s... in sum
+        calls.append(cmd[0])
+        r.daemon.progress.touch()
+        return subprocess.CompletedProcess(cmd, 0, b" Modified jobs...\n  1 submitted at x\n", b"")
+
+    io = SlurmIO(SlurmConfig(concurrency=1), runner=runner)
+    io.read_jobs = r.slurm.read_jobs  # type: ignore[method-assign]
+    io.read_runs = r.slurm.read_runs  # type: ignore[method-assign]
+    io._version = (22, 5, 8)
+    r.daemon.slurm = r.daemon.publisher.slurm = io
+    r.daemon.clock = time.time  # real time for the heartbeat thread
+    for i in range(1, 9):
+        r.slurm.add(job(str(i)))
+        r.record(str(i))
+    sent: list[str] = []
+    r.daemon.notify = sent.append
+    r.daemon.progress.clock = time.monotonic
+    seen_mid: list[int] = []
+
+    def watch():
+        while len(calls) < 8:
+            seen_mid.append(r.ledger.state_counts().get(L.WRITTEN, 0))
+            time.sleep(0.1)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    loop = threading.Thread(target=r.daemon.serve_forever)
+    loop.start()
+    t.join(30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and r.ledger.state_counts().get(L.WRITTEN, 0) < 8:
+        time.sleep(0.05)
+    r.daemon.stop.set()
+    loop.join(10)
+    assert r.ledger.state_counts() == {L.WRITTEN: 8}
+    assert sent.count("WATCHDOG=1") >= 15  # ~2.4 s of writes, fed every 0.1 s throughout
+    assert any(0 < n < 8 for n in seen_mid)  # marked one by one, not after the whole batch
+    assert sent[0] == "READY=1" and sent[-1] == "STOPPING=1"
