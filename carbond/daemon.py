@@ -58,6 +58,8 @@ POLL_SECONDS = 0.25
 INTENSITY_EVERY = 300.0
 HEALTH_EVERY = 2.0
 MAX_DELAY = 60.0
+MAX_OUTAGE_DELAY = 10.0
+"""Records waiting out an outage are tried at least this often, so work resumes soon after it ends."""
 POISON_TRIES = 3
 """Failures of a record alone (after bisection) before it is dead-lettered as poison."""
 FINAL_STATES = frozenset(COUNTED) - {PENDING_WRITE, UNWRITABLE} | {"not-started", "zero-length"}
@@ -184,7 +186,7 @@ class Daemon:
             if kind != "poison":
                 self._outage_seen(kind, exc)
                 for rec in batch:
-                    self._retry(rec, f"{kind} unavailable", ages=False)
+                    self._retry(rec, f"{kind} unavailable", ages=False, outage=True)
                 return 0
             if len(batch) == 1:
                 self._poisoned(batch[0], exc)
@@ -305,7 +307,7 @@ class Daemon:
             self.waiting = {k: b for k, b in self.waiting.items() if k in keep}
 
     def _retry(self, rec: SpoolRecord, reason: str, quick: bool = False, ages: bool = True, quiet: bool = False,
-               bury_as: Entry | None = None, unwritable: str = "") -> None:
+               bury_as: Entry | None = None, unwritable: str = "", outage: bool = False) -> None:
         now = self.clock()
         b = self.waiting.setdefault(_key(rec), Backoff(first=now))
         if ages:
@@ -316,7 +318,7 @@ class Daemon:
         if reason != b.reason and not quiet:
             log.info("job %s (%s): waiting: %s", rec.display_id, rec.name or "recovered", reason)
         b.reason = reason
-        b.delay = 1.0 if quick else min(b.delay * 2, MAX_DELAY)
+        b.delay = 1.0 if quick else min(b.delay * 2, MAX_OUTAGE_DELAY if outage else MAX_DELAY)
         b.next_at = now + b.delay
 
     def _poisoned(self, rec: SpoolRecord, exc: BaseException) -> None:
@@ -364,6 +366,9 @@ class Daemon:
         if self._outage:
             log.warning("outage over (%s)", self._outage)
             self._outage = ""
+            for b in self.waiting.values():  # what waited only for the outage goes again now
+                if b.reason.endswith(" unavailable"):
+                    b.next_at = 0.0
 
     def _guard(self, kind: str, fn: Callable[[], Any]) -> Any:
         """Run `fn` inside the error boundary: log once per change, count, never raise."""

@@ -5,7 +5,7 @@ Every `slurm.reconcile_seconds`, one `sacct` call lists the jobs that ended in a
 ending `reconcile_lag_seconds` ago (their spool record, if any, has had time to arrive); those
 with neither a ledger row nor a spool record are handed to the daemon as recovered jobs
 (ledger origin "recovered", `carbond_jobs_recovered_total`). The window moves forward from
-where the last one ended, so each job is looked at about once; at start it covers one period.
+where the last one ended, so each job is looked at about once; at start it reaches an hour back.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from .slurm import JobFacts, SlurmIO
 
 log = logging.getLogger("carbond.reconcile")
 
-MAX_WINDOW_FACTOR = 4
-"""A window spans at most this many periods (after a long stop, catch up in bounded steps)."""
+MAX_WINDOW = 3600.0
+"""A window spans at most an hour (or 4 periods, if longer): after a long stop, catch up in bounded
+steps. The first window after start reaches this far back."""
 
 
 @dataclass
@@ -33,6 +34,9 @@ class Reconciler:
     cursor: float | None = None
     next_at: float = 0.0
 
+    def _span(self) -> float:
+        return max(MAX_WINDOW, 4 * self.every)
+
     def due(self) -> bool:
         return self.every > 0 and self.clock() >= self.next_at
 
@@ -42,9 +46,9 @@ class Reconciler:
         self.next_at = now + self.every
         hi = now - self.lag
         if self.cursor is None:
-            self.cursor = hi - self.every  # fixed at the first try, so a failed first call loses nothing
+            self.cursor = hi - self._span()  # fixed at the first try, so a failed first call loses nothing
         lo = self.cursor
-        hi = min(hi, lo + self.every * MAX_WINDOW_FACTOR)
+        hi = min(hi, lo + self._span())
         if hi <= lo:
             return []
         facts = self.slurm.jobs_ended_between(lo, hi)

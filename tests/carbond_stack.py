@@ -32,12 +32,15 @@ def free_port() -> int:
 
 class CarbondStack:
     def __init__(self, slurm, vm_url: str, workdir: Path, settle: float = 20.0, feed_interval: float = 1.0,
-                 extra_config: str = "") -> None:
+                 extra_config: str = "", slurm_extra: str = "", bin_dir: str = "/usr/bin",
+                 state_dir: Path | None = None) -> None:
+        """`slurm_extra`: more lines (2-space indented) for the config's `slurm:` block; `bin_dir`:
+        where sacct, sacctmgr, squeue, scontrol and sinfo are (a directory of fault wrappers)."""
         self.slurm = slurm
         self.vm_url = vm_url
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.state_dir = self.dir / "state"
+        self.state_dir = Path(state_dir) if state_dir else self.dir / "state"
         self.port = free_port()
         self.config = self.dir / "carbond.yaml"
         self.config.write_text(
@@ -49,7 +52,11 @@ class CarbondStack:
             "intensity:\n  provider: constant\n  value: 200\n"
             "nodes:\n  - match: n[1-3]\n    cpus: 2\n    idle_watts: 100\n    max_watts: 300\n"
             f"metrics:\n  listen: 127.0.0.1:{self.port}\n"
-            "slurm:\n  sacct: /usr/bin/sacct\n  sacctmgr: /usr/bin/sacctmgr\n  retry_seconds: 600\n"
+            f"slurm:\n  sacct: {bin_dir}/sacct\n  sacctmgr: {bin_dir}/sacctmgr\n"
+            + ("" if "retry_seconds" in slurm_extra else "  retry_seconds: 600\n")
+            # Reconciliation would account every job other tests ran in the last hour: only where asked.
+            + ("" if "reconcile_seconds" in slurm_extra else "  reconcile_seconds: 0\n")
+            + slurm_extra
             + extra_config
         )
         self.proc: subprocess.Popen | None = None
@@ -67,9 +74,11 @@ class CarbondStack:
         env["NOTIFY_SOCKET"] = self.notify_path
         return env
 
-    def start_feeder(self, interval: float = 1.0) -> None:
+    def start_feeder(self, interval: float = 1.0, node_intervals: dict[str, float] | None = None) -> None:
+        per_node = [f"--node-interval={n}={s:g}" for n, s in (node_intervals or {}).items()]
         self.feeder = subprocess.Popen(  # noqa: S603
-            [sys.executable, str(REPO / "scripts" / "power-feeder"), "--url", self.vm_url, "--interval", str(interval)],
+            [sys.executable, str(REPO / "scripts" / "power-feeder"), "--url", self.vm_url, "--interval", str(interval),
+             *per_node],
             env=self.slurm.env, stdout=subprocess.DEVNULL, stderr=open(self.dir / "feeder.log", "ab"),
         )
 
@@ -110,6 +119,12 @@ class CarbondStack:
         """Every notification received so far (read continuously by a background thread)."""
         time.sleep(0.2)
         return list(self.notifications)
+
+    def alive(self) -> None:
+        """Fail the test if the daemon died (tests call it at their end)."""
+        if self.proc is None or self.proc.poll() is not None:
+            code = None if self.proc is None else self.proc.returncode
+            raise AssertionError(f"carbond died (exit {code}):\n{self.log.read_text()[-3000:]}")
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
