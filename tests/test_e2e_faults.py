@@ -163,15 +163,14 @@ def test_state_dir_on_a_full_disk_then_space_returns(slurm, vm, tmp_path):
             warm = slurm.sbatch(["-n1", "-J", "warm"], "sleep 1")
             stack.wait_tokens(warm)
             filler = state / "filler"
-            with open(filler, "wb") as fh:  # fill the disk to the last byte
-                with contextlib.suppress(OSError):
-                    while True:
-                        fh.write(b"\0" * 65536)
-                        fh.flush()
-                with contextlib.suppress(OSError):
-                    while True:
-                        fh.write(b"\0")
-                        fh.flush()
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)  # fill the disk to the last byte
+            try:
+                for size in (65536, 4096, 1):
+                    with contextlib.suppress(OSError):
+                        while os.write(fd, b"\0" * size):
+                            pass
+            finally:
+                os.close(fd)
             jobs = [slurm.sbatch(["-n1", "-J", f"full{i}"], "sleep 1") for i in range(3)]
             for j in jobs:
                 ended(slurm, j)
