@@ -282,6 +282,7 @@ def test_an_outage_of_200_jobs_logs_kilobytes(tmp_path, caplog):
     r.run(3, advance=61)
     text = caplog.text
     assert r.ledger.state_counts() == {L.WRITTEN: 200}
+    print(f"\nFIGURES outage-log: 200 jobs, 60 s outage, {len(text)} bytes of log")
     assert len(text) < 40_000, len(text)
     assert "-j 1,2,3" not in text  # never a command line or its job id list
 
