@@ -22,6 +22,7 @@ demo-stop:
 bench: deps venv
 	$(PY) bench/bench_footprint.py
 	$(PY) bench/bench_epilog.py
+	$(PY) bench/bench_ledger.py --jobs 200000
 
 lint: venv
 	$(VENV)/bin/ruff check carbond tests bench scripts/power-feeder

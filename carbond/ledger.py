@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CarbondError
@@ -36,6 +36,8 @@ COUNTED = (ACCOUNTED, PENDING_WRITE, WRITTEN, UNWRITABLE)
 """States whose energy and CO2e are in the totals."""
 
 FILENAME = "ledger.sqlite"
+RECOVERED = "recovered"
+"""`origin` of a job found by reconciliation: it ended in slurmdbd with no spool record."""
 
 SKIP_REASONS = ("would-mangle", "foreign-payload", "refused", "gave-up")
 """Why a counted job has no token: the field would be damaged, holds another tool's payload,
@@ -77,10 +79,88 @@ CREATE TABLE IF NOT EXISTS suspends (
     PRIMARY KEY (cluster, job_id, start)
 ) WITHOUT ROWID;
 """
+_OUTCOME = "CASE WHEN {r}.state IN ({counted}) THEN 'accounted' ELSE {r}.state END"
+
+
+def _summary_sql() -> str:
+    """Running totals kept by triggers in the same transaction as every change to `jobs`, by any
+    writer (the daemon, backfill, an operator's sqlite3), so reading them costs O(groups), never a
+    scan of every job. Energy moves only when a row's outcome or labels change (never on
+    pending -> written), so the sums of counted jobs only ever grow."""
+    counted = ", ".join(repr(s) for s in COUNTED)
+    new, old = _OUTCOME.format(r="NEW", counted=counted), _OUTCOME.format(r="OLD", counted=counted)
+    add = (f"INSERT INTO sums (cluster, outcome, partition, account, user, jobs, joules, grams) VALUES "
+           f"(NEW.cluster, {new}, NEW.partition, NEW.account, NEW.user, 1, NEW.energy_j, NEW.co2e_g) "
+           f"ON CONFLICT (cluster, outcome, partition, account, user) DO UPDATE SET jobs = jobs + 1, "
+           f"joules = joules + excluded.joules, grams = grams + excluded.grams;")
+    sub = (f"UPDATE sums SET jobs = jobs - 1, joules = joules - OLD.energy_j, grams = grams - OLD.co2e_g "
+           f"WHERE cluster = OLD.cluster AND outcome = {old} AND partition = OLD.partition "
+           f"AND account = OLD.account AND user = OLD.user;")
+
+    def count(row: str, name: str, label: str, delta: int) -> str:
+        return (f"INSERT INTO counts (cluster, name, label, n) VALUES ({row}.cluster, '{name}', {label}, {delta}) "
+                f"ON CONFLICT (cluster, name, label) DO UPDATE SET n = n + {delta};")
+
+    skip_new, skip_old = "COALESCE(NEW.reason, '')", "COALESCE(OLD.reason, '')"
+    moved = (f"{new} IS NOT {old} OR NEW.partition IS NOT OLD.partition OR NEW.account IS NOT OLD.account "
+             f"OR NEW.user IS NOT OLD.user OR NEW.energy_j IS NOT OLD.energy_j OR NEW.co2e_g IS NOT OLD.co2e_g "
+             f"OR NEW.cluster IS NOT OLD.cluster")
+    return f"""
+CREATE TABLE IF NOT EXISTS sums (
+    cluster TEXT NOT NULL, outcome TEXT NOT NULL, partition TEXT NOT NULL, account TEXT NOT NULL,
+    user TEXT NOT NULL, jobs INTEGER NOT NULL, joules REAL NOT NULL, grams REAL NOT NULL,
+    PRIMARY KEY (cluster, outcome, partition, account, user)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counts (
+    cluster TEXT NOT NULL, name TEXT NOT NULL, label TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (cluster, name, label)) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS jobs_sums_insert AFTER INSERT ON jobs BEGIN
+    {add}
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_sums_delete AFTER DELETE ON jobs BEGIN
+    {sub}
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_sums_update AFTER UPDATE ON jobs WHEN {moved} BEGIN
+    {sub}
+    {add}
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_skips_insert AFTER INSERT ON jobs WHEN NEW.state = 'unwritable' BEGIN
+    {count("NEW", "skipped", skip_new, 1)}
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_skips_delete AFTER DELETE ON jobs WHEN OLD.state = 'unwritable' BEGIN
+    {count("OLD", "skipped", skip_old, -1)}
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_skips_update AFTER UPDATE ON jobs
+    WHEN (OLD.state = 'unwritable' OR NEW.state = 'unwritable')
+     AND (OLD.state IS NOT NEW.state OR {skip_old} IS NOT {skip_new}) BEGIN
+    INSERT INTO counts (cluster, name, label, n) SELECT OLD.cluster, 'skipped', {skip_old}, -1
+        WHERE OLD.state = 'unwritable' ON CONFLICT (cluster, name, label) DO UPDATE SET n = n - 1;
+    INSERT INTO counts (cluster, name, label, n) SELECT NEW.cluster, 'skipped', {skip_new}, 1
+        WHERE NEW.state = 'unwritable' ON CONFLICT (cluster, name, label) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_recovered_insert AFTER INSERT ON jobs WHEN NEW.origin = '{RECOVERED}' BEGIN
+    {count("NEW", "recovered", "''", 1)}
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_recovered_delete AFTER DELETE ON jobs WHEN OLD.origin = '{RECOVERED}' BEGIN
+    {count("OLD", "recovered", "''", -1)}
+END;
+"""
+
+
+_FILL_SUMMARY = f"""
+INSERT INTO sums (cluster, outcome, partition, account, user, jobs, joules, grams)
+    SELECT cluster, CASE WHEN state IN ({", ".join(repr(s) for s in COUNTED)}) THEN 'accounted' ELSE state END AS o,
+           partition, account, user, COUNT(*), SUM(energy_j), SUM(co2e_g)
+    FROM jobs WHERE true GROUP BY cluster, o, partition, account, user;
+INSERT INTO counts (cluster, name, label, n)
+    SELECT cluster, 'skipped', COALESCE(reason, ''), COUNT(*) FROM jobs WHERE state = 'unwritable'
+    GROUP BY cluster, COALESCE(reason, '');
+INSERT INTO counts (cluster, name, label, n)
+    SELECT cluster, 'recovered', '', COUNT(*) FROM jobs WHERE origin = '{RECOVERED}' GROUP BY cluster;
+"""
+
 _MIGRATIONS = (("pue", "REAL"), ("origin", "TEXT NOT NULL DEFAULT ''"))
 """Columns added after the first release: ALTER TABLE ... ADD COLUMN on a ledger that lacks them."""
-RECOVERED = "recovered"
-"""`origin` of a job found by reconciliation: it ended in slurmdbd with no spool record."""
+
 
 
 class LedgerError(CarbondError):
@@ -150,6 +230,16 @@ class Totals:
     jobs: int
 
 
+@dataclass
+class Summary:
+    """What the metrics export, read from the ledger's running totals."""
+
+    totals: dict[tuple[str, str, str], Totals] = field(default_factory=dict)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    recovered: int = 0
+
+
 _COLUMNS = ("job_id", "state", "energy_j", "co2e_g", "partition", "account", "user", "end_time", "token",
             "reason", "recorded_at", "written_at", "pue", "origin")
 
@@ -173,10 +263,24 @@ class Ledger:
             raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from None
 
     def _migrate(self) -> None:
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for name, decl in _MIGRATIONS:
-            if name not in have:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+        """Add columns and the running totals to a ledger written by an earlier carbond, once."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for name, decl in _MIGRATIONS:
+                if name not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+            fresh = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='sums'").fetchone() is None
+            for statement in _split(_summary_sql()):
+                db.execute(statement)
+            if fresh:
+                for statement in _split(_FILL_SUMMARY):
+                    db.execute(statement)
+            db.execute("COMMIT")
+        except BaseException:
+            _quiet_rollback(db)
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -324,6 +428,26 @@ class Ledger:
         with self._lock:
             return self._db.execute("SELECT MAX(end_time) FROM jobs WHERE cluster=?", (self.cluster,)).fetchone()[0]
 
+    def summary(self) -> Summary:
+        """Totals, outcomes, skipped writes and recovered jobs from the running totals: O(groups)."""
+        with self._lock:
+            sums = self._db.execute("SELECT outcome, partition, account, user, jobs, joules, grams FROM sums "
+                                    "WHERE cluster=? AND jobs <> 0", (self.cluster,)).fetchall()
+            counts = self._db.execute("SELECT name, label, n FROM counts WHERE cluster=? AND n <> 0",
+                                      (self.cluster,)).fetchall()
+        out = Summary()
+        for outcome, p, a, u, n, j, g in sums:
+            out.outcomes[outcome] = out.outcomes.get(outcome, 0) + n
+            if outcome == ACCOUNTED:
+                out.totals[(p, a, u)] = Totals(j, g, n)
+        for name, label, n in counts:
+            if name == "skipped":
+                key = skip_label(label)
+                out.skipped[key] = out.skipped.get(key, 0) + n
+            elif name == RECOVERED:
+                out.recovered += n
+        return out
+
     def state_counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM jobs WHERE cluster=? GROUP BY state",
@@ -391,6 +515,17 @@ class _Transaction:
                     raise LedgerError(f"cannot write the ledger {self._ledger.path}: {exc}") from None
         finally:
             self._ledger._lock.release()
+
+
+def _split(script: str) -> list[str]:
+    """Statements of a script; a trigger's body (BEGIN ... END;) stays one statement."""
+    out, cur = [], ""
+    for line in script.strip().splitlines():
+        cur += line + "\n"
+        if sqlite3.complete_statement(cur):
+            out.append(cur.strip())
+            cur = ""
+    return out
 
 
 def _quiet_rollback(db: sqlite3.Connection) -> None:

@@ -185,12 +185,14 @@ class _Totals:
             return self._snap
 
     def _read(self, ledger: Ledger) -> _Snapshot:
+        """From the ledger's running totals (kept by triggers): O(groups), not a scan of every job."""
+        summary = ledger.summary()
         sums: dict[tuple[str, str, str], tuple[float, float]] = {}
-        for (p, a, u), t in ledger.totals().items():
+        for (p, a, u), t in summary.totals.items():
             key = (p, a, u if self.per_user else "")
             j, g = sums.get(key, (0.0, 0.0))
             sums[key] = (j + t.joules, g + t.grams)
-        return _Snapshot(sums, ledger.outcome_counts(), ledger.skipped_counts(), ledger.recovered_count())
+        return _Snapshot(sums, summary.outcomes, summary.skipped, summary.recovered)
 
     def describe(self) -> list:
         return []  # collected at scrape time only; nothing to check at registration

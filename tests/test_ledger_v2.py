@@ -1,7 +1,11 @@
 """Ledger additions for the daemon: the PUE each job was accounted with (migrated into old ledgers),
 the origin of a row, suspend intervals, fixed skip labels, re-publishing an unwritable job."""
 
+import math
 import sqlite3
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from carbond import ledger as L
 from carbond.footprint import JobFootprint
@@ -54,3 +58,58 @@ def test_suspend_intervals_and_recovered_rows(tmp_path):
         led.record(L.Entry("8", L.ACCOUNTED, 1.0, 1.0, origin=L.RECOVERED))
         led.record(L.Entry("9", L.ACCOUNTED, 1.0, 1.0))
         assert led.recovered_count() == 1
+
+
+def _scan(led):
+    return (led.totals(), led.outcome_counts(), led.skipped_counts(), led.recovered_count())
+
+
+def _approx_equal(summary, scan):
+    totals, outcomes, skipped, recovered = scan
+    assert set(summary.totals) == set(totals)
+    for key, t in totals.items():
+        s = summary.totals[key]
+        assert s.jobs == t.jobs and math.isclose(s.joules, t.joules, rel_tol=1e-9, abs_tol=1e-9)
+        assert math.isclose(s.grams, t.grams, rel_tol=1e-9, abs_tol=1e-9)
+    assert {k: v for k, v in summary.outcomes.items() if v} == outcomes
+    assert {k: v for k, v in summary.skipped.items() if v} == skipped
+    assert summary.recovered == recovered
+
+
+OPS = st.lists(st.tuples(st.sampled_from(["record", "dead", "written", "unwritable", "republish", "pending"]),
+                         st.integers(0, 6), st.floats(0, 1e6), st.sampled_from(["p", "q"])), max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(OPS)
+def test_running_totals_always_equal_a_full_scan(tmp_path_factory, ops):
+    """Whatever sequence of writes, by whichever writer, the O(groups) totals equal the scan."""
+    d = tmp_path_factory.mktemp("l")
+    with L.Ledger(d, "c1") as a, L.Ledger(d, "c1") as b:
+        for i, (op, job, energy, part) in enumerate(ops):
+            led = a if i % 2 else b  # two writers, like the daemon and backfill
+            jid = str(job)
+            if op == "record":
+                led.record(L.Entry(jid, L.PENDING_WRITE, energy, energy / 7, partition=part, token="carbond:x=1",
+                                   origin=L.RECOVERED if job % 3 == 0 else ""))
+            elif op == "dead":
+                led.record(L.Entry.dead(jid, "gave up"))
+            elif op == "written":
+                led.mark_written(jid)
+            elif op == "unwritable":
+                led.mark_unwritable(jid, ["would-mangle", "refused", "sacctmgr refused: x"][job % 3])
+            elif op == "republish":
+                led.republish(jid)
+            else:
+                led.mark_pending(jid, "carbond:y=2")
+            _approx_equal(a.summary(), _scan(a))
+
+
+def test_an_old_ledger_gets_its_running_totals_filled_once(tmp_path):
+    with sqlite3.connect(tmp_path / L.FILENAME) as db:
+        db.executescript(OLD_SCHEMA)
+    with L.Ledger(tmp_path, "c1") as led:
+        _approx_equal(led.summary(), _scan(led))
+        assert led.summary().skipped == {"refused": 1} and led.summary().outcomes == {"accounted": 2}
+    with L.Ledger(tmp_path, "c1") as led:  # not filled twice
+        assert led.summary().outcomes == {"accounted": 2}
