@@ -41,6 +41,9 @@ def running(slurm, vm, workdir: Path, node_intervals=None, **kw):
         stack.start()
         yield stack
         stack.alive()
+        t0 = time.monotonic()
+        assert stack.stop(timeout=25) == 0  # SIGTERM: a clean exit, within the longest Slurm call
+        assert time.monotonic() - t0 < 25
     finally:
         stack.close()
 
