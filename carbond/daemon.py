@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry
 
 from .config import WATCHDOG_SECONDS, Config
 from .engine import Engine, build_engine
-from .errors import CarbondError, IntensityUnavailable, SlurmError, VictoriaError
+from .errors import CarbondError, ConfigError, IntensityUnavailable, SlurmError, VictoriaError
 from .footprint import JobFootprint
 from .instance_lock import InstanceLock
 from .jobs import Job
@@ -375,7 +375,11 @@ class Daemon:
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - the error boundary
-            k = error_kind(exc) if kind == "internal" else (error_kind(exc) if error_kind(exc) != "poison" else kind)
+            k = error_kind(exc)
+            if k == "poison":  # not a record's fault here: a bug or an unexpected state of the host
+                k = kind
+                if self._outage != k:
+                    log.error("unexpected error in the loop (contained, retried): %s", short(exc), exc_info=exc)
             self.metrics.loop_error(k)
             self._outage_seen(k, exc)
             return None
@@ -424,13 +428,16 @@ def recovered_record(f: JobFacts) -> SpoolRecord:
 
 
 def error_kind(exc: BaseException) -> str:
-    """The carbond_loop_errors_total label; every kind but "poison" is an outage of a service."""
+    """The carbond_loop_errors_total label; every kind but "poison" is an outage (of a service, the
+    disk, or the configuration) that backs records off without ageing them."""
     if isinstance(exc, (LedgerError, sqlite3.Error)):
         return "ledger"
     if isinstance(exc, VictoriaError):
         return "victoriametrics"
     if isinstance(exc, IntensityUnavailable):
         return "intensity"
+    if isinstance(exc, ConfigError):
+        return "internal"  # a setting that fails only at run time: no record's fault, wait for the fix
     if isinstance(exc, OSError) or (isinstance(exc, CarbondError) and str(exc).startswith("spool directory")):
         return "spool"
     if isinstance(exc, SlurmError) and _outage_error(exc):

@@ -411,3 +411,25 @@ def test_slow_sacctmgr_past_the_watchdog_keeps_it_fed_and_marks_each_write_as_it
     assert sent.count("WATCHDOG=1") >= 15  # ~2.4 s of writes, fed every 0.1 s throughout
     assert any(0 < n < 8 for n in seen_mid)  # marked one by one, not after the whole batch
     assert sent[0] == "READY=1" and sent[-1] == "STOPPING=1"
+
+
+@pytest.mark.parametrize("error, kind", [
+    (lambda: __import__("carbond.errors", fromlist=["x"]).IntensityUnavailable("csv broken"), "intensity"),
+    (lambda: __import__("carbond.errors", fromlist=["x"]).VictoriaError("down"), "victoriametrics"),
+    (lambda: __import__("carbond.errors", fromlist=["x"]).ConfigError(["intensity.path: bad"]), "internal"),
+])
+def test_a_service_or_setting_failing_at_run_time_waits_without_ageing_anything(tmp_path, monkeypatch, error, kind):
+    r = rig(tmp_path, retry=60)
+    r.slurm.add(job("11"))
+    r.record("11")
+
+    def broken(jobs):
+        raise error()
+
+    monkeypatch.setattr(r.engine, "account", broken)
+    r.run(10, advance=30)  # five times retry_seconds
+    assert r.dead() == [] and r.ledger.get("11") is None
+    assert r.value("carbond_loop_errors_total", kind=kind) >= 1
+    monkeypatch.undo()
+    r.run(2, advance=11)
+    assert r.ledger.get("11").state == L.WRITTEN
