@@ -326,3 +326,32 @@ def test_a_job_whose_record_never_reached_the_spool_is_recovered(slurm, vm, tmp_
     finally:
         stack.close()
     shutil.rmtree(tmp_path / "state", ignore_errors=True)
+
+
+def test_failover_to_the_standby_neither_loses_nor_doubles_a_job(slurm, vm, tmp_path):
+    """An HA pair: the active daemon dies mid-batch (SIGKILL), the standby on the other "host" (its own
+    config and metrics port, the same shared spool and state_dir) takes over."""
+    shared = tmp_path / "shared-state"
+    active = CarbondStack(slurm, vm.url, tmp_path / "active", state_dir=shared, settle=5.0)
+    standby = CarbondStack(slurm, vm.url, tmp_path / "standby", state_dir=shared, settle=5.0)
+    active.start_feeder(1.0)
+    try:
+        active.start()
+        job = slurm.sbatch(["--array=1-30", "-n1", "-J", "failover"], "sleep 1")
+        wait_for(lambda: any(active.tokens(job).values()), 120, "the active daemon's first token", active, every=0.1)
+        active.kill()
+        partial = sum(1 for t in active.tokens(job).values() if t)
+        t0 = time.monotonic()
+        standby.start()
+        toks = standby.wait_tokens(job, count=30, timeout=180)
+        ids = {r["JobIDRaw"] for r in slurm.sacct_rows(job, ["JobIDRaw"])}
+        rows = ledger(standby)
+        assert len(ids) == 30 and all(rows[i][1] == "written" for i in ids)
+        figures = assert_metrics_equal_ledger(standby)
+        standby.alive()
+        assert standby.stop(timeout=25) == 0
+        report("failover", jobs=30, written_before_kill=partial, tokens=sum(1 for t in toks.values() if t),
+               drain_after_failover_s=round(time.monotonic() - t0, 1), **figures)
+    finally:
+        active.close()
+        standby.close()
