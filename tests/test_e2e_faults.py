@@ -180,6 +180,8 @@ def test_state_dir_on_a_full_disk_then_space_returns(slurm, vm, tmp_path):
             wait_for(lambda: metric(stack, "carbond_loop_errors_total", kind="ledger") > 0, 60,
                      "a contained ledger error", stack)
             assert not any(stack.tokens(j)[j] for j in jobs)
+            outage = [line for line in stack.log.read_text().splitlines() if "outage: ledger" in line]
+            assert outage and "full" in outage[0], outage  # sqlite's "database or disk is full", unmasked
             t0 = time.monotonic()
             filler.unlink()  # space returns
             for j in jobs:
@@ -188,7 +190,7 @@ def test_state_dir_on_a_full_disk_then_space_returns(slurm, vm, tmp_path):
             rows = ledger(stack)
             assert all(rows[j][1] == "written" for j in jobs)
             figures = assert_metrics_equal_ledger(stack)
-            report("full-state-dir", jobs=len(jobs), drain_after_space_s=round(drain, 1),
+            report("full-state-dir", jobs=len(jobs), drain_after_space_s=round(drain, 1), outage_line=outage[0][-120:],
                    ledger_errors=metric(stack, "carbond_loop_errors_total", kind="ledger"), **figures)
     finally:
         subprocess.run(["umount", "-l", str(state)], check=False)  # noqa: S603,S607
