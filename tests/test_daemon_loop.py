@@ -433,3 +433,42 @@ def test_a_service_or_setting_failing_at_run_time_waits_without_ageing_anything(
     monkeypatch.undo()
     r.run(2, advance=11)
     assert r.ledger.get("11").state == L.WRITTEN
+
+
+def test_sigterm_during_slow_writes_stops_within_one_call_and_loses_nothing(tmp_path):
+    import subprocess
+    import threading
+    import time
+
+    from carbond.config import SlurmConfig
+    from carbond.slurm import SlurmIO
+
+    r = rig(tmp_path)
+    calls: list[str] = []
+
+    def runner(cmd, **kw):
+        time.sleep(0.3)
+        calls.append(cmd[-1])
+        return subprocess.CompletedProcess(cmd, 0, b" Modified jobs...\n  1 submitted at x\n", b"")
+
+    io = SlurmIO(SlurmConfig(concurrency=1), runner=runner)
+    io.read_jobs, io.read_runs = r.slurm.read_jobs, r.slurm.read_runs  # type: ignore[method-assign]
+    io._version = (22, 5, 8)
+    r.daemon.slurm = r.daemon.publisher.slurm = io
+    for i in range(1, 11):
+        r.slurm.add(job(str(i)))
+        r.record(str(i))
+    loop = threading.Thread(target=r.daemon.serve_forever)
+    loop.start()
+    time.sleep(0.8)
+    t0 = time.monotonic()
+    r.daemon.stop.set()  # what the SIGTERM handler does
+    loop.join(10)
+    assert not loop.is_alive() and time.monotonic() - t0 < 0.7  # within the one call in flight
+    counts = r.ledger.state_counts()
+    assert 0 < counts.get(L.WRITTEN, 0) < 10 and counts.get(L.WRITTEN, 0) == len(calls)
+    assert counts[L.WRITTEN] + counts.get(L.PENDING_WRITE, 0) == 10
+    r2 = rig(tmp_path, slurm=r.slurm)  # the next start writes only what was not written
+    r2.run(2)
+    assert r2.ledger.state_counts() == {L.WRITTEN: 10}
+    assert len(r.slurm.written) == 10 - len(calls)
