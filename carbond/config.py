@@ -36,6 +36,11 @@ class VictoriaConfig:
     url: str = "http://127.0.0.1:8428"
     query: str = DEFAULT_POWER_QUERY
     node_label: str = "alias"
+    node_regex: str | None = None
+    """Extracts the Slurm node name from the node label's value: a regex with a group named `node`
+    (e.g. `^(?P<node>[^.:]+)` maps instance="n1.cluster:9290" to n1); unset, the value is the name."""
+    scale: float = 1.0
+    """Watts per unit of the series (0.001 for milliwatts)."""
     bearer_token_file: str | None = None
     basic_auth: BasicAuth | None = None
     tenant: str | None = None
@@ -257,6 +262,13 @@ def _check(cfg: Config) -> list[str]:
         p.append("victoriametrics.chunk_seconds: must be at least 60")
     if vm.timeout <= 0:
         p.append("victoriametrics.timeout: must be positive")
+    if vm.scale <= 0:
+        p.append("victoriametrics.scale: must be positive (watts per unit of the series)")
+    if vm.node_regex is not None:
+        from .victoria import node_regex_problem
+
+        if (why := node_regex_problem(vm.node_regex)) is not None:
+            p.append(f"victoriametrics.node_regex: {why}")
     p += _secret_problems("victoriametrics.bearer_token_file", vm.bearer_token_file)
     if vm.basic_auth:
         p += _secret_problems("victoriametrics.basic_auth.password_file", vm.basic_auth.password_file)

@@ -383,3 +383,62 @@ def _lines(nodes, t, values_for) -> list[str]:
         labels = {"__name__": "amperageProbeReading", "amperageProbeLocationName": "System Board Pwr Consumption", "alias": n}
         out.append(json.dumps({"metric": labels, "values": list(values_for(i)), "timestamps": [round(x * 1000) for x in t]}))
     return out
+
+
+# -- node names that need relabelling (node_regex) and units (scale) ---------------------------
+@pytest.mark.parametrize(
+    "regex, pattern",
+    [
+        ("^(?P<node>[^.:]+)", "(?:n1|n\\.2).*"),
+        ("^(?P<node>[^.]+)-bmc([.:].*)?$", "(?:n1|n\\.2)-bmc([.:].*)?"),
+        ("(?P<node>n[0-9]+)", ".*(?:n1|n\\.2).*"),
+        ("^(?P<node>[a-z]+(-[0-9]+)?)\\.", "(?:n1|n\\.2)\\..*"),
+    ],
+)
+def test_label_pattern_puts_the_candidates_in_place_of_the_node_group(regex, pattern):
+    from carbond.victoria import label_pattern, node_regex_problem
+
+    assert node_regex_problem(regex) is None
+    assert label_pattern(regex, "n1|n\\.2") == pattern
+
+
+@pytest.mark.parametrize(
+    "regex, why",
+    [("^([^.]+)", "group named node"), ("(?P<node>a(?=b))", "lookarounds"), ("(?P<node>", "not a valid"),
+     ("(?P<x>a)\\1(?P<node>b)", "back-references")],
+)
+def test_unusable_node_regexes_are_refused_by_the_config(regex, why):
+    from carbond.config import from_mapping
+    from carbond.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=why):
+        from_mapping({"victoriametrics": {"node_regex": regex}})
+
+
+def test_node_regex_selects_only_the_jobs_nodes_and_maps_them(vm):
+    """instance="<node>.cluster:9290" -> <node>; a node whose name extends ours is not returned."""
+    a, b = vm.node("rx"), vm.node("rx")
+    long = a + "0"  # `a` is a prefix of its name: selected by the prefix regex, then sorted out
+    lines = [json.dumps({"metric": {"__name__": "ipmi_dcmi_power_consumption_watts", "instance": f"{n}.cluster:9290"},
+                         "values": [w, w], "timestamps": [T0 * 1000, (T0 + 30) * 1000]})
+             for n, w in ((a, 100), (b, 200), (long, 999))]
+    vm.import_lines(lines)
+    vm.flush()
+    c = client(vm.url, query="ipmi_dcmi_power_consumption_watts", node_label="instance",
+               node_regex="^(?P<node>[^.:]+)")
+    assert 'instance=~"(?:' in c.selector([a])
+    got = c.fetch_power([a, b], T0, T0 + 30)
+    assert sorted(got) == sorted([a, b])
+    assert got[a][1].tolist() == [100.0, 100.0] and got[b][1].tolist() == [200.0, 200.0]
+    assert c.fetch_power([a], T0, T0 + 30).keys() == {a}
+    assert set(c.latest_sample([a, b], T0)) == {a, b}
+    plain = client(vm.url, query="ipmi_dcmi_power_consumption_watts", node_label="instance")
+    assert plain.fetch_power([a], T0, T0 + 30) == {}  # without the regex the names do not match
+
+
+def test_scale_turns_the_series_unit_into_watts(vm):
+    node = vm.node("mw")
+    vm.import_series(node, [T0, T0 + 30], [250_000, 125_500])  # milliwatts
+    vm.flush()
+    got = client(vm.url, scale=0.001).fetch_power([node], T0, T0 + 30)
+    assert got[node][1].tolist() == [250.0, 125.5]
