@@ -10,6 +10,7 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,8 +145,12 @@ def read_secret(path: str | None, env: str | None = None) -> str | None:
     return Path(path).read_text(encoding="utf-8").strip()
 
 
-def load(path: str | None = None) -> Config:
-    """Load and validate; `path` falls back to $CARBOND_CONFIG, then the packaged default."""
+def load(path: str | None = None, sections: Collection[str] | None = None) -> Config:
+    """Load and validate; `path` falls back to $CARBOND_CONFIG, then the packaged default.
+
+    With `sections` (top-level keys), only those are validated and only their files opened:
+    `carbond show` needs Slurm's settings, not the daemon's secrets. The others keep defaults.
+    """
     path = path or os.environ.get("CARBOND_CONFIG") or DEFAULT_PATH
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -154,14 +159,24 @@ def load(path: str | None = None) -> Config:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], path) from None
-    return from_mapping(data if data is not None else {}, path)
+        raise ConfigError([_yaml_problem(exc)], path) from None
+    return from_mapping(data if data is not None else {}, path, sections)
 
 
-def from_mapping(data: Any, source: str = "") -> Config:
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`not valid YAML at line L, column C: what` (the file name is the ConfigError's prefix)."""
+    mark = getattr(exc, "problem_mark", None)
+    what = " ".join(str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"not valid YAML{where}: {what or exc}"
+
+
+def from_mapping(data: Any, source: str = "", sections: Collection[str] | None = None) -> Config:
     problems: list[str] = []
     if not isinstance(data, dict):
         raise ConfigError(["the top level must be a mapping of keys"], source)
+    if sections is not None:
+        data = {k: v for k, v in data.items() if k in sections}  # the rest: defaults, which open no file
     cfg = _build(Config, data, "", problems)
     if cfg is not None:
         problems.extend(_check(cfg))
@@ -169,6 +184,33 @@ def from_mapping(data: Any, source: str = "") -> Config:
         raise ConfigError(problems, source)
     assert cfg is not None
     return dataclasses.replace(cfg, source=source)
+
+
+def dump(cfg: Config) -> str:
+    """The effective configuration as YAML (`check-config --print`), URL passwords masked."""
+    data = _plain(dataclasses.asdict(cfg))
+    data.pop("source", None)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def _plain(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v, k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, str) and key == "url":
+        return _mask_url(value)
+    return value
+
+
+def _mask_url(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:

@@ -20,6 +20,7 @@ def test_jobs_without_a_token_say_whether_one_will_come():
 
 def test_footprint_text_has_the_numbers_and_a_relatable_equivalent():
     values = parse("other carbond:co2e_g=850,energy_kwh=4.25,gkwh=200,cov=0.5")
-    text = _text("7", facts(0.0, 7200.0), values)
+    text = _text("7", facts(0.0, 7200.0), values, 1.2)
     assert "Energy: 4.25 kWh" in text and "Carbon footprint: 850 g CO2e (about 5.0 km" in text
     assert "Method: mixed (50% of node time measured)" in text and "Wall-clock time: 2.00 h" in text
+    assert "PUE: 1.2" in text
