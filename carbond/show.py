@@ -37,7 +37,7 @@ def show(cfg: Config, job_ids: list[str], as_json: bool = False, out=None, any_f
     io = slurm or SlurmIO(cfg.slurm, cluster=cfg.cluster or None)
     facts = list(io.read_jobs(valid, groups=True).values()) if valid else []
     fields = tuple(FIELD_OPTIONS) if any_field else (cfg.slurm.comment_field,)
-    rows = [(jid, f) for jid in job_ids for f in (_matches(jid, facts) if jid in valid else [None])]
+    rows = [(jid, f) for jid in job_ids for f in ((_matches(jid, facts) if jid in valid else []) or [None])]
     pues = _ledger_pues(cfg, [f.job.job_id for _, f in rows if f is not None])
     bad = 0
     for jid, f in rows:
@@ -143,8 +143,12 @@ def _text(jid: str, f: JobFacts, v: dict, pue: float | None) -> str:
         f"Wall-clock time: {hours:.2f} h",
         f"Energy: {float(v.get('energy_kwh', 0)):.4g} kWh",
         f"Carbon footprint: {co2:.4g} g CO2e ({equivalent(co2)})",
-        f"Mean grid intensity: {v.get('gkwh', '-')} gCO2e/kWh",
+        f"Mean grid intensity: {_g(v.get('gkwh'))} gCO2e/kWh",
         f"PUE: {pue:g}" if pue is not None else "PUE: not recorded (accounted before carbond recorded it)",
         f"Method: {method_of(v)} ({float(v.get('cov', 1)) * 100:.0f}% of node time measured)",
     ]
     return "\n".join(lines) + "\n\n"
+
+
+def _g(x: object) -> str:
+    return f"{x:g}" if isinstance(x, float) else "-"
