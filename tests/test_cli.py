@@ -251,3 +251,14 @@ def test_show_without_a_readable_config_uses_defaults_and_every_field(tmp_path, 
     monkeypatch.setattr(carbond.config, "DEFAULT_PATH", str(tmp_path / "absent.yaml"))
     cfg, any_field = _show_config(None)
     assert any_field and cfg == carbond.config.Config()
+
+
+def test_every_command_is_in_the_readme():
+    import argparse
+    from pathlib import Path
+
+    from carbond.cli import build_parser
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert [c for c in sub.choices if f"carbond {c}" not in readme] == []
