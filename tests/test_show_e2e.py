@@ -12,18 +12,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from carbond_stack import REPO, CarbondStack
+import test_e2e
+from carbond_stack import REPO
 
 pytestmark = [pytest.mark.slurm, pytest.mark.vm]
 
-
-@pytest.fixture(scope="module")
-def stack(slurm, vm, tmp_path_factory):
-    s = CarbondStack(slurm, vm.url, tmp_path_factory.mktemp("carbond-show"))
-    s.start_feeder(1.0)
-    s.start()
-    yield s
-    s.close()
+stack = test_e2e.stack
+"""The end-to-end suite's daemon, carbond run on the real cluster (module-scoped: one here)."""
 
 
 def show(stack, *args, user: str | None = None, config: Path | None = None):
