@@ -130,7 +130,7 @@ class VictoriaClient:
             "end": _ms_to_s(task.end_ms),
         }
         wanted, scale = set(task.nodes), self.cfg.scale
-        out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        out: dict[str, dict[tuple, list[tuple[np.ndarray, np.ndarray]]]] = {}
         with self._post("/api/v1/export", form, stream=True) as resp:
             for line in _lines(resp, self._url):
                 metric, t, w = parse_export_line(line)
@@ -138,8 +138,9 @@ class VictoriaClient:
                 # a node_regex selector may also match other nodes' names that share a prefix
                 if node is None or node not in wanted or len(t) == 0:
                     continue
-                out.setdefault(node, []).append((t, w * scale if scale != 1.0 else w))
-        return {n: _concat(parts) for n, parts in out.items()}
+                series = out.setdefault(node, {}).setdefault(tuple(sorted(metric.items())), [])
+                series.append((t, w * scale if scale != 1.0 else w))
+        return {n: _one_series(n, by_labels, self.cfg.query) for n, by_labels in out.items()}
 
     def selector(self, nodes: Sequence[str]) -> str:
         """The configured selector restricted to `nodes` by an anchored regex on the node label."""
@@ -497,6 +498,23 @@ def _json_line(line: bytes) -> tuple[dict[str, str], np.ndarray, np.ndarray]:
 
 
 # -- assembling -----------------------------------------------------------------------------
+def _one_series(node: str, by_labels: dict[tuple, list[tuple[np.ndarray, np.ndarray]]], query: str
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """A node's samples. Series that follow one another (a label changed over time) are joined;
+    series that overlap in time (two PSUs, two PowerControl entries) would be mixed sample by
+    sample into a wrong number, so that is an error naming them."""
+    parts = [_concat(p) for p in by_labels.values()]
+    if len(parts) > 1:
+        spans = sorted((int(t.min()), int(t.max()), i) for i, (t, _) in enumerate(parts))
+        for (_, end_a, a), (start_b, _, b) in zip(spans, spans[1:], strict=False):
+            if start_b <= end_a:
+                labels = [dict(k) for k in by_labels]
+                raise VictoriaError(
+                    f"victoriametrics.query {query!r} matches {len(parts)} series for node {node} at the same time "
+                    f"({labels[a]} and {labels[b]}): narrow it to one series per node (etc/power-sources/README.md)")
+    return _concat(parts)
+
+
 def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     if len(parts) == 1:
         return parts[0]

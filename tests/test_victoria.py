@@ -442,3 +442,32 @@ def test_scale_turns_the_series_unit_into_watts(vm):
     vm.flush()
     got = client(vm.url, scale=0.001).fetch_power([node], T0, T0 + 30)
     assert got[node][1].tolist() == [250.0, 125.5]
+
+
+def test_two_series_for_one_node_at_the_same_time_are_an_error_not_a_mix(vm):
+    """Two PowerControl entries of one node: mixing their samples would charge a wrong number."""
+    node = vm.node("dup")
+    lines = [json.dumps({"metric": {"__name__": "redfish_watts", "instance": f"{node}-bmc", "power_control_id": pc},
+                         "values": [w, w], "timestamps": [T0 * 1000, (T0 + 30) * 1000]})
+             for pc, w in (("0", 300), ("1", 40))]
+    vm.import_lines(lines)
+    vm.flush()
+    c = client(vm.url, query="redfish_watts", node_label="instance", node_regex="^(?P<node>.+)-bmc$")
+    with pytest.raises(VictoriaError, match=f"2 series for node {node} at the same time.*power_control_id"):
+        c.fetch_power([node], T0, T0 + 30)
+    pinned = client(vm.url, query='redfish_watts{power_control_id="0"}', node_label="instance",
+                    node_regex="^(?P<node>.+)-bmc$")
+    assert pinned.fetch_power([node], T0, T0 + 30)[node][1].tolist() == [300.0, 300.0]
+
+
+def test_a_series_relabelled_over_time_is_joined(vm):
+    """The exporter's job label changed at T0+60: one node, two series one after the other."""
+    node = vm.node("relabel")
+    lines = [json.dumps({"metric": {"__name__": "amperageProbeReading", "alias": node, "job": job,
+                                    "amperageProbeLocationName": "System Board Pwr Consumption"},
+                         "values": [w, w], "timestamps": [t * 1000, (t + 30) * 1000]})
+             for job, t, w in (("old", T0, 100), ("new", T0 + 60, 200))]
+    vm.import_lines(lines)
+    vm.flush()
+    got = client(vm.url).fetch_power([node], T0, T0 + 90)[node]
+    assert got[0].tolist() == [T0, T0 + 30, T0 + 60, T0 + 90] and got[1].tolist() == [100, 100, 200, 200]
