@@ -13,6 +13,7 @@ from urllib.parse import parse_qs
 
 import numpy as np
 import pytest
+import requests
 from fixtures_vm import free_port
 
 from carbond.config import BasicAuth, VictoriaConfig
@@ -427,6 +428,10 @@ def test_node_regex_selects_only_the_jobs_nodes_and_maps_them(vm):
     c = client(vm.url, query="ipmi_dcmi_power_consumption_watts", node_label="instance",
                node_regex="^(?P<node>[^.:]+)")
     assert 'instance=~"(?:' in c.selector([a])
+    # The selector is selective in VictoriaMetrics itself: b's series is not even read.
+    listed = requests.get(f"{vm.url}/api/v1/series", params={"match[]": c.selector([a]), "start": T0 - 60,
+                                                            "end": T0 + 60}, timeout=10).json()["data"]
+    assert sorted(x["instance"] for x in listed) == sorted([f"{a}.cluster:9290", f"{long}.cluster:9290"])
     got = c.fetch_power([a, b], T0, T0 + 30)
     assert sorted(got) == sorted([a, b])
     assert got[a][1].tolist() == [100.0, 100.0] and got[b][1].tolist() == [200.0, 200.0]
