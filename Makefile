@@ -27,12 +27,15 @@ bench: deps venv
 lint: venv
 	$(VENV)/bin/ruff check carbond tests bench scripts/power-feeder
 
-# Debian packages: installed only when missing, so a warm machine skips apt entirely.
+# Debian packages: installed only when missing, so a warm machine skips apt entirely. apt waits
+# for the dpkg lock (another apt, unattended-upgrades) instead of failing at once.
+APT_WAIT := -o DPkg::Lock::Timeout=900
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  apt-get $(APT_WAIT) update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get $(APT_WAIT) install -y -qq --no-install-recommends $$missing; \
 	fi
 
 venv: $(VENV)/.installed
@@ -43,5 +46,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# What the demo and the testbed leave under /tmp: only their own directories (each script checks
+# its marker and refuses one in use), and VictoriaMetrics dirs of test sessions that died before
+# cleaning up (no process names them and nothing in them changed for an hour).
+DEMO_DIR := $(or $(CARBOND_DEMO_DIR),/tmp/carbond-demo)
+TESTBED_DIR := $(or $(CARBOND_TESTBED_DIR),/tmp/carbond-testbed)
+
 clean:
+	@[ ! -d "$(DEMO_DIR)" ] || CARBOND_DEMO_DIR="$(DEMO_DIR)" scripts/demo stop
+	@scripts/slurm-testbed clean "$(TESTBED_DIR)"
+	@find /tmp -maxdepth 1 \( -name 'carbond-vm-*' -o -name 'carbond-show-*' \) -type d -mmin +60 -print | \
+	  while read -r d; do grep -qsF -- "$$d/" /proc/[0-9]*/cmdline || [ -n "$$(find "$$d" -mmin -60 -print -quit)" ] || \
+	    { rm -rf -- "$$d"; echo "removed $$d"; }; done
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

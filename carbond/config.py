@@ -10,6 +10,7 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,11 @@ class VictoriaConfig:
     url: str = "http://127.0.0.1:8428"
     query: str = DEFAULT_POWER_QUERY
     node_label: str = "alias"
+    node_regex: str | None = None
+    """Extracts the Slurm node name from the node label's value: a regex with a group named `node`
+    (e.g. `^(?P<node>[^.:]+)` maps instance="n1.cluster:9290" to n1); unset, the value is the name."""
+    scale: float = 1.0
+    """Watts per unit of the series (0.001 for milliwatts)."""
     bearer_token_file: str | None = None
     basic_auth: BasicAuth | None = None
     tenant: str | None = None
@@ -150,8 +156,12 @@ def read_secret(path: str | None, env: str | None = None) -> str | None:
     return Path(path).read_text(encoding="utf-8").strip()
 
 
-def load(path: str | None = None) -> Config:
-    """Load and validate; `path` falls back to $CARBOND_CONFIG, then the packaged default."""
+def load(path: str | None = None, sections: Collection[str] | None = None) -> Config:
+    """Load and validate; `path` falls back to $CARBOND_CONFIG, then the packaged default.
+
+    With `sections` (top-level keys), only those are validated and only their files opened:
+    `carbond show` needs Slurm's settings, not the daemon's secrets. The others keep defaults.
+    """
     path = path or os.environ.get("CARBOND_CONFIG") or DEFAULT_PATH
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -160,14 +170,24 @@ def load(path: str | None = None) -> Config:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], path) from None
-    return from_mapping(data if data is not None else {}, path)
+        raise ConfigError([_yaml_problem(exc)], path) from None
+    return from_mapping(data if data is not None else {}, path, sections)
 
 
-def from_mapping(data: Any, source: str = "") -> Config:
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`not valid YAML at line L, column C: what` (the file name is the ConfigError's prefix)."""
+    mark = getattr(exc, "problem_mark", None)
+    what = " ".join(str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"not valid YAML{where}: {what or exc}"
+
+
+def from_mapping(data: Any, source: str = "", sections: Collection[str] | None = None) -> Config:
     problems: list[str] = []
     if not isinstance(data, dict):
         raise ConfigError(["the top level must be a mapping of keys"], source)
+    if sections is not None:
+        data = {k: v for k, v in data.items() if k in sections}  # the rest: defaults, which open no file
     cfg = _build(Config, data, "", problems)
     if cfg is not None:
         problems.extend(_check(cfg))
@@ -175,6 +195,33 @@ def from_mapping(data: Any, source: str = "") -> Config:
         raise ConfigError(problems, source)
     assert cfg is not None
     return dataclasses.replace(cfg, source=source)
+
+
+def dump(cfg: Config) -> str:
+    """The effective configuration as YAML (`check-config --print`), URL passwords masked."""
+    data = _plain(dataclasses.asdict(cfg))
+    data.pop("source", None)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def _plain(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v, k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, str) and key == "url":
+        return _mask_url(value)
+    return value
+
+
+def _mask_url(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
@@ -268,6 +315,13 @@ def _check(cfg: Config) -> list[str]:
         p.append("victoriametrics.chunk_seconds: must be at least 60")
     if vm.timeout <= 0:
         p.append("victoriametrics.timeout: must be positive")
+    if vm.scale <= 0:
+        p.append("victoriametrics.scale: must be positive (watts per unit of the series)")
+    if vm.node_regex is not None:
+        from .victoria import node_regex_problem
+
+        if (why := node_regex_problem(vm.node_regex)) is not None:
+            p.append(f"victoriametrics.node_regex: {why}")
     p += _secret_problems("victoriametrics.bearer_token_file", vm.bearer_token_file)
     if vm.basic_auth:
         p += _secret_problems("victoriametrics.basic_auth.password_file", vm.basic_auth.password_file)

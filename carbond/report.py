@@ -87,7 +87,11 @@ def _write_lines(lines: Iterable[str], out: TextIO, chunk: int = 2000) -> int:
 
 
 def _num(x: float | None, fmt: str) -> str:
-    return "-" if x is None or x != x else format(x, fmt)
+    """`x` formatted, or `-` in the same width when unknown (so the columns stay aligned)."""
+    if x is None or x != x:
+        width = fmt.split(".")[0]
+        return "-".rjust(int(width) if width.isdigit() else 1)
+    return format(x, fmt)
 
 
 HEADER = f"{'JOBID':<14} {'START (UTC)':<20} {'HOURS':>7} {'NODES':>5} {'kWh':>10} {'gCO2e':>11} {'g/kWh':>6} {'METHOD':<9} {'COVER':>5}  NOTE"
@@ -131,7 +135,7 @@ def write_periods(fp: JobFootprint, out: TextIO) -> None:
     for p in fp.periods:
         kind = p.intensity_kind.replace("-stale", "*")
         out.write(
-            f"  {p.start[:19].replace('T', ' '):<20} {p.energy_kwh:10.4f} "
+            f"  {p.start[:19].replace('T', ' '):<20} {_num(p.energy_kwh, '10.4f')} "
             f"{_num(p.intensity_g_per_kwh, '7.0f')} {kind:<10} {_num(p.co2e_g, '10.2f')}\n"
         )
 

@@ -130,18 +130,20 @@ class SlurmIO:
 
     # --- reading ---------------------------------------------------------------------------
 
-    def read_jobs(self, job_ids: Iterable[str]) -> dict[str, JobFacts]:
+    def read_jobs(self, job_ids: Iterable[str], groups: bool = False) -> dict[str, JobFacts]:
         """JobIDRaw -> facts of the given jobs (JobIDRaw, or JobID like `1234_7`), one sacct call.
 
         Unknown ids are absent. sacct also lists an array's or het job's siblings for its id;
-        only the jobs asked for are returned.
+        only the jobs asked for are returned, unless `groups`: then an array's id (or a het
+        job's) also returns every task (component), as `carbond show 1234` wants.
         """
         ids = list(dict.fromkeys(str(j) for j in job_ids))
         wanted = set(ids)
         out: dict[str, JobFacts] = {}
         for i in range(0, len(ids), MAX_IDS_PER_CALL):
             for key, f in self._read(["-j", ",".join(ids[i : i + MAX_IDS_PER_CALL])]).items():
-                if key in wanted or f.job.display_id in wanted:
+                shown = f.job.display_id
+                if key in wanted or shown in wanted or (groups and re.split(r"[_+]", shown, maxsplit=1)[0] in wanted):
                     out[key] = f
         return out
 

@@ -1,11 +1,12 @@
 """The carbond token that `sacct` shows in a job's comment field.
 
-    carbond:co2e_g=12.3,energy_kwh=0.0456,gkwh=182
-    carbond:co2e_g=1.25e-3,energy_kwh=6.2e-6,gkwh=200,cov=0.8
+    carbond:co2e_g=12.3,energy_kwh=0.0456,gkwh=182,pue=1.2
+    carbond:co2e_g=1.25e-3,energy_kwh=6.2e-6,gkwh=200,cov=0.8,pue=1
 
 gkwh is the energy-weighted mean grid intensity (gCO2e/kWh); cov, the fraction of node time
-measured, appears only below 1 (method: cov=1 measured, 0 estimated, else mixed). PUE is a site
-constant (config, JSON, metrics), already inside co2e_g. A token fits `sacct -o AdminComment%60`.
+measured, appears only below 1 (method: cov=1 measured, 0 estimated, else mixed); pue is the
+PUE already inside co2e_g (a site constant that can change: the token keeps the one used, for
+`carbond show`). co2e_g and energy_kwh come first, so `sacct -o AdminComment%60` shows them.
 
 Lowercase, no spaces, quotes or `|`, so it passes through Slurm 22.05's sacctmgr (which
 lowercases values and turns quotes into backticks) and `sacct -P` unchanged. The field is
@@ -74,6 +75,8 @@ def token_values(fp: Any) -> dict[str, Any]:
         "gkwh": fp.intensity_g_per_kwh,
         # Present whenever the method is not `measured`, capped so rounding never shows 1.
         "cov": min(fp.coverage, 0.999) if fp.method != "measured" else None,
+        # The PUE inside co2e_g, so `carbond show` reports the one the job was accounted with.
+        "pue": getattr(fp, "pue", None),
     }
 
 

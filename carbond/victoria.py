@@ -69,6 +69,7 @@ class VictoriaClient:
         self._auth: tuple[str, str] | None = None
         self._load_credentials()
         self._verify: str | bool = cfg.ca_file or True
+        self.names = NodeNames(cfg.node_label, cfg.node_regex)
 
     def _load_credentials(self) -> None:
         cfg = self.cfg
@@ -128,21 +129,22 @@ class VictoriaClient:
             "start": _ms_to_s(task.start_ms),
             "end": _ms_to_s(task.end_ms),
         }
-        label = self.cfg.node_label
-        out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        wanted, scale = set(task.nodes), self.cfg.scale
+        out: dict[str, dict[tuple, list[tuple[np.ndarray, np.ndarray]]]] = {}
         with self._post("/api/v1/export", form, stream=True) as resp:
             for line in _lines(resp, self._url):
                 metric, t, w = parse_export_line(line)
-                node = metric.get(label)
-                if node is None or len(t) == 0:
+                node = self.names.node(metric)
+                # a node_regex selector may also match other nodes' names that share a prefix
+                if node is None or node not in wanted or len(t) == 0:
                     continue
-                out.setdefault(node, []).append((t, w))
-        return {n: _concat(parts) for n, parts in out.items()}
+                series = out.setdefault(node, {}).setdefault(tuple(sorted(metric.items())), [])
+                series.append((t, w * scale if scale != 1.0 else w))
+        return {n: _one_series(n, by_labels, self.cfg.query) for n, by_labels in out.items()}
 
     def selector(self, nodes: Sequence[str]) -> str:
         """The configured selector restricted to `nodes` by an anchored regex on the node label."""
-        alternatives = "|".join(_RE2_META.sub(r"\\\1", n) for n in nodes)
-        return add_matcher(self.cfg.query, f"{self.cfg.node_label}=~{_promql_string(alternatives)}")
+        return add_matcher(self.cfg.query, self.names.matcher(nodes))
 
     # -- other queries ----------------------------------------------------------------------
     def query_range(self, query: str, start: float, end: float, step: float) -> list[tuple[dict[str, str], np.ndarray, np.ndarray]]:
@@ -188,7 +190,7 @@ class VictoriaClient:
         at = max(time.time(), since) + 60  # a little ahead: tolerate clocks that differ slightly
         window = math.ceil(at - since) + 1
         per = max(1, self.cfg.max_nodes_per_request)
-        label = self.cfg.node_label
+        wanted = set(names)
         found: dict[str, float] = {}
         for i in range(0, len(names), per):
             sel = self.selector(names[i : i + per])
@@ -196,8 +198,8 @@ class VictoriaClient:
             form = {"query": f"tlast_over_time({sel}[{window}s])", "time": _fmt(math.floor(at)), "nocache": "1"}
             data = self._json("/api/v1/query", form)
             for r in data.get("result") or []:
-                node, ts = r.get("metric", {}).get(label), float(r["value"][1])
-                if node is not None and math.isfinite(ts) and ts >= since and ts > found.get(node, -math.inf):
+                node, ts = self.names.node(r.get("metric", {})), float(r["value"][1])
+                if node in wanted and math.isfinite(ts) and ts >= since and ts > found.get(node, -math.inf):
                     found[node] = ts
         return found
 
@@ -237,6 +239,93 @@ class VictoriaClient:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+# -- node names -----------------------------------------------------------------------------
+class NodeNames:
+    """Slurm node names <-> values of the node label, as exporters label their series.
+
+    Without a regex the label's value is the node name. With one (a group named `node`), the
+    name is what the group captures, and the selector becomes that same regex with the group
+    replaced by the escaped candidate names, so VictoriaMetrics still returns only their series
+    (plus any whose name merely starts like one, which `node()` then sorts out).
+    """
+
+    def __init__(self, label: str, regex: str | None = None) -> None:
+        self.label = label
+        self.regex = regex
+        self._re = re.compile(regex) if regex else None
+
+    def node(self, metric: dict[str, str]) -> str | None:
+        value = metric.get(self.label)
+        if value is None or self._re is None:
+            return value
+        m = self._re.search(value)
+        return m.group("node") if m else None
+
+    def matcher(self, nodes: Sequence[str]) -> str:
+        alternatives = "|".join(_RE2_META.sub(r"\\\1", n) for n in nodes)
+        if self.regex is None:
+            return f"{self.label}=~{_promql_string(alternatives)}"
+        return f"{self.label}=~{_promql_string(label_pattern(self.regex, alternatives))}"
+
+
+_NODE_GROUP = "(?P<node>"
+
+
+def label_pattern(node_regex: str, alternatives: str) -> str:
+    """The fully anchored label regex (PromQL's) selecting values whose `node` group is one of `alternatives`.
+
+    `^(?P<node>[^.:]+)` with `n1|n2` gives `(?:n1|n2).*`; an unanchored end becomes `.*`.
+    """
+    start = node_regex.index(_NODE_GROUP)
+    end = _group_end(node_regex, start + len(_NODE_GROUP))
+    head, tail = node_regex[:start], node_regex[end + 1 :]
+    head = head[1:] if head.startswith("^") else ".*" + head
+    if tail.endswith("$") and not tail.endswith("\\$"):
+        tail = tail[:-1]
+    else:
+        tail += ".*"
+    return f"{head}(?:{alternatives}){tail}"
+
+
+def _group_end(pattern: str, i: int) -> int:
+    """Index of the `)` closing the group whose body starts at `i` (escapes and [...] skipped)."""
+    depth = 1
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "[":
+            i += 2 if pattern[i + 1 : i + 2] != "^" else 3  # a `]` right after `[` or `[^` is literal
+            while i < len(pattern) and pattern[i] != "]":
+                i += 2 if pattern[i] == "\\" else 1
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    raise ValueError("unbalanced parentheses")
+
+
+def node_regex_problem(node_regex: str) -> str | None:
+    """Why `node_regex` cannot be used (for check-config), or None."""
+    try:
+        compiled = re.compile(node_regex)
+    except re.error as exc:
+        return f"not a valid regular expression: {exc}"
+    if "node" not in compiled.groupindex or _NODE_GROUP not in node_regex:
+        return "needs a group named node, e.g. '^(?P<node>[^.:]+)'"
+    if any(x in node_regex for x in ("(?=", "(?!", "(?<=", "(?<!")) or re.search(r"\\[1-9]", node_regex):
+        return "lookarounds and back-references are not available in VictoriaMetrics' (RE2) regexes"
+    try:
+        re.compile(label_pattern(node_regex, "x"))
+    except (ValueError, re.error) as exc:
+        return f"cannot be turned into a label selector: {exc}"
+    return None
 
 
 # -- selector -------------------------------------------------------------------------------
@@ -409,6 +498,23 @@ def _json_line(line: bytes) -> tuple[dict[str, str], np.ndarray, np.ndarray]:
 
 
 # -- assembling -----------------------------------------------------------------------------
+def _one_series(node: str, by_labels: dict[tuple, list[tuple[np.ndarray, np.ndarray]]], query: str
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """A node's samples. Series that follow one another (a label changed over time) are joined;
+    series that overlap in time (two PSUs, two PowerControl entries) would be mixed sample by
+    sample into a wrong number, so that is an error naming them."""
+    parts = [_concat(p) for p in by_labels.values()]
+    if len(parts) > 1:
+        spans = sorted((int(t.min()), int(t.max()), i) for i, (t, _) in enumerate(parts))
+        for (_, end_a, a), (start_b, _, b) in zip(spans, spans[1:], strict=False):
+            if start_b <= end_a:
+                labels = [dict(k) for k in by_labels]
+                raise VictoriaError(
+                    f"victoriametrics.query {query!r} matches {len(parts)} series for node {node} at the same time "
+                    f"({labels[a]} and {labels[b]}): narrow it to one series per node (etc/power-sources/README.md)")
+    return _concat(parts)
+
+
 def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     if len(parts) == 1:
         return parts[0]

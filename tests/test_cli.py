@@ -124,3 +124,141 @@ def test_unreachable_victoriametrics_names_the_url(tmp_path, capsys):
     code, _, err = run(capsys, "--config", str(cfg), "footprint", "--nodes", "n1", "--start", "1700000000",
                        "--end", "1700003600")
     assert code == 1 and "http://127.0.0.1:9" in err
+
+
+# -- a contract a script can rely on ------------------------------------------------------------
+def test_a_node_without_samples_is_a_clear_row_and_exit_1_never_a_traceback(setup, capsys, vm):
+    cfg, _, _ = setup
+    lonely = vm.node("nosamples")
+    args = ["--config", cfg, "footprint", "--nodes", lonely, "--start", str(T0), "--end", str(T0 + 3600)]
+    code, out, err = run(capsys, *args)
+    assert code == 1 and "Traceback" not in err + out
+    assert f"no power samples for {lonely}" in out and "1 not accounted" in out
+    assert "1 of 1 job(s) could not be accounted" in err
+    code, out, err = run(capsys, *args, "--json")
+    assert code == 1 and json.loads(out)["status"] == "error" and "Traceback" not in err
+
+
+def test_jobs_mode_exits_1_when_any_job_fails_and_still_prints_every_job(setup, capsys, tmp_path, vm):
+    cfg, a, _ = setup
+    table = tmp_path / "sacct.txt"
+    table.write_text("JobIDRaw|Start|End|NodeList|AllocTRES\n"
+                     f"1|{T0}|{T0 + 600}|{a}|cpu=8\n"
+                     f"2|{T0}|{T0 + 600}|{vm.node('nosamples')}|cpu=8\n"
+                     "3|not-a-time|x|n1|cpu=1\n")
+    for mode in ([], ["--json"]):
+        code, out, err = run(capsys, "--config", cfg, "footprint", "--jobs", str(table), *mode)
+        assert code == 1 and "2 of 3 job(s) could not be accounted" in err and "Traceback" not in err
+    statuses = [json.loads(line)["status"] for line in out.splitlines()]
+    assert statuses == ["ok", "error", "error"]
+
+
+def test_an_unexpected_error_is_one_line_and_exit_70(setup, capsys, monkeypatch):
+    import carbond.report
+
+    def broken(*_a, **_k):
+        raise TypeError("boom")
+
+    monkeypatch.setattr(carbond.report, "write_table", broken)
+    cfg, a, _ = setup
+    code, out, err = run(capsys, "--config", cfg, "footprint", "--nodes", a, "--start", str(T0), "--end", str(T0 + 60))
+    assert code == 70 and "Traceback" not in err and err.count("\n") == 1 and "internal error: TypeError: boom" in err
+
+
+def _actions(parser, path="carbond"):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _actions(sub, f"{path} {name}")
+            for choice in action._choices_actions:
+                yield f"{path} {choice.dest}", choice
+        else:
+            yield path, action
+
+
+def test_every_option_and_command_has_help():
+    from carbond.cli import build_parser
+
+    seen = list(_actions(build_parser()))
+    assert len(seen) > 25
+    missing = [f"{where}: {a.option_strings or a.dest}" for where, a in seen if not (a.help and a.help.strip())]
+    assert missing == []
+
+
+def test_help_documents_the_exit_status(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["footprint", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "exit status:" in out and "70" in out
+
+
+def test_yaml_error_names_the_file_and_the_line(tmp_path, capsys):
+    cfg = tmp_path / "broken.yaml"
+    cfg.write_text("pue: 1.2\nvictoriametrics:\n url: http://x\n  query: y\n")
+    code, out, err = run(capsys, "--config", str(cfg), "check-config")
+    assert code == 1 and out == ""
+    assert str(cfg) in err and "not valid YAML at line 4, column 8" in err and "Traceback" not in err
+
+
+def test_check_config_prints_the_effective_config_without_secrets(tmp_path, capsys):
+    import yaml
+
+    from carbond.config import from_mapping, load
+
+    token = tmp_path / "vm-token"
+    token.write_text("s3cr3t-bearer-token\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"cluster: c1\npue: 1.3\nvictoriametrics:\n  url: https://carbond:pa55word@vm.example:8428\n"
+                   f"  bearer_token_file: {token}\n  node_label: instance\n  node_regex: '^(?P<node>[^.:]+)'\n"
+                   "intensity:\n  provider: constant\n  value: 99\n")
+    code, out, err = run(capsys, "--config", str(cfg), "check-config", "--print")
+    assert code == 0 and err.strip() == f"{cfg}: ok"
+    assert "s3cr3t" not in out and "pa55word" not in out
+    printed = yaml.safe_load(out)
+    assert printed["victoriametrics"]["url"] == "https://carbond:***@vm.example:8428"
+    assert printed["slurm"]["retry_seconds"] == 3600  # defaults filled in
+    # What is printed is the configuration carbond runs with: it loads back to the same values.
+    printed["victoriametrics"]["url"] = "https://carbond:pa55word@vm.example:8428"
+    assert from_mapping(printed, str(cfg)) == load(str(cfg))
+
+
+def test_show_loads_only_what_it_needs_so_no_secret_is_opened(tmp_path):
+    from carbond.cli import SECTIONS
+    from carbond.config import load
+    from carbond.errors import ConfigError
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("cluster: c1\nvictoriametrics:\n  bearer_token_file: /nonexistent/vm-token\n"
+                   "intensity:\n  provider: electricitymaps\n  zone: DE\n  token_file: /nonexistent/em\n"
+                   "slurm:\n  comment_field: comment\n")
+    with pytest.raises(ConfigError, match="bearer_token_file: cannot read"):
+        load(str(cfg))
+    got = load(str(cfg), sections=SECTIONS["show"])
+    assert got.cluster == "c1" and got.slurm.comment_field == "comment"
+    cfg.write_text("slurm:\n  comment_field: nope\n")
+    with pytest.raises(ConfigError, match="slurm.comment_field"):  # its own sections are still checked
+        load(str(cfg), sections=SECTIONS["show"])
+
+
+def test_show_without_a_readable_config_uses_defaults_and_every_field(tmp_path, monkeypatch):
+    import carbond.config
+    from carbond.cli import _show_config
+
+    monkeypatch.delenv("CARBOND_CONFIG", raising=False)
+    monkeypatch.setattr(carbond.config, "DEFAULT_PATH", str(tmp_path / "absent.yaml"))
+    cfg, any_field = _show_config(None)
+    assert any_field and cfg == carbond.config.Config()
+
+
+def test_every_command_is_in_the_readme():
+    import argparse
+    from pathlib import Path
+
+    from carbond.cli import build_parser
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert [c for c in sub.choices if f"carbond {c}" not in readme] == []

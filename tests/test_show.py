@@ -20,6 +20,132 @@ def test_jobs_without_a_token_say_whether_one_will_come():
 
 def test_footprint_text_has_the_numbers_and_a_relatable_equivalent():
     values = parse("other carbond:co2e_g=850,energy_kwh=4.25,gkwh=200,cov=0.5")
-    text = _text("7", facts(0.0, 7200.0), values)
+    text = _text("7", facts(0.0, 7200.0), values, 1.2)
     assert "Energy: 4.25 kWh" in text and "Carbon footprint: 850 g CO2e (about 5.0 km" in text
     assert "Method: mixed (50% of node time measured)" in text and "Wall-clock time: 2.00 h" in text
+    assert "PUE: 1.2" in text
+
+
+# -- show() over a stand-in for sacct's answer (what sacct really returns is tested end to end) --
+import io  # noqa: E402
+import json  # noqa: E402
+import sqlite3  # noqa: E402
+
+import pytest  # noqa: E402
+
+from carbond.config import Config, SlurmConfig  # noqa: E402
+from carbond.show import _ledger_pues, show  # noqa: E402
+
+
+class Sacct:
+    """What SlurmIO.read_jobs(groups=True) returns for `sacct -j ids`: the jobs and their siblings."""
+
+    def __init__(self, *facts):
+        self.facts = facts
+        self.asked = []
+
+    def read_jobs(self, ids, groups=False):
+        self.asked.append(list(ids))
+        assert groups
+        wanted = set(ids)
+        return {f.job.job_id: f for f in self.facts
+                if {f.job.job_id, f.job.label, f.job.label.split("_")[0].split("+")[0]} & wanted}
+
+
+def task(raw, shown, token="carbond:co2e_g=10,energy_kwh=0.05,gkwh=200,pue=1.1", state="COMPLETED"):
+    return JobFacts(Job(raw, 0.0, 60.0, ("n1",), (1.0,), display_id=shown), state, admin_comment=token)
+
+
+ARRAY = (task("100", "100_3"), task("101", "100_1"), task("102", "100_2", token=""),
+         task("103", "100_[4-5]", token="", state="PENDING"))
+
+
+def run_show(ids, *facts, as_json=False, cfg=None):
+    out = io.StringIO()
+    code = show(cfg or Config(), ids, as_json=as_json, out=out, slurm=Sacct(*facts))
+    return code, out.getvalue()
+
+
+def test_an_array_id_shows_every_task_under_its_own_id():
+    code, out = run_show(["100"], *ARRAY)
+    assert code == 1  # 100_2 is not accounted yet and 100_[4-5] has not run
+    assert [ln for ln in out.splitlines() if ln.startswith(("Job ID:", "Job "))] == [
+        "Job ID: 100_1 (JobIDRaw 101)",
+        "Job 100_2: not accounted yet (state COMPLETED); carbond writes its footprint a few seconds after the job ends.",
+        "Job ID: 100_3 (JobIDRaw 100)",
+        "Job 100_[4-5]: has not ended (state PENDING); carbond writes its footprint a few seconds after it ends.",
+    ]
+
+
+def test_one_task_by_its_id_or_raw_id_is_that_task_only():
+    for ask in ("100_3", "101"):
+        code, out = run_show([ask], *ARRAY)
+        assert code == 0 and out.count("Job ID:") == 1
+    assert "Job ID: 100_1 (JobIDRaw 101)" in run_show(["101"], *ARRAY)[1]
+
+
+def test_het_job_id_shows_every_component():
+    code, out = run_show(["311"], task("311", "311+0"), task("312", "311+1"))
+    assert code == 0 and "Job ID: 311+0 (JobIDRaw 311)" in out and "Job ID: 311+1 (JobIDRaw 312)" in out
+
+
+@pytest.mark.parametrize("bad", ["abc", "12a", "1_", "-5", "1;id", "1 2", ""])
+def test_a_non_numeric_job_id_is_not_a_valid_job_id_and_never_reaches_sacct(bad):
+    sacct = Sacct(task("7", "7"))
+    out = io.StringIO()
+    code = show(Config(), [bad, "7"], out=out, slurm=sacct)
+    assert code == 1 and f"Job {bad}: not a valid job id" in out.getvalue() and "Job ID: 7" in out.getvalue()
+    assert sacct.asked == [["7"]]
+
+
+def test_json_lines_carry_the_task_ids_and_the_pue():
+    code, out = run_show(["100", "zz"], *ARRAY, as_json=True)
+    rows = [json.loads(ln) for ln in out.splitlines()]
+    assert [r["job_id"] for r in rows] == ["100_1", "100_2", "100_3", "100_[4-5]", "zz"]
+    assert rows[0]["pue"] == 1.1 and rows[0]["footprint"]["co2e_g"] == 10 and rows[0]["raw_id"] == "101"
+    assert rows[4]["error"].startswith("not a valid job id") and code == 1
+
+
+def make_ledger(path, with_pue=True):
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE jobs (cluster TEXT, job_id TEXT, state TEXT" + (", pue REAL" if with_pue else "") + ")")
+    db.execute("INSERT INTO jobs VALUES ('c1', '42', 'written'" + (", 1.45" if with_pue else "") + ")")
+    db.execute("INSERT INTO jobs VALUES ('c2', '43', 'written'" + (", 1.9" if with_pue else "") + ")")
+    db.commit()
+    db.close()
+
+
+def test_pue_is_the_one_the_job_was_accounted_with_never_the_config_default(tmp_path):
+    cfg = Config(cluster="c1", state_dir=str(tmp_path), pue=1.7)
+    old_token = "carbond:co2e_g=10,energy_kwh=0.05,gkwh=200"  # written before tokens carried pue
+    # token first
+    assert "PUE: 1.1\n" in run_show(["42"], task("42", "42"), cfg=cfg)[1]
+    # no ledger here (a login node): said so, not the config's 1.7
+    out = run_show(["42"], task("42", "42", token=old_token), cfg=cfg)[1]
+    assert "PUE: not recorded" in out and "1.7" not in out
+    # the ledger's, for this cluster
+    make_ledger(tmp_path / "ledger.sqlite")
+    assert "PUE: 1.45\n" in run_show(["42"], task("42", "42", token=old_token), cfg=cfg)[1]
+    assert "PUE: not recorded" in run_show(["43"], task("43", "43", token=old_token), cfg=cfg)[1]
+
+
+def test_a_ledger_without_the_pue_column_or_unreadable_is_no_error(tmp_path):
+    make_ledger(tmp_path / "ledger.sqlite", with_pue=False)
+    assert _ledger_pues(Config(cluster="c1", state_dir=str(tmp_path)), ["42"]) == {}
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "ledger.sqlite").write_text("not a database")
+    assert _ledger_pues(Config(cluster="c1", state_dir=str(tmp_path / "x")), ["42"]) == {}
+    assert _ledger_pues(Config(cluster="c1", state_dir=str(tmp_path / "absent")), ["42"]) == {}
+
+
+def test_any_field_finds_the_token_wherever_the_site_put_it():
+    f = JobFacts(Job("9", 0.0, 60.0, ("n1",), (1.0,)), "COMPLETED", comment="mine carbond:co2e_g=3,energy_kwh=0.01")
+    out = io.StringIO()
+    assert show(Config(slurm=SlurmConfig()), ["9"], out=out, slurm=Sacct(f), any_field=True) == 0
+    assert "Carbon footprint: 3 g" in out.getvalue()
+    assert show(Config(), ["9"], out=io.StringIO(), slurm=Sacct(f)) == 1  # admin_comment only: not there
+
+
+def test_an_unknown_id_is_said_to_be_unknown():
+    code, out = run_show(["5", "7"], task("7", "7"))
+    assert code == 1 and out.startswith("Job 5: not found in Slurm's accounting.\nJob ID: 7\n")

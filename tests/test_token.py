@@ -37,7 +37,7 @@ def test_format_from_a_footprint_object_and_none_is_left_out():
     class Fp:
         co2e_g, energy_kwh, intensity_g_per_kwh, method, coverage, pue = 1.5, 0.01, None, "estimated", 0.0, 1.0
 
-    assert token.format_token(Fp()) == "carbond:co2e_g=1.5,energy_kwh=0.01,cov=0"
+    assert token.format_token(Fp()) == "carbond:co2e_g=1.5,energy_kwh=0.01,cov=0,pue=1"
     assert token.method_of(token.parse(token.format_token(Fp()))) == "estimated"
 
 

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs
 
 import numpy as np
 import pytest
+import requests
 from fixtures_vm import free_port
 
 from carbond.config import BasicAuth, VictoriaConfig
@@ -383,3 +384,95 @@ def _lines(nodes, t, values_for) -> list[str]:
         labels = {"__name__": "amperageProbeReading", "amperageProbeLocationName": "System Board Pwr Consumption", "alias": n}
         out.append(json.dumps({"metric": labels, "values": list(values_for(i)), "timestamps": [round(x * 1000) for x in t]}))
     return out
+
+
+# -- node names that need relabelling (node_regex) and units (scale) ---------------------------
+@pytest.mark.parametrize(
+    "regex, pattern",
+    [
+        ("^(?P<node>[^.:]+)", "(?:n1|n\\.2).*"),
+        ("^(?P<node>[^.]+)-bmc([.:].*)?$", "(?:n1|n\\.2)-bmc([.:].*)?"),
+        ("(?P<node>n[0-9]+)", ".*(?:n1|n\\.2).*"),
+        ("^(?P<node>[a-z]+(-[0-9]+)?)\\.", "(?:n1|n\\.2)\\..*"),
+    ],
+)
+def test_label_pattern_puts_the_candidates_in_place_of_the_node_group(regex, pattern):
+    from carbond.victoria import label_pattern, node_regex_problem
+
+    assert node_regex_problem(regex) is None
+    assert label_pattern(regex, "n1|n\\.2") == pattern
+
+
+@pytest.mark.parametrize(
+    "regex, why",
+    [("^([^.]+)", "group named node"), ("(?P<node>a(?=b))", "lookarounds"), ("(?P<node>", "not a valid"),
+     ("(?P<x>a)\\1(?P<node>b)", "back-references")],
+)
+def test_unusable_node_regexes_are_refused_by_the_config(regex, why):
+    from carbond.config import from_mapping
+    from carbond.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=why):
+        from_mapping({"victoriametrics": {"node_regex": regex}})
+
+
+def test_node_regex_selects_only_the_jobs_nodes_and_maps_them(vm):
+    """instance="<node>.cluster:9290" -> <node>; a node whose name extends ours is not returned."""
+    a, b = vm.node("rx"), vm.node("rx")
+    long = a + "0"  # `a` is a prefix of its name: selected by the prefix regex, then sorted out
+    lines = [json.dumps({"metric": {"__name__": "ipmi_dcmi_power_consumption_watts", "instance": f"{n}.cluster:9290"},
+                         "values": [w, w], "timestamps": [T0 * 1000, (T0 + 30) * 1000]})
+             for n, w in ((a, 100), (b, 200), (long, 999))]
+    vm.import_lines(lines)
+    vm.flush()
+    c = client(vm.url, query="ipmi_dcmi_power_consumption_watts", node_label="instance",
+               node_regex="^(?P<node>[^.:]+)")
+    assert 'instance=~"(?:' in c.selector([a])
+    # The selector is selective in VictoriaMetrics itself: b's series is not even read.
+    listed = requests.get(f"{vm.url}/api/v1/series", params={"match[]": c.selector([a]), "start": T0 - 60,
+                                                            "end": T0 + 60}, timeout=10).json()["data"]
+    assert sorted(x["instance"] for x in listed) == sorted([f"{a}.cluster:9290", f"{long}.cluster:9290"])
+    got = c.fetch_power([a, b], T0, T0 + 30)
+    assert sorted(got) == sorted([a, b])
+    assert got[a][1].tolist() == [100.0, 100.0] and got[b][1].tolist() == [200.0, 200.0]
+    assert c.fetch_power([a], T0, T0 + 30).keys() == {a}
+    assert set(c.latest_sample([a, b], T0)) == {a, b}
+    plain = client(vm.url, query="ipmi_dcmi_power_consumption_watts", node_label="instance")
+    assert plain.fetch_power([a], T0, T0 + 30) == {}  # without the regex the names do not match
+
+
+def test_scale_turns_the_series_unit_into_watts(vm):
+    node = vm.node("mw")
+    vm.import_series(node, [T0, T0 + 30], [250_000, 125_500])  # milliwatts
+    vm.flush()
+    got = client(vm.url, scale=0.001).fetch_power([node], T0, T0 + 30)
+    assert got[node][1].tolist() == [250.0, 125.5]
+
+
+def test_two_series_for_one_node_at_the_same_time_are_an_error_not_a_mix(vm):
+    """Two PowerControl entries of one node: mixing their samples would charge a wrong number."""
+    node = vm.node("dup")
+    lines = [json.dumps({"metric": {"__name__": "redfish_watts", "instance": f"{node}-bmc", "power_control_id": pc},
+                         "values": [w, w], "timestamps": [T0 * 1000, (T0 + 30) * 1000]})
+             for pc, w in (("0", 300), ("1", 40))]
+    vm.import_lines(lines)
+    vm.flush()
+    c = client(vm.url, query="redfish_watts", node_label="instance", node_regex="^(?P<node>.+)-bmc$")
+    with pytest.raises(VictoriaError, match=f"2 series for node {node} at the same time.*power_control_id"):
+        c.fetch_power([node], T0, T0 + 30)
+    pinned = client(vm.url, query='redfish_watts{power_control_id="0"}', node_label="instance",
+                    node_regex="^(?P<node>.+)-bmc$")
+    assert pinned.fetch_power([node], T0, T0 + 30)[node][1].tolist() == [300.0, 300.0]
+
+
+def test_a_series_relabelled_over_time_is_joined(vm):
+    """The exporter's job label changed at T0+60: one node, two series one after the other."""
+    node = vm.node("relabel")
+    lines = [json.dumps({"metric": {"__name__": "amperageProbeReading", "alias": node, "job": job,
+                                    "amperageProbeLocationName": "System Board Pwr Consumption"},
+                         "values": [w, w], "timestamps": [t * 1000, (t + 30) * 1000]})
+             for job, t, w in (("old", T0, 100), ("new", T0 + 60, 200))]
+    vm.import_lines(lines)
+    vm.flush()
+    got = client(vm.url).fetch_power([node], T0, T0 + 90)[node]
+    assert got[0].tolist() == [T0, T0 + 30, T0 + 60, T0 + 90] and got[1].tolist() == [100, 100, 200, 200]
