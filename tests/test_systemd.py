@@ -193,10 +193,13 @@ def box(slurm, vm, tmp_path_factory) -> Iterator[tuple[Box, dict[str, object]]]:
     (upper / "etc" / "slurm").mkdir(parents=True)
     (upper / "etc" / "slurm" / "slurm.conf").write_text(container_slurm_conf(slurm.conf, munge_dir))
     PIP_CACHE.mkdir(parents=True, exist_ok=True)
-    subprocess.run(  # noqa: S603
+    booted = subprocess.run(  # noqa: S603
         [str(HARNESS), "boot", str(ROOT), str(run), f"{munge_dir}:/run/munge",
          f"{slurm.spool_dir}:/var/spool/carbond", f"{PIP_CACHE}:/root/.cache/pip"],
-        check=True, timeout=120, capture_output=True, text=True)
+        check=False, timeout=120, capture_output=True, text=True)
+    if booted.returncode != 0:
+        subprocess.run([str(HARNESS), "stop", str(run)], check=False, timeout=120)  # noqa: S603
+        raise AssertionError(f"boot failed: {booted.stderr}{booted.stdout}")
     feeder = subprocess.Popen(  # noqa: S603 - power samples for n1..n3 every second
         [str(REPO / ".venv" / "bin" / "python"), str(REPO / "scripts" / "power-feeder"), "--url", vm.url,
          "--interval", "1"], env=slurm.env, stdout=subprocess.DEVNULL, stderr=open(run / "feeder.log", "ab"))
