@@ -237,7 +237,14 @@ def installed(box, vm) -> tuple[Box, dict[str, object]]:
     verify = b.sh(blocks["verify"].replace("127.0.0.1:9847", f"127.0.0.1:{port}"), timeout=400)
     facts["verify_s"] = time.monotonic() - t0
     facts["verify_out"] = verify.stdout
+    facts["restarts"] = 0
+    steady(b, facts)
     return b, facts
+
+
+def steady(b: Box, facts: dict[str, object]) -> None:
+    """Fails if systemd restarted the daemon more often than the tests so far asked for."""
+    assert int(b.show("NRestarts")["NRestarts"]) == facts["restarts"], b.journal(60)
 
 
 def test_readme_install_and_verify(installed) -> None:
@@ -259,11 +266,12 @@ def test_readme_install_and_verify(installed) -> None:
 
 
 def test_status_line_shows_backlog_and_totals(installed) -> None:
-    b, _ = installed
+    b, facts = installed
     status = b.show("StatusText")["StatusText"]
     m = re.fullmatch(r"backlog (\d+) job\(s\); (\d+) accounted, ([0-9.]+) kg CO2e", status)
     assert m, status
     assert int(m.group(2)) >= 1
+    steady(b, facts)
 
 
 def test_active_only_after_ready(installed) -> None:
@@ -343,7 +351,7 @@ def test_security_score_matches_readme(installed) -> None:
 
 
 def test_watchdog_restarts_a_stopped_daemon(installed) -> None:
-    b, _ = installed
+    b, facts = installed
     pid = wait_for("carbond running", b.active_pid, 30)
     restarts = int(b.show("NRestarts")["NRestarts"])
     host = b.host_pid(int(pid))
@@ -358,6 +366,7 @@ def test_watchdog_restarts_a_stopped_daemon(installed) -> None:
     assert new != pid
     assert int(b.show("NRestarts")["NRestarts"]) == restarts + 1
     assert "Watchdog timeout" in b.journal(40)
+    facts["restarts"] = restarts + 1
 
 
 def test_sigterm_is_a_clean_stop(installed) -> None:
