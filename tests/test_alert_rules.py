@@ -59,6 +59,17 @@ def test_a_changed_threshold_fails_the_unit_tests(tmp_path: Path) -> None:
     assert "CarbondBacklogOld" in proc.stdout + proc.stderr
 
 
+def test_runbook_links_resolve() -> None:
+    """Every `docs/operations.md#anchor` an alert points to exists in that page."""
+    import re
+
+    page = (REPO / "docs" / "operations.md").read_text()
+    anchors = set(re.findall(r'<a id="([a-z-]+)"></a>', page))
+    anchors |= {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", page, re.M)}
+    linked = set(re.findall(r"docs/operations\.md#([a-z-]+)", RULES.read_text()))
+    assert linked and linked <= anchors, linked - anchors
+
+
 @pytest.mark.parametrize("path", [RULES, RULE_TESTS])
 def test_rule_files_exist(path: Path) -> None:
     assert path.is_file()
