@@ -314,6 +314,16 @@ def test_tmpfiles_spool_owner_and_mode(installed) -> None:
     assert "| `/var/spool/carbond/dead` | carbond:carbond | 2750 |" in doc
 
 
+def test_epilog_failures_reach_the_journal_under_its_tag(installed) -> None:
+    """docs/operations.md: an epilog that cannot leave a record logs under `carbond-epilog`."""
+    b, _ = installed
+    b.sh("runuser -u slurm -- env -i SLURM_JOB_ID=424242 SLURM_SCRIPT_CONTEXT=epilog_slurmctld"
+         " CARBOND_SPOOL_DIR=/var/spool/carbond-missing /usr/libexec/carbond/carbond-epilog")
+    line = wait_for("the epilog's syslog line", lambda: b.sh(
+        "journalctl -t carbond-epilog -p warning --no-pager -o cat").stdout.strip(), 10)
+    assert "job 424242: no record: spool directory /var/spool/carbond-missing is missing" in str(line)
+
+
 def test_run_is_read_only_but_munge_connects(installed) -> None:
     b, _ = installed
     pid = b.active_pid()
