@@ -265,6 +265,19 @@ def test_readme_install_and_verify(installed) -> None:
     assert "/opt/carbond/venv/bin/carbond --config /etc/carbond/carbond.yaml run" in cmdline, cmdline
 
 
+def test_install_blocks_are_safe_to_run_again(installed) -> None:
+    """The README says each block can be run again: the site's config survives, nothing fails."""
+    b, facts = installed
+    before = b.sh("sha256sum /etc/carbond/carbond.yaml; grep -c '^EpilogSlurmctld=' /etc/slurm/slurm.conf").stdout
+    blocks = readme_blocks()
+    for name in ("packages", "files", "check", "slurm"):
+        b.sh(blocks[name], timeout=300)
+    assert b.sh("sha256sum /etc/carbond/carbond.yaml; grep -c '^EpilogSlurmctld=' /etc/slurm/slurm.conf").stdout == before
+    assert before.split()[-1] == "1"
+    assert b.active_pid()
+    steady(b, facts)
+
+
 def test_status_line_shows_backlog_and_totals(installed) -> None:
     b, facts = installed
     status = b.show("StatusText")["StatusText"]
