@@ -4,14 +4,22 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := slurmctld slurmd slurmdbd slurm-client munge mariadb-server victoria-metrics prometheus \
-                python3-venv bsdutils procps util-linux time
+                python3-venv bsdutils procps util-linux time systemd-container debootstrap
+# Debian roots for container tests (tests/test_systemd.py), built once by scripts/systemd-container
+# and reused by every later run; delete a root's directory to rebuild it.
+ROOT_CACHE ?= /var/cache/carbond/roots
+export CARBOND_ROOT_CACHE := $(ROOT_CACHE)
 export PATH := $(CURDIR)/$(VENV)/bin:/usr/sbin:/usr/bin:/sbin:/bin:$(PATH)
 
-.PHONY: test demo demo-stop bench lint deps venv clean
+.PHONY: test demo demo-stop bench lint deps venv clean roots
 
-test: deps venv
+test: deps venv roots
 	$(VENV)/bin/ruff check carbond tests bench scripts/power-feeder
 	$(PY) -m pytest -ra -p no:cacheprovider tests
+
+# The cached Debian 12 root with systemd that tests/test_systemd.py boots (the test builds it too).
+roots: deps
+	scripts/systemd-container build $(ROOT_CACHE)/bookworm-systemd
 
 demo: deps venv
 	scripts/demo
