@@ -78,29 +78,42 @@ class Engine:
         `span` (earliest start, latest end), when known, makes one intensity lookup for the run;
         otherwise each window looks up its own. Bad lines of a table follow its jobs.
         """
-        gap = self.cfg.max_gap
-        self.cache = cache = PowerCache(self.power.fetch_power, gap, align=align)
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.cache = PowerCache(self.power.fetch_power, self.cfg.max_gap, align=align)
         view = self._view(*span) if span and span[0] <= span[1] else None
         it = iter(windows)
         table = next(it, None)
-        while table is not None:
-            following = next(it, None)
-            ok = _ready(table)
-            if ok.any():
-                cache.ensure(self._needs(table, ok))
-                wview = view or self._view(float(np.min(table.start[ok])), float(np.max(table.end[ok])))
-            else:
-                wview = None
-            for lo in range(0, len(table), BATCH):
-                part = table.take(np.arange(lo, min(lo + BATCH, len(table)))) if len(table) > BATCH else table
-                yield self._batch(part, cache.trace, wview)
-            if table.bad:
-                yield Batch([_bad(b, self.cfg.pue) for b in table.bad], [], None, None, self.cfg.pue)
-            if following is not None:
-                nxt = _ready(following)
-                if nxt.any():
-                    cache.drop_before(float(np.min(following.start[nxt])) - gap)
-            table = following
+        # The next window's power is read while this one is computed and written out.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="carbond-prefetch") as pool:
+            pending = pool.submit(self._prepare, table, view) if table is not None else None
+            while table is not None and pending is not None:
+                traces, wview = pending.result()
+                following = next(it, None)
+                pending = pool.submit(self._prepare, following, view) if following is not None else None
+                for lo in range(0, len(table), BATCH):
+                    part = table.take(np.arange(lo, min(lo + BATCH, len(table)))) if len(table) > BATCH else table
+                    yield self._batch(part, traces.get, wview)
+                if table.bad:
+                    yield Batch([_bad(b, self.cfg.pue) for b in table.bad], [], None, None, self.cfg.pue)
+                table = following
+
+    def _prepare(self, table: JobTable, view: IntensityView | None) -> tuple[dict[str, Trace | None], IntensityView | None]:
+        """Power (and intensity, unless the run has one view) of a window; earlier samples are freed.
+
+        Runs in the prefetch thread, one window at a time: the only code that changes the cache.
+        The traces handed out are snapshots, so the window before keeps reading its own.
+        """
+        cache = self.cache
+        assert cache is not None
+        ok = _ready(table)
+        if not ok.any():
+            return {}, None
+        cache.drop_before(float(np.min(table.start[ok])) - self.cfg.max_gap)
+        needs = self._needs(table, ok)
+        cache.ensure(needs)
+        wview = view or self._view(float(np.min(table.start[ok])), float(np.max(table.end[ok])))
+        return {n: cache.trace(n) for n in needs}, wview
 
     # -- inputs ---------------------------------------------------------------------------------
     def _inputs(self, jobs: list[Job]) -> tuple[dict[str, Trace], IntensityView]:

@@ -391,7 +391,7 @@ class TimeBuckets:
         self.window = float(window)
         self.zone = zone
         self.names = NodeNames()
-        self._mem: dict[int, list[str]] = {}
+        self._mem: dict[int, tuple[list[str], list[int]]] = {}
         self._size = 0
         self._limit = limit
         self._tmp = tempfile.TemporaryDirectory(prefix="carbond-buckets-", dir=spill_dir)
@@ -403,35 +403,66 @@ class TimeBuckets:
         self._fill(iter(lines))
 
     def _fill(self, it: Iterator[str]) -> None:
+        import itertools
+
         self.header = SacctHeader.parse(next(it, ""))
+        line_no = 2
+        while True:
+            block = list(itertools.islice(it, 65536))
+            if not block:
+                break
+            self._add_block(block, line_no)
+            line_no += len(block)
+
+    def _add_block(self, block: list[str], first_no: int) -> None:
+        """One split per line, the start column converted in one call, lines moved by window."""
+        from operator import itemgetter
+
         c_id, c_start, c_end = (self.header.col[k] for k in ("JobIDRaw", "Start", "End"))
         need = max(c_id, c_start, c_end) + 1
-        window, mem = self.window, self._mem
-        lo, hi = self.lo, self.hi
-        for line_no, line in enumerate(it, start=2):
-            line = line.rstrip("\n")
-            if not line:
-                continue
-            f = line.split("|", need)
-            if len(f) > c_id and "." in f[c_id]:
-                continue
-            t = self._start(f[c_start]) if len(f) > c_start else None
-            key = NO_WINDOW if t is None else int(t // window)
-            if t is not None:
-                lo = min(lo, t)
-                e = self._start(f[c_end]) if len(f) > c_end else None
-                if e is not None:
-                    hi = max(hi, e)
-            text = f"{line_no}|{line}"
-            bucket = mem.get(key)
+        lines = [ln.rstrip("\n") for ln in block]
+        fields = [ln.split("|", need) for ln in lines]
+        keep = [i for i, f in enumerate(fields) if len(f) > need - 1 and "." not in f[c_id] and lines[i]]
+        short = [i for i, f in enumerate(fields) if len(f) <= need - 1 and lines[i] and "." not in f[0]]
+        keep = sorted(keep + short) if short else keep
+        if not keep:
+            return
+        fields = [fields[i] for i in keep] if len(keep) < len(fields) else fields
+        lines = [lines[i] for i in keep] if len(keep) < len(lines) else lines
+        nos = (np.asarray(keep) + first_no).tolist()
+        start = self._column(fields, c_start)
+        end = self._column(fields, c_end)
+        with np.errstate(invalid="ignore"):
+            if np.isfinite(start).any():
+                self.lo = min(self.lo, float(np.nanmin(start)))
+            if np.isfinite(end).any():
+                self.hi = max(self.hi, float(np.nanmax(end)))
+            keys = np.where(np.isfinite(start), np.floor(start / self.window), NO_WINDOW).astype(np.int64)
+        order = np.argsort(keys, kind="stable")
+        sk = keys[order]
+        cuts = np.flatnonzero(np.diff(sk)) + 1
+        for idx in np.split(order, cuts):
+            key = int(keys[idx[0]])
+            pick = itemgetter(*idx.tolist())
+            got_l, got_n = pick(lines), pick(nos)
+            if len(idx) == 1:
+                got_l, got_n = (got_l,), (got_n,)
+            bucket = self._mem.get(key)
             if bucket is None:
-                bucket = mem[key] = []
-            bucket.append(text)
-            self.jobs += 1
-            self._size += len(text) + 60
-            if self._size > self._limit:
-                self._spill()
-        self.lo, self.hi = lo, hi
+                bucket = self._mem[key] = ([], [])
+            bucket[0].extend(got_l)
+            bucket[1].extend(got_n)
+            self._size += sum(map(len, got_l)) + 60 * len(idx)
+        self.jobs += len(lines)
+        if self._size > self._limit:
+            self._spill()
+
+    def _column(self, fields: list[list[str]], c: int) -> np.ndarray:
+        texts = [f[c] if len(f) > c else "" for f in fields]
+        try:
+            return np.array(texts, dtype=np.float64)
+        except ValueError:
+            return np.array([np.nan if (v := self._start(t)) is None else v for t in texts], dtype=np.float64)
 
     def _start(self, text: str) -> float | None:
         if text.isdigit():
@@ -442,9 +473,9 @@ class TimeBuckets:
             return None
 
     def _spill(self) -> None:
-        for key, lines in self._mem.items():
+        for key, (lines, nos) in self._mem.items():
             with open(self._path(key), "a", encoding="utf-8") as fh:
-                fh.write("\n".join(lines) + "\n")
+                fh.write("".join(f"{n}|{ln}\n" for n, ln in zip(nos, lines, strict=True)))
             self._spilled.add(key)
         self._mem.clear()
         self._size = 0
@@ -455,24 +486,24 @@ class TimeBuckets:
         return os.path.join(self._tmp.name, f"{key}.txt")
 
     def keys(self) -> list[int]:
-        return sorted(set(self._mem) | self._spilled)
+        keys = sorted(set(self._mem) | self._spilled)
+        return [k for k in keys if k != NO_WINDOW] + [k for k in keys if k == NO_WINDOW]
 
     def table(self, key: int) -> JobTable:
         """The jobs of one window, in input order, with their bad lines."""
-        lines: list[str] = []
+        nos: list[int] = []
+        body: list[str] = []
         if key in self._spilled:
             with open(self._path(key), encoding="utf-8") as fh:
-                lines = fh.read().splitlines()
-        lines += self._mem.get(key, [])
-        nos, body = [], []
-        for ln in lines:
-            no, _, rest = ln.partition("|")
-            nos.append(int(no))
-            body.append(rest)
-        return read_table(body, nos, self.header, self.names, self.zone)
+                for ln in fh.read().splitlines():
+                    no, _, rest = ln.partition("|")
+                    nos.append(int(no))
+                    body.append(rest)
+        lines, more = self._mem.get(key, ([], []))
+        return read_table(body + lines, nos + more, self.header, self.names, self.zone)
 
     def windows(self) -> Iterator[JobTable]:
-        """Every window's table in time order (jobs without a start first), dropping each once read."""
+        """Every window's table in time order (jobs without a start last), dropping each once read."""
         for key in self.keys():
             table = self.table(key)
             self._mem.pop(key, None)
