@@ -77,9 +77,10 @@ def batch_lines(b: Batch) -> Iterator[str]:
         yield from (_ENCODER.encode(s.to_dict()) for s in b.slots if isinstance(s, JobFootprint))
         return
     c = columns(b.acc, b.alloc)
-    text = [_json_num(getattr(c, k)) for k in ("p_kwh", "p_intensity", "p_g", "row_kwh", "share")]
+    text = [(_json_few if k in _FEW else _json_num)(getattr(c, k)) for k in ("p_kwh", "p_intensity", "p_g", "row_kwh", "share")]
     periods = list(map(_PERIOD.format, c.p_start, c.p_end, text[0], text[1], c.p_kind, text[2]))
-    kwh, total_g, op_g, emb_g, cov = (_json_num(x) for x in (c.kwh, c.total_g, c.op_g, c.emb_g, c.cov))
+    kwh, total_g, op_g = (_json_num(x) for x in (c.kwh, c.total_g, c.op_g))
+    emb_g, cov = _json_few(c.emb_g), _json_few(c.cov)
     mean_i = _json_num(c.mean_i)
     starts, ends = _iso_each(b.alloc.start), _iso_each(b.alloc.end)
     methods = _methods(c.cov)
@@ -139,6 +140,22 @@ def _json_num(values: list[float | None]) -> list[str]:
     if None in values:
         return [_num_or_null(v) for v in values]
     return list(map(float.__repr__, values))
+
+
+_FEW = ("p_intensity", "share")
+"""Columns with few distinct values (the half-hour's intensity, CPU shares): each is formatted once."""
+
+
+def _json_few(values: list[float | None]) -> list[str]:
+    """_json_num for a column of few distinct values: repr is the floor of the output, so do less of it."""
+    import numpy as np
+
+    if len(values) < 64 or None in values:
+        return _json_num(values)
+    uniq, inverse = np.unique(np.array(values, dtype=np.float64), return_inverse=True)
+    if uniq.size * 4 > len(values):
+        return _json_num(values)
+    return np.array(_json_num(uniq.tolist()), dtype=object)[inverse].tolist()
 
 
 def _num_or_null(v: float | None) -> str:
