@@ -73,25 +73,21 @@ class PowerCache:
 
     def _add(self, node: str, t: np.ndarray, w: np.ndarray, a: float, b: float, need: tuple[float, float]) -> None:
         st = self._nodes.get(node)
-        if st is None or need[0] > st.hi or need[0] < st.lo or a > st.hi:
+        if st is None or need[0] > st.hi or need[0] < st.lo or a > st.hi or st.t.size == 0:
             tr = build_trace(t, w, self.max_gap)
-            self._nodes[node] = _Node(tr.t, tr.w, tr.cum_j, tr.cum_s, a, b)
-            return
-        if st.t.size:
-            keep = t > st.t[-1]
-            t, w = t[keep], w[keep]
-        if t.size:
-            if st.t.size:
-                tr = build_trace(np.concatenate(([st.t[-1]], t)), np.concatenate(([st.w[-1]], w)), self.max_gap)
-                cj, cs = st.cum_j[-1] + tr.cum_j[1:], st.cum_s[-1] + tr.cum_s[1:]
-                tr_t, tr_w = tr.t[1:], tr.w[1:]
+            lo = a if st is None or a > st.hi or need[0] < st.lo else min(a, st.lo)
+            if tr.t.size == 0:
+                self._nodes[node] = _Node(tr.t, tr.w, np.zeros(0), np.zeros(0), lo, b)
             else:
-                tr = build_trace(t, w, self.max_gap)
-                cj, cs, tr_t, tr_w = tr.cum_j, tr.cum_s, tr.t, tr.w
-            st.t = np.concatenate((st.t, tr_t))
-            st.w = np.concatenate((st.w, tr_w))
-            st.cum_j = np.concatenate((st.cum_j, cj))
-            st.cum_s = np.concatenate((st.cum_s, cs))
+                self._nodes[node] = _Node(tr.t, tr.w, tr.cum_j, tr.cum_s, lo, b)
+            return
+        t, w = t[t > st.t[-1]], w[t > st.t[-1]]
+        if t.size:
+            tr = build_trace(np.concatenate(([st.t[-1]], t)), np.concatenate(([st.w[-1]], w)), self.max_gap)
+            st.t = np.concatenate((st.t, tr.t[1:]))
+            st.w = np.concatenate((st.w, tr.w[1:]))
+            st.cum_j = np.concatenate((st.cum_j, st.cum_j[-1] + tr.cum_j[1:]))
+            st.cum_s = np.concatenate((st.cum_s, st.cum_s[-1] + tr.cum_s[1:]))
         st.hi = max(st.hi, b)
 
     def trace(self, node: str) -> Trace | None:
