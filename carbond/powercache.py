@@ -12,7 +12,7 @@ bridged either way (it adds nothing). Dropping keeps the last sample at or befor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,6 +49,8 @@ class PowerCache:
     so a dense cluster's nodes share requests; a node seen afresh is read exactly (sparse jobs)."""
     waste: float = 1.5
     """Nodes share one request when its span x nodes stays within this factor of what they need."""
+    concurrency: int = 4
+    """Requests in flight when a window needs many small ones."""
     stats: FetchStats = field(default_factory=FetchStats)
     _nodes: dict[str, _Node] = field(default_factory=dict)
 
@@ -62,14 +64,24 @@ class PowerCache:
             elif hi > st.hi:
                 ahead = -(-(hi - self.max_gap) // self.align) * self.align + self.max_gap
                 ranges.append((st.hi, max(hi, ahead), node))
-        for a, b, nodes in _groups(ranges, self.waste):
-            got = self.fetch(nodes, a, b)
+        groups = _groups(ranges, self.waste)
+        for (a, b, nodes), got in zip(groups, self._fetch_all(groups), strict=True):
             self.stats.calls += 1
             self.stats.node_ranges += len(nodes)
             for node in nodes:
                 t, w = got.get(node, (np.zeros(0), np.zeros(0)))
                 self.stats.samples += len(t)
                 self._add(node, np.asarray(t, dtype=np.float64), np.asarray(w, dtype=np.float64), a, b, needs[node])
+
+    def _fetch_all(self, groups: list[tuple[float, float, list[str]]]) -> Iterator[dict]:
+        """The groups' samples in order; several small requests in flight (sparse jobs make many)."""
+        if len(groups) < 4 or self.concurrency <= 1:
+            yield from (self.fetch(nodes, a, b) for a, b, nodes in groups)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="carbond-power") as pool:
+            yield from pool.map(lambda g: self.fetch(g[2], g[0], g[1]), groups)
 
     def _add(self, node: str, t: np.ndarray, w: np.ndarray, a: float, b: float, need: tuple[float, float]) -> None:
         st = self._nodes.get(node)
