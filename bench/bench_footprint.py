@@ -66,8 +66,10 @@ def prepare(work: Path, port: int, fresh: bool, gen: list[str] | None = None) ->
     vm_dir.mkdir(parents=True, exist_ok=True)
     server = VMServer(data_dir=str(vm_dir), port=port).start()
     gen_args = ["--vm-url", server.url, "--out", str(work), *(gen or [])]
-    if marker.exists():
-        gen_args.append("--no-load")  # files are deterministic; only the VM URL may change
+    if marker.exists() and (work / "jobs.sacct").exists():
+        # Files are deterministic and kept; only the VM URL in the config changes.
+        gen_month.write_config(work / "carbond.yaml", server.url, work)
+        return server
     # A child process: a forked child's ru_maxrss starts at its parent's, so the generator's
     # memory must never live in the process that starts the measured ones.
     subprocess.run([sys.executable, str(HERE / "gen_month.py"), *gen_args], env=child_env(), check=True)  # noqa: S603
