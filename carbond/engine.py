@@ -241,16 +241,17 @@ def _ready(table: JobTable) -> np.ndarray:
 
 def _metas(table: JobTable, ok: np.ndarray) -> list[JobMeta]:
     names = table.names.names
-    off = table.node_offsets.tolist()
-    node = table.node.tolist()
-    ids, parts, accts, users = (a[ok].tolist() for a in (table.job_id, table.partition, table.account, table.user))
+    first = table.node_offsets[ok]
+    counts = table.node_offsets[ok + 1] - first
+    if counts.size and np.all(counts == 1):
+        nodes = [(names[i],) for i in table.node[first].tolist()]
+    else:
+        node = table.node.tolist()
+        nodes = [tuple(names[i] for i in node[a : a + c]) for a, c in zip(first.tolist(), counts.tolist(), strict=True)]
     warn = table.warnings
-    out = []
-    for k, j in enumerate(ok.tolist()):
-        a, b = off[j], off[j + 1]
-        nodes = (names[node[a]],) if b - a == 1 else tuple(names[i] for i in node[a:b])
-        out.append(JobMeta(ids[k], nodes, parts[k], accts[k], users[k], list(warn.get(j, ()))))
-    return out
+    warnings = [list(warn.get(j, ())) for j in ok.tolist()] if warn else [[] for _ in range(ok.size)]
+    ids, parts, accts, users = (a[ok].tolist() for a in (table.job_id, table.partition, table.account, table.user))
+    return list(map(JobMeta, ids, nodes, parts, accts, users, warnings))
 
 
 def _status(job: Job) -> str | None:
