@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from .config import Config
-from .engine import WINDOW, Engine, build_engine
+from .engine import WINDOW, Engine, build_engine, one_malloc_arena
 from .footprint import JobFootprint
 from .jobs import JobTable
 from .ledger import PENDING_WRITE, UNWRITABLE, Ledger
@@ -91,6 +91,8 @@ def backfill(cfg: Config, start: str, end: str, write: bool = False, as_json: bo
     hi, _ = parse_time(end)
     window = window or max(hi - lo, 1.0)
     slurm = slurm or SlurmIO(cfg.slurm, cluster=cfg.cluster or None)
+    if engine is None:
+        one_malloc_arena()
     tally = Tally()
     progress = Progress(lo, hi, progress_out or sys.stderr)
     with Ledger(cfg.state_dir, cfg.cluster) as ledger:

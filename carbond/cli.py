@@ -144,7 +144,7 @@ def _footprint(args: argparse.Namespace, cfg) -> int:
 def _footprint_jobs(args: argparse.Namespace, cfg, t0: float) -> int:
     """Jobs of a sacct table, streamed by start time (or all at once with --window 0)."""
     from . import report
-    from .engine import build_engine
+    from .engine import build_engine, one_malloc_arena
     from .jobs import TimeBuckets, read_sacct
 
     stream = sys.stdin if args.jobs == "-" else _open(args.jobs)
@@ -155,6 +155,7 @@ def _footprint_jobs(args: argparse.Namespace, cfg, t0: float) -> int:
             n = _write(report, batches, args.json, 0)
         else:
             window = args.window * 3600
+            one_malloc_arena()
             with TimeBuckets(stream, window, args.timezone) as buckets:
                 workers = args.workers if args.workers is not None else _workers(buckets.jobs)
                 batches = engine.stream(buckets.windows(), span=(buckets.lo, buckets.hi), align=window)

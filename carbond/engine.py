@@ -254,6 +254,23 @@ def _metas(table: JobTable, ok: np.ndarray) -> list[JobMeta]:
     return list(map(JobMeta, ids, nodes, parts, accts, users, warnings))
 
 
+def one_malloc_arena() -> None:
+    """Keep glibc to one malloc arena for a long streaming run (call before any thread starts).
+
+    The prefetch thread allocates each window's arrays and the main thread frees them; with an
+    arena per thread the freed memory fragments, and peak RSS crept up with the span (6 months:
+    +50 % over one month). One arena keeps it flat; measured no slower. A no-op off glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-8, 1)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def _status(job: Job) -> str | None:
     """Why a job cannot go through the arithmetic, or None if it can."""
     if job.start is None:
