@@ -97,7 +97,8 @@ def bench_cli(work: Path, server: VMServer, code: Path = ROOT, extra: tuple[str,
     env["PYTHONPATH"] = str(code) + os.pathsep + env["PYTHONPATH"]
     t0 = time.perf_counter()
     with open(work / "out.jsonl", "wb") as out, open(work / "stderr.txt", "w+") as err:
-        proc = subprocess.Popen(timer + cmd, env=env, stdout=out, stderr=err)  # noqa: S603
+        # cwd too: `python -m` puts the working directory first on sys.path.
+        proc = subprocess.Popen(timer + cmd, env=env, stdout=out, stderr=err, cwd=code)  # noqa: S603
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, if time -v is missing
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - t0
