@@ -159,28 +159,33 @@ def show(label: str, r: dict) -> None:
           f"peak RSS {r['peak_rss_mb']:.0f} MB")
 
 
-def extrapolate(results: dict[str, dict]) -> None:
-    """Wall seconds = c + a x samples + b x jobs fitted on the cases; RSS from what 200 busy nodes add."""
-    import numpy as np
-
-    rows = [(r["samples"], r["jobs"], r["seconds"]) for r in results.values() if r.get("samples") is not None]
-    if len(rows) < 3 or "sparse" not in results or "6months" not in results:
-        print("extrapolation: needs the month, 6months and sparse cases")
+def extrapolate(workdir: Path) -> None:
+    """A year of 2,000 nodes from the measured costs: per sample from fetch_power alone (month),
+    per job from the rest of the month's run; checked by predicting the 6-month case."""
+    got = {c: json.loads((workdir / c / "result.json").read_text()) for c in CASES
+           if (workdir / c / "result.json").exists()}
+    if "month" not in got or "fetch" not in got["month"]:
+        print("extrapolation: needs the month case")
         return
-    x = np.array([[1.0, s, j] for s, j, _ in rows])
-    (c, a, b), *_ = np.linalg.lstsq(x, np.array([t for *_, t in rows]), rcond=None)
+    month, fetch = got["month"], got["month"]["fetch"]
+    per_sample = fetch["seconds"] / fetch["samples"]
+    per_job = (month["seconds"] - per_sample * month["samples"]) / month["jobs"]
     year_samples, year_jobs = 2000 * 365 * 2880, 20_000_000
-    secs = c + a * year_samples + b * year_jobs
-    floor, busy = results["sparse"]["peak_rss_mb"], results["6months"]["peak_rss_mb"]
-    print("\nextrapolation to a year of 2,000 nodes (30 s samples, 20 M jobs), fitted on the cases above:")
+    secs = per_sample * year_samples + per_job * year_jobs
+    print("\nextrapolation to a year of 2,000 nodes (30 s samples: 2.10 G samples; 20 M jobs):")
     print("| quantity | measured cost | a year of 2,000 nodes |")
     print("|---|---|---|")
-    print(f"| per power sample | {a * 1e9:.0f} ns | {year_samples / 1e9:.2f} G samples: {a * year_samples / 3600:.2f} h |")
-    print(f"| per job | {b * 1e6:.1f} us | {year_jobs / 1e6:.0f} M jobs: {b * year_jobs / 3600:.2f} h |")
-    print(f"| fixed | {c:.2f} s | {c:.2f} s |")
+    print(f"| per power sample (fetch_power alone) | {per_sample * 1e9:.0f} ns | {per_sample * year_samples / 3600:.2f} h |")
+    print(f"| per job (rest of the month's run) | {per_job * 1e6:.1f} us | {per_job * year_jobs / 3600:.2f} h |")
     print(f"| total | | {secs / 3600:.2f} h ({year_jobs / secs:,.0f} jobs/s) |")
-    print(f"| peak RSS | {floor:.0f} MB idle + {busy - floor:.0f} MB per 200 busy nodes | "
-          f"about {floor + 10 * (busy - floor):.0f} MB (the window's nodes and jobs x 10; span does not count) |")
+    if "6months" in got:
+        six = got["6months"]
+        guess = per_sample * six["samples"] + per_job * six["jobs"]
+        print(f"| check: 6 months predicted / measured | | {guess:.0f} s / {six['seconds']:.0f} s |")
+    if "sparse" in got and "6months" in got:
+        floor, busy = got["sparse"]["peak_rss_mb"], got["6months"]["peak_rss_mb"]
+        print(f"| peak RSS | {floor:.0f} MB (sparse) + {busy - floor:.0f} MB for 200 busy nodes | at most "
+              f"{floor + 10 * (busy - floor):.0f} MB (the busy part x 10; the span does not count) |")
 
 
 def main() -> int:
@@ -206,6 +211,10 @@ def main() -> int:
                       f"({f['samples'] / f['seconds'] / 1e6:.1f} M samples/s), {f['requests']} requests, "
                       f"peak RSS {f['peak_rss_mb']:.0f} MB")
                 continue
+            fetch = bench_fetch(work) if case == "month" else None
+            if fetch:
+                print(f"fetch_power alone: {fetch['samples']:,} samples in {fetch['seconds']:.2f} s, "
+                      f"{fetch['requests']} requests")
             for _ in range(args.repeat):
                 if args.baseline and case == "month":
                     show(f"{case} BEFORE ({args.baseline})", bench_cli(work, server, args.baseline))
@@ -215,11 +224,11 @@ def main() -> int:
                     need = needed_samples(work)
                     print(f"  the jobs need {need:,} samples; fetched {r['samples'] / need:.2f}x that")
             results[case] = r
+            (work / "result.json").write_text(json.dumps({**r, "fetch": fetch} if fetch else r))
             print(f"  command: /usr/bin/time -v {r['command']} > {work / 'out.jsonl'}")
         finally:
             server.stop()
-    if len(results) > 1:
-        extrapolate(results)
+    extrapolate(Path(args.workdir))
     return 0
 
 
