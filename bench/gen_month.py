@@ -13,9 +13,11 @@ so the numbers carbond reports are plausible, and a few gaps exercise the estima
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,12 @@ SEED = 20240101
 HEADER = "JobIDRaw|JobID|Start|End|NodeList|AllocTRES|Partition|Account|User"
 IMPORT_BATCH = 8
 """Nodes per /api/v1/import request (about 14 MB of JSON)."""
+
+
+def configure(days: int, jobs: int, wide: int) -> None:
+    """Another span or density than the month (the 6-month and sparse benchmarks)."""
+    global DAYS, N_JOBS, N_WIDE
+    DAYS, N_JOBS, N_WIDE = days, jobs, min(wide, jobs)
 
 
 def node_names() -> list[str]:
@@ -106,10 +114,9 @@ GAPS = {  # node index -> list of (first slot, slots missing)
 }
 
 
-def series_lines(rng: np.random.Generator, watts: np.ndarray) -> list[tuple[str, bytes]]:
+def series_lines(rng: np.random.Generator, watts: np.ndarray) -> Iterator[tuple[str, bytes]]:
     """One /api/v1/import JSON line per node; scrape times jitter by a few hundred ms."""
     n_slots = watts.shape[1]
-    out = []
     for i, name in enumerate(node_names()):
         offset_ms = int(rng.integers(0, STEP * 1000))
         ts = (MONTH_START * 1000 + offset_ms + np.arange(n_slots, dtype=np.int64) * STEP * 1000
@@ -122,20 +129,21 @@ def series_lines(rng: np.random.Generator, watts: np.ndarray) -> list[tuple[str,
         body = '{"metric":' + head + ',"values":['
         line = (body + ",".join(map(str, watts[i][keep].tolist())) + '],"timestamps":['
                 + ",".join(map(str, ts[keep].tolist())) + "]}")
-        out.append((name, line.encode()))
-    return out
+        yield name, line.encode()
 
 
-def load_vm(url: str, lines: list[tuple[str, bytes]]) -> int:
+def load_vm(url: str, lines: Iterable[tuple[str, bytes]]) -> tuple[int, int]:
+    """Import the lines IMPORT_BATCH at a time; returns (samples, series)."""
     session = requests.Session()
-    samples = 0
-    for i in range(0, len(lines), IMPORT_BATCH):
-        batch = [ln for _, ln in lines[i : i + IMPORT_BATCH]]
+    samples = series = 0
+    it = iter(lines)
+    while batch := [ln for _, ln in itertools.islice(it, IMPORT_BATCH)]:
         samples += sum(ln.count(b",", ln.rfind(b'"timestamps"')) + 1 for ln in batch)
+        series += len(batch)
         r = session.post(f"{url}/api/v1/import", data=b"\n".join(batch) + b"\n", timeout=300)
         r.raise_for_status()
     session.get(f"{url}/internal/force_flush", timeout=300).raise_for_status()
-    return samples
+    return samples, series
 
 
 def write_sacct(path: Path, jobs: dict) -> None:
@@ -192,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vm-url", required=True, help="VictoriaMetrics to load, e.g. http://127.0.0.1:8428")
     ap.add_argument("--out", required=True, help="directory for jobs.sacct, intensity.csv, carbond.yaml")
     ap.add_argument("--no-load", action="store_true", help="write the files only (data already in VM)")
+    ap.add_argument("--days", type=int, default=DAYS, help="span of power and jobs (default %(default)s)")
+    ap.add_argument("--jobs", type=int, default=N_JOBS, help="jobs in all (default %(default)s)")
+    ap.add_argument("--wide", type=int, default=N_WIDE, help="of which multi-node multi-day (default %(default)s)")
     args = ap.parse_args(argv)
+    configure(args.days, args.jobs, args.wide)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -204,9 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gen_month: {len(jobs['start'])} jobs written in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if not args.no_load:
         t1 = time.perf_counter()
-        lines = series_lines(rng, power(rng, busy))
-        samples = load_vm(args.vm_url.rstrip("/"), lines)
-        print(f"gen_month: {samples} samples of {len(lines)} nodes loaded in {time.perf_counter() - t1:.1f} s",
+        samples, series = load_vm(args.vm_url.rstrip("/"), series_lines(rng, power(rng, busy)))
+        print(f"gen_month: {samples} samples of {series} nodes loaded in {time.perf_counter() - t1:.1f} s",
               file=sys.stderr)
     return 0
 

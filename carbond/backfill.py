@@ -1,51 +1,179 @@
 """`carbond backfill`: account, in bulk, every job that ended in a range and has no carbond token.
 
-The same engine as the daemon (one sacct call, a few VictoriaMetrics requests for the whole
-range, cached intensity), the same ledger (a job is counted once, whichever path saw it first).
-Without --write nothing is changed: it prints what it would write and a summary.
+The range is read from sacct a window at a time (a day by default) and goes through the
+streaming engine, so a year of a large cluster runs in the memory of a window. With --write
+each window's footprints go into the ledger (the dedup: a job is counted once, whichever path
+saw it first) and their tokens into Slurm before the next window, with the writer's bounded
+concurrency; an interrupted run is simply run again. Without --write nothing is changed: it
+prints what it would write and a summary. --rewrite re-publishes the tokens the ledger holds
+as `unwritable` (the field was left alone then) through Ledger.mark_pending.
 """
 
 from __future__ import annotations
 
 import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TextIO
 
 from .config import Config
-from .engine import build_engine
-from .ledger import Ledger
+from .engine import WINDOW, Engine, build_engine, one_malloc_arena
+from .footprint import JobFootprint
+from .jobs import JobTable
+from .ledger import PENDING_WRITE, UNWRITABLE, Ledger
 from .publish import WRITTEN, Publisher
 from .report import write_json, write_table
-from .slurm import SlurmIO, node_cpu_lookup
-from .times import parse_time
+from .slurm import JobFacts, SlurmIO, node_cpu_lookup
+from .times import iso, parse_time
 from .token import format_token, parse
 
+RETRY_STATES = (None, "dead", PENDING_WRITE)
+"""Ledger states a backfill accounts (again): unknown, given up by the daemon, or token not yet written."""
 
-def backfill(cfg: Config, start: str, end: str, write: bool = False, as_json: bool = False, out=None) -> int:
+
+@dataclass
+class Tally:
+    ended: int = 0
+    todo: int = 0
+    ok: int = 0
+    written: int = 0
+    skipped: int = 0
+    failed: int = 0
+    rewritten: int = 0
+    examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Progress:
+    """jobs done, jobs/s and ETA (by the share of the time range done) on a terminal; silent otherwise."""
+
+    lo: float
+    hi: float
+    out: TextIO = sys.stderr
+    every: float = 0.5
+    started: float = field(default_factory=time.monotonic)
+    _last: float = 0.0
+    _shown: bool = False
+
+    def __post_init__(self) -> None:
+        self.enabled = bool(getattr(self.out, "isatty", lambda: False)())
+
+    def update(self, jobs: int, upto: float, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._last < self.every):
+            return
+        self._last = now
+        secs = max(now - self.started, 1e-9)
+        frac = min(1.0, max(0.0, (upto - self.lo) / (self.hi - self.lo))) if self.hi > self.lo else 1.0
+        eta = secs * (1 - frac) / frac if frac > 0 else float("nan")
+        width = 24
+        bar = "#" * int(frac * width) + "." * (width - int(frac * width))
+        eta_text = "--:--" if eta != eta else time.strftime("%H:%M:%S", time.gmtime(eta))
+        self.out.write(f"\r[{bar}] {frac:4.0%} up to {iso(upto)[:16]}  {jobs:,} jobs  {jobs / secs:,.0f} jobs/s  "
+                       f"ETA {eta_text} ")
+        self.out.flush()
+        self._shown = True
+
+    def close(self) -> None:
+        if self._shown:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def backfill(cfg: Config, start: str, end: str, write: bool = False, as_json: bool = False, out=None,
+             rewrite: bool = False, window: float | None = WINDOW, progress_out: TextIO | None = None,
+             slurm: SlurmIO | None = None, engine: Engine | None = None) -> int:
+    """Returns the exit status; `slurm` and `engine` are injectable (tests)."""
     out = out or sys.stdout
     lo, _ = parse_time(start)
     hi, _ = parse_time(end)
-    slurm = SlurmIO(cfg.slurm, cluster=cfg.cluster or None)
-    facts = slurm.jobs_ended_between(lo, hi)
-    todo = {k: f for k, f in facts.items() if parse(f.field(cfg.slurm.comment_field)) is None}
+    window = window or max(hi - lo, 1.0)
+    slurm = slurm or SlurmIO(cfg.slurm, cluster=cfg.cluster or None)
+    if engine is None:
+        one_malloc_arena()
+    tally = Tally()
+    progress = Progress(lo, hi, progress_out or sys.stderr)
     with Ledger(cfg.state_dir, cfg.cluster) as ledger:
+        engine = engine or build_engine(cfg, node_cpus=node_cpu_lookup(slurm))[0]
+        publisher = Publisher(ledger, slurm, None, cfg.slurm.comment_field, slurm.lowercases()) if write else None
+        pending: deque[JobFacts] = deque()
+        tables = _windows(slurm, ledger, cfg, lo, hi, window, pending, tally, publisher if rewrite else None)
+        fps = _accounted(engine.stream(tables, align=window), pending, publisher, tally, progress)
+        try:
+            (write_json if as_json else write_table)(fps, out)
+        finally:
+            progress.close()
+    summary = f"backfill: {tally.ended} job(s) ended in the range, {tally.todo} without a carbond token"
+    if not write:
+        for line in tally.examples:
+            print(line, file=sys.stderr)
+        print(f"{summary}; {tally.ok} would be written (dry run: add --write)", file=sys.stderr)
+        return 0
+    again = f", re-published {tally.rewritten}" if rewrite else ""
+    print(f"{summary}; written {tally.written}, left unchanged {tally.skipped}, failed {tally.failed}{again}",
+          file=sys.stderr)
+    return 1 if tally.failed else 0
+
+
+def _windows(slurm: SlurmIO, ledger: Ledger, cfg: Config, lo: float, hi: float, window: float,
+             pending: deque[JobFacts], tally: Tally, rewriter: Publisher | None) -> Iterator[JobTable]:
+    """The jobs to account, one sacct call per window of end times; their facts queue up in `pending`."""
+    w0 = lo
+    while w0 < hi:
+        w1 = min(hi, w0 + window)
+        facts = slurm.jobs_ended_between(w0, w1)
+        tally.ended += len(facts)
+        todo = {k: f for k, f in facts.items() if parse(f.field(cfg.slurm.comment_field)) is None}
         known = ledger.known(todo)
-        todo = {k: f for k, f in todo.items() if known.get(k) in (None, "dead", "pending-write")}
-        engine, _ = build_engine(cfg, node_cpus=node_cpu_lookup(slurm))
-        fps = list(engine.account([f.job for f in todo.values()]))
-        (write_json if as_json else write_table)(fps, out)
-        ok = [(f, fp) for f, fp in zip(todo.values(), fps, strict=True) if fp.status == "ok"]
-        summary = f"backfill: {len(facts)} job(s) ended in the range, {len(todo)} without a carbond token"
-        if not write:
-            for f, fp in ok[:5]:
-                print(f"would write to {f.job.label}: {format_token(fp)}", file=sys.stderr)
-            print(f"{summary}; {len(ok)} would be written (dry run: add --write)", file=sys.stderr)
-            return 0
-        lowercases = slurm.lowercases()
-        publisher = Publisher(ledger, slurm, None, cfg.slurm.comment_field, lowercases)
-        entries = publisher.record([(f.job, fp) for f, fp in ok])
-        pending = [(e, f) for e, (f, _) in zip(entries, ok, strict=True) if e.token]
-        results = publisher.write([(ledger.get(e.job_id) or e, f) for e, f in pending])
-        written = sum(1 for r in results.values() if r == WRITTEN)
-        skipped = sum(1 for r in results.values() if isinstance(r, str) and r.startswith("skipped:"))
-        failed = len(results) - written - skipped
-        print(f"{summary}; written {written}, left unchanged {skipped}, failed {failed}", file=sys.stderr)
-        return 1 if failed else 0
+        if rewriter is not None:
+            _republish(ledger, rewriter, [f for k, f in todo.items() if known.get(k) == UNWRITABLE], tally)
+        todo = {k: f for k, f in todo.items() if known.get(k) in RETRY_STATES}
+        tally.todo += len(todo)
+        pending.extend(todo.values())
+        yield JobTable.from_jobs([f.job for f in todo.values()])
+        w0 = w1
+
+
+def _republish(ledger: Ledger, publisher: Publisher, facts: list[JobFacts], tally: Tally) -> None:
+    """Unwritable jobs: their recorded token back to pending, then written like any other."""
+    items = []
+    for f in facts:
+        entry = ledger.get(f.job.job_id)
+        if entry is not None and entry.token and ledger.mark_pending(entry.job_id, entry.token):
+            items.append((ledger.get(entry.job_id) or entry, f))
+    if items:
+        results = publisher.write(items)
+        tally.rewritten += sum(1 for r in results.values() if r == WRITTEN)
+        _count(results, tally)
+
+
+def _accounted(batches, pending: deque[JobFacts], publisher: Publisher | None, tally: Tally,
+               progress: Progress) -> Iterator[JobFootprint]:
+    """Footprints in window order; with a publisher, each batch is recorded and written before the next."""
+    done = 0
+    for batch in batches:
+        fps = list(batch.footprints())
+        facts = [pending.popleft() for _ in fps]
+        ok = [(f, fp) for f, fp in zip(facts, fps, strict=True) if fp.status == "ok"]
+        tally.ok += len(ok)
+        if publisher is None:
+            room = 5 - len(tally.examples)
+            tally.examples += [f"would write to {f.job.label}: {format_token(fp)}" for f, fp in ok[:max(room, 0)]]
+        elif ok:
+            entries = publisher.record([(f.job, fp) for f, fp in ok])
+            due = [(publisher.ledger.get(e.job_id) or e, f) for e, (f, _) in zip(entries, ok, strict=True) if e.token]
+            _count(publisher.write(due), tally)
+        yield from fps
+        done += len(fps)
+        upto = max((f.job.end or 0.0) for f in facts) if facts else progress.lo
+        progress.update(done, upto)
+    progress.update(done, progress.hi, force=True)
+
+
+def _count(results: dict[str, object], tally: Tally) -> None:
+    tally.written += sum(1 for r in results.values() if r == WRITTEN)
+    skipped = sum(1 for r in results.values() if isinstance(r, str) and r.startswith("skipped:"))
+    tally.skipped += skipped
+    tally.failed += sum(1 for r in results.values() if r != WRITTEN and not (isinstance(r, str) and r.startswith("skipped:")))

@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--timezone", help="with --jobs: IANA zone of local sacct times, e.g. Europe/London")
     fp.add_argument("--json", action="store_true", help="JSON (one object per line for --jobs)")
     fp.add_argument("--stats", action="store_true", help="print jobs/s and VictoriaMetrics requests to stderr")
+    fp.add_argument("--workers", type=int, default=None, metavar="N",
+                    help="with --jobs --json: processes formatting the output (default: one per core for "
+                         "large inputs, none for small ones)")
+    fp.add_argument("--window", type=_hours, default=24.0, metavar="HOURS",
+                    help="with --jobs: stream by job start in windows of this many hours (default 24; "
+                         "0: all at once, holding every node's samples over the whole span)")
 
     command("run", "the daemon: account every job handed over by the epilog")
 
@@ -67,12 +73,26 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--end", required=True, help="jobs that ended before this time (ISO 8601 with offset, or epoch)")
     bf.add_argument("--write", action="store_true", help="write the tokens (default: only show)")
     bf.add_argument("--json", action="store_true", help="one JSON object per job per line")
+    bf.add_argument("--rewrite", action="store_true",
+                    help="with --write: re-publish tokens the ledger holds as unwritable (field was left alone)")
+    bf.add_argument("--window", type=_hours, default=24.0, metavar="HOURS",
+                    help="read sacct and account jobs by end time in windows of this many hours (default 24)")
 
     chk = command("check-config", "validate the config and exit")
     chk.add_argument("--print", dest="print_config", action="store_true",
                      help="also print the effective configuration (defaults filled in) as YAML; "
                           "secrets are never printed, only the names of the files that hold them")
     return p
+
+
+def _hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of hours: {text!r}") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"hours must be 0 or more: {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +149,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "backfill":
         from .backfill import backfill
 
-        return backfill(cfg, args.start, args.end, write=args.write, as_json=args.json)
+        return backfill(cfg, args.start, args.end, write=args.write, as_json=args.json, rewrite=args.rewrite,
+                        window=args.window * 3600 or None)
     raise AssertionError(args.command)
 
 
@@ -150,7 +171,7 @@ def _footprint(args: argparse.Namespace, cfg) -> int:
     from .engine import build_engine
     from .errors import JobInputError
     from .hostlist import expand
-    from .jobs import Job, even_split, read_sacct
+    from .jobs import Job, even_split
     from .times import parse_time
 
     t0 = time.perf_counter()
@@ -165,9 +186,7 @@ def _footprint(args: argparse.Namespace, cfg) -> int:
     else:
         if args.start or args.end or args.cpus:
             raise JobInputError("--start/--end/--cpus go with --nodes, not --jobs")
-        stream = sys.stdin if args.jobs == "-" else _open(args.jobs)
-        with stream:
-            items = list(read_sacct(stream, args.timezone))
+        return _footprint_jobs(args, cfg, t0)
     engine, victoria = build_engine(cfg)
     failed = _Failures()
     if args.json:
@@ -176,17 +195,8 @@ def _footprint(args: argparse.Namespace, cfg) -> int:
         n = report.write_table(map(failed.footprint, engine.account(items)), sys.stdout)
     sys.stdout.flush()
     if args.stats:
-        secs = time.perf_counter() - t0
-        print(
-            f"carbond: {n} jobs in {secs:.2f} s ({n / secs:,.0f} jobs/s), "
-            f"{victoria.requests_made} VictoriaMetrics request(s)",
-            file=sys.stderr,
-        )
-    if failed.count:
-        where = "the error field" if args.json else "NOTE"
-        print(f"carbond: {failed.count} of {n} job(s) could not be accounted (see {where})", file=sys.stderr)
-        return EXIT_ERROR
-    return EXIT_OK
+        _stats(n, t0, victoria)
+    return failed.exit_status(n, args.json)
 
 
 class _Failures:
@@ -194,6 +204,13 @@ class _Failures:
 
     def __init__(self) -> None:
         self.count = 0
+
+    def exit_status(self, n: int, as_json: bool) -> int:
+        if not self.count:
+            return EXIT_OK
+        where = "the error field" if as_json else "NOTE"
+        print(f"carbond: {self.count} of {n} job(s) could not be accounted (see {where})", file=sys.stderr)
+        return EXIT_ERROR
 
     def footprint(self, fp):
         self.count += fp.status == "error"
@@ -209,6 +226,57 @@ class _Failures:
             bad = ~np.isfinite(b.acc.energy_j) | ~np.isfinite(b.acc.operational_g)
             self.count += int(np.count_nonzero(bad))
         return b
+
+
+def _footprint_jobs(args: argparse.Namespace, cfg, t0: float) -> int:
+    """Jobs of a sacct table, streamed by start time (or all at once with --window 0)."""
+    from . import report
+    from .engine import build_engine, one_malloc_arena
+    from .jobs import TimeBuckets, read_sacct
+
+    stream = sys.stdin if args.jobs == "-" else _open(args.jobs)
+    engine, victoria = build_engine(cfg)
+    failed = _Failures()
+    with stream:
+        if not args.window:
+            batches = map(failed.batch, engine.batches(list(read_sacct(stream, args.timezone))))
+            n = _write(report, batches, args.json, 0)
+        else:
+            window = args.window * 3600
+            one_malloc_arena()
+            with TimeBuckets(stream, window, args.timezone) as buckets:
+                workers = args.workers if args.workers is not None else _workers(buckets.jobs)
+                batches = engine.stream(buckets.windows(), span=(buckets.lo, buckets.hi), align=window)
+                n = _write(report, map(failed.batch, batches), args.json, workers)
+    if args.stats:
+        _stats(n, t0, victoria, engine.cache.stats.samples if engine.cache else None)
+    return failed.exit_status(n, args.json)
+
+
+def _workers(jobs: int) -> int:
+    """A formatting process per core pays from some ten thousand jobs on (a fork costs ~10 ms)."""
+    import os
+
+    return (os.cpu_count() or 1) if jobs >= 20_000 else 0
+
+
+def _write(report, batches, as_json: bool, workers: int) -> int:
+    if as_json:
+        return report.write_json_batches(batches, sys.stdout, workers)
+    return report.write_table((fp for b in batches for fp in b.footprints()), sys.stdout)
+
+
+def _stats(n: int, t0: float, victoria, samples: int | None = None) -> None:
+    import resource
+
+    secs = time.perf_counter() - t0
+    fetched = f", {samples:,} power samples fetched" if samples is not None else ""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"carbond: {n} jobs in {secs:.2f} s ({n / secs:,.0f} jobs/s), "
+        f"{victoria.requests_made} VictoriaMetrics request(s){fetched}, peak RSS {rss:.0f} MB",
+        file=sys.stderr,
+    )
 
 
 def _open(path: str):

@@ -10,6 +10,8 @@ import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .errors import CarbondError, JobInputError
 from .hostlist import expand
 from .times import parse_time
@@ -142,3 +144,376 @@ def _time(text: str, zone: str | None, warnings: list[str]) -> float | None:
     if warning:
         warnings.append(warning)
     return value
+
+
+# ---- columnar input: the bulk path ---------------------------------------------------------
+
+
+class NodeNames:
+    """Node name <-> small integer, shared by every window of one run (tables carry indices)."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        self.names: list[str] = []
+
+    def ids(self, names: tuple[str, ...]) -> tuple[int, ...]:
+        index = self.index
+        out = []
+        for n in names:
+            i = index.get(n)
+            if i is None:
+                i = index[n] = len(self.names)
+                self.names.append(n)
+            out.append(i)
+        return tuple(out)
+
+
+@dataclass
+class JobTable:
+    """Jobs as columns (J jobs, K job-node rows): what the engine needs, one array per fact.
+
+    Times are NaN where unknown; `row_cpus` NaN where the CPUs held are unknown (whole nodes).
+    `bad` holds the lines that could not be read, reported in the results after the jobs.
+    """
+
+    job_id: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    node_offsets: np.ndarray
+    """Rows of job j are node_offsets[j]:node_offsets[j+1]."""
+    node: np.ndarray
+    """NodeNames index of each row."""
+    row_cpus: np.ndarray
+    gpus: np.ndarray
+    partition: np.ndarray
+    account: np.ndarray
+    user: np.ndarray
+    display_id: np.ndarray
+    names: NodeNames
+    warnings: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    bad: list[BadLine] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.start.size)
+
+    def nodes_of(self, j: int) -> tuple[str, ...]:
+        names = self.names.names
+        return tuple(names[i] for i in self.node[self.node_offsets[j] : self.node_offsets[j + 1]].tolist())
+
+    def take(self, idx: np.ndarray) -> JobTable:
+        """The jobs at `idx`, in that order (bad lines stay with the original table)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        counts = np.diff(self.node_offsets)[idx]
+        offsets = np.concatenate(([0], np.cumsum(counts)))
+        rows = np.repeat(self.node_offsets[idx], counts) + (np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], counts))
+        where = {int(k): i for i, k in enumerate(idx.tolist())}
+        return JobTable(
+            self.job_id[idx], self.start[idx], self.end[idx], offsets, self.node[rows], self.row_cpus[rows],
+            self.gpus[idx], self.partition[idx], self.account[idx], self.user[idx], self.display_id[idx],
+            self.names, {where[k]: w for k, w in self.warnings.items() if k in where},
+        )
+
+    @classmethod
+    def from_jobs(cls, jobs: list[Job], names: NodeNames | None = None) -> JobTable:
+        names = names or NodeNames()
+        ids = [names.ids(j.nodes) for j in jobs]
+        counts = np.fromiter(map(len, ids), dtype=np.int64, count=len(jobs))
+        cpus = [c for j in jobs for c in (j.cpus if j.cpus else (np.nan,) * len(j.nodes))]
+        return cls(
+            job_id=_strings([j.job_id for j in jobs]),
+            start=np.array([np.nan if j.start is None else j.start for j in jobs], dtype=np.float64),
+            end=np.array([np.nan if j.end is None else j.end for j in jobs], dtype=np.float64),
+            node_offsets=np.concatenate(([0], np.cumsum(counts))).astype(np.int64),
+            node=np.fromiter((i for t in ids for i in t), dtype=np.int64, count=int(counts.sum())),
+            row_cpus=np.array(cpus, dtype=np.float64),
+            gpus=np.array([j.gpus for j in jobs], dtype=np.int64),
+            partition=_strings([j.partition for j in jobs]),
+            account=_strings([j.account for j in jobs]),
+            user=_strings([j.user for j in jobs]),
+            display_id=_strings([j.display_id for j in jobs]),
+            names=names,
+            warnings={i: j.warnings for i, j in enumerate(jobs) if j.warnings},
+        )
+
+
+def _strings(values: list[str]) -> np.ndarray:
+    return np.array(values, dtype=str) if values else np.zeros(0, dtype="<U1")
+
+
+@dataclass(frozen=True)
+class SacctHeader:
+    """Column positions of a `sacct -P` table."""
+
+    width: int
+    col: dict[str, int]
+
+    @classmethod
+    def parse(cls, line: str) -> SacctHeader:
+        header = line.rstrip("\n").split("|")
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise JobInputError(
+                f"sacct table lacks column(s) {', '.join(missing)}; run sacct -P -o {','.join(REQUIRED_COLUMNS)}"
+            )
+        return cls(len(header), {name: i for i, name in enumerate(header)})
+
+
+def read_table(lines: list[str], line_nos: list[int], header: SacctHeader, names: NodeNames,
+               zone: str | None = None) -> JobTable:
+    """A chunk of `sacct -P` lines (no header, no steps) as columns.
+
+    Fields are split once and each column converted in one numpy call; node lists and TRES
+    strings are parsed once per distinct value. A line that cannot be read becomes a BadLine.
+    """
+    col, width = header.col, header.width
+    rows = [ln.split("|") for ln in lines]
+    bad: list[BadLine] = []
+    if any(len(r) != width for r in rows):
+        keep = []
+        for r, no in zip(rows, line_nos, strict=True):
+            if len(r) == width:
+                keep.append((r, no))
+            else:
+                jid = r[col["JobIDRaw"]] if len(r) > col["JobIDRaw"] else "?"
+                bad.append(BadLine(jid, no, f"expected {width} fields, got {len(r)}"))
+        rows = [r for r, _ in keep]
+        line_nos = [no for _, no in keep]
+    n = len(rows)
+    cols = list(zip(*rows, strict=True)) if rows else [()] * width
+    warnings: dict[int, list[str]] = {}
+    time_err: dict[int, str] = {}
+    start = _times(cols[col["Start"]], zone, warnings, time_err)
+    end = _times(cols[col["End"]], zone, warnings, time_err)
+    node_ids, node_err = _node_column(cols[col["NodeList"]], names)
+    tres, tres_err = _tres_column(cols[col["AllocTRES"]])
+    failed = {**tres_err, **node_err, **time_err}
+    for i, e in failed.items():
+        jid = cols[col["JobIDRaw"]][i]
+        bad.append(BadLine(jid, line_nos[i], e))
+    if failed:
+        ok = np.ones(n, dtype=bool)
+        ok[list(failed)] = False
+        keep_idx = np.flatnonzero(ok)
+    else:
+        keep_idx = None
+    counts = np.fromiter(map(len, node_ids), dtype=np.int64, count=n)
+    cpus = tres[:, 0] if n else np.zeros(0)
+    per_node = np.divide(cpus, counts, out=np.zeros(n), where=counts > 0)
+    table = JobTable(
+        job_id=_strings(list(cols[col["JobIDRaw"]])),
+        start=start,
+        end=end,
+        node_offsets=np.concatenate(([0], np.cumsum(counts))).astype(np.int64),
+        node=np.fromiter((i for t in node_ids for i in t), dtype=np.int64, count=int(counts.sum())),
+        row_cpus=np.repeat(per_node, counts),
+        gpus=tres[:, 1].astype(np.int64) if n else np.zeros(0, dtype=np.int64),
+        partition=_optional(cols, col, "Partition", n),
+        account=_optional(cols, col, "Account", n),
+        user=_optional(cols, col, "User", n),
+        display_id=_optional(cols, col, "JobID", n),
+        names=names,
+        warnings={i: tuple(w) for i, w in warnings.items()},
+    )
+    if keep_idx is not None:
+        table = table.take(keep_idx)
+    table.bad = sorted(bad, key=lambda b: b.line_no)
+    return table
+
+
+def _optional(cols: list, col: dict[str, int], name: str, n: int) -> np.ndarray:
+    return _strings(list(cols[col[name]])) if name in col else np.full(n, "", dtype="<U1")
+
+
+def _times(texts: tuple[str, ...], zone: str | None, warnings: dict[int, list[str]],
+           errors: dict[int, str]) -> np.ndarray:
+    """Epoch seconds in one conversion; local times, Unknown and None one by one."""
+    try:
+        return np.array(texts, dtype=np.float64) if texts else np.zeros(0)
+    except ValueError:
+        pass
+    out = np.empty(len(texts))
+    for i, text in enumerate(texts):
+        w: list[str] = []
+        try:
+            value = _time(text, zone, w)
+        except CarbondError as exc:
+            errors[i] = str(exc)
+            value = None
+        out[i] = np.nan if value is None else value
+        if w:
+            warnings.setdefault(i, []).extend(w)
+    return out
+
+
+def _node_column(exprs: tuple[str, ...], names: NodeNames) -> tuple[list[tuple[int, ...]], dict[int, str]]:
+    cache: dict[str, tuple[int, ...] | str] = {}
+    for e in set(exprs):
+        try:
+            cache[e] = () if e.lower() in ("none assigned", "", "none") else names.ids(expand(e))
+        except CarbondError as exc:
+            cache[e] = str(exc)
+    out = [cache[e] for e in exprs]
+    errors = {i: v for i, v in enumerate(out) if isinstance(v, str)}
+    for i in errors:
+        out[i] = ()
+    return out, errors  # type: ignore[return-value]
+
+
+def _tres_column(texts: tuple[str, ...]) -> tuple[np.ndarray, dict[int, str]]:
+    cache: dict[str, tuple[float, float] | str] = {}
+    for t in set(texts):
+        try:
+            cache[t] = tres_counts(t)
+        except CarbondError as exc:
+            cache[t] = str(exc)
+    vals = [cache[t] for t in texts]
+    errors = {i: v for i, v in enumerate(vals) if isinstance(v, str)}
+    for i in errors:
+        vals[i] = (0, 0)
+    return np.array(vals, dtype=np.float64).reshape(len(texts), 2), errors  # type: ignore[arg-type]
+
+
+NO_WINDOW = -1
+"""The bucket of jobs that never started or have no start time: no power is needed for them."""
+
+
+class TimeBuckets:
+    """`sacct -P` lines sorted into windows by start time, spilled to disk beyond `limit` bytes.
+
+    One pass over the input with one split per line; each window is later read back as one
+    JobTable. Memory is bounded by `limit` and one window, whatever the input's span or order.
+    """
+
+    def __init__(self, lines: Iterable[str], window: float, zone: str | None = None,
+                 limit: int = 8 << 20, spill_dir: str | None = None) -> None:
+        import tempfile
+
+        self.window = float(window)
+        self.zone = zone
+        self.names = NodeNames()
+        self._mem: dict[int, tuple[list[str], list[int]]] = {}
+        self._size = 0
+        self._limit = limit
+        self._tmp = tempfile.TemporaryDirectory(prefix="carbond-buckets-", dir=spill_dir)
+        self._spilled: set[int] = set()
+        self.lo = float("inf")
+        """Earliest start and latest end of the input (for one intensity lookup)."""
+        self.hi = float("-inf")
+        self.jobs = 0
+        self._fill(iter(lines))
+
+    def _fill(self, it: Iterator[str]) -> None:
+        import itertools
+
+        self.header = SacctHeader.parse(next(it, ""))
+        line_no = 2
+        while True:
+            block = list(itertools.islice(it, 65536))
+            if not block:
+                break
+            self._add_block(block, line_no)
+            line_no += len(block)
+
+    def _add_block(self, block: list[str], first_no: int) -> None:
+        """One split per line, the start column converted in one call, lines moved by window."""
+        from operator import itemgetter
+
+        c_id, c_start, c_end = (self.header.col[k] for k in ("JobIDRaw", "Start", "End"))
+        need = max(c_id, c_start, c_end) + 1
+        lines = [ln.rstrip("\n") for ln in block]
+        fields = [ln.split("|", need) for ln in lines]
+        keep = [i for i, f in enumerate(fields) if len(f) > need - 1 and "." not in f[c_id] and lines[i]]
+        short = [i for i, f in enumerate(fields) if len(f) <= need - 1 and lines[i] and "." not in f[0]]
+        keep = sorted(keep + short) if short else keep
+        if not keep:
+            return
+        fields = [fields[i] for i in keep] if len(keep) < len(fields) else fields
+        lines = [lines[i] for i in keep] if len(keep) < len(lines) else lines
+        nos = (np.asarray(keep) + first_no).tolist()
+        start = self._column(fields, c_start)
+        end = self._column(fields, c_end)
+        with np.errstate(invalid="ignore"):
+            if np.isfinite(start).any():
+                self.lo = min(self.lo, float(np.nanmin(start)))
+            if np.isfinite(end).any():
+                self.hi = max(self.hi, float(np.nanmax(end)))
+            keys = np.where(np.isfinite(start), np.floor(start / self.window), NO_WINDOW).astype(np.int64)
+        order = np.argsort(keys, kind="stable")
+        sk = keys[order]
+        cuts = np.flatnonzero(np.diff(sk)) + 1
+        for idx in np.split(order, cuts):
+            key = int(keys[idx[0]])
+            pick = itemgetter(*idx.tolist())
+            got_l, got_n = pick(lines), pick(nos)
+            if len(idx) == 1:
+                got_l, got_n = (got_l,), (got_n,)
+            bucket = self._mem.get(key)
+            if bucket is None:
+                bucket = self._mem[key] = ([], [])
+            bucket[0].extend(got_l)
+            bucket[1].extend(got_n)
+            self._size += sum(map(len, got_l)) + 60 * len(idx)
+        self.jobs += len(lines)
+        if self._size > self._limit:
+            self._spill()
+
+    def _column(self, fields: list[list[str]], c: int) -> np.ndarray:
+        texts = [f[c] if len(f) > c else "" for f in fields]
+        try:
+            return np.array(texts, dtype=np.float64)
+        except ValueError:
+            return np.array([np.nan if (v := self._start(t)) is None else v for t in texts], dtype=np.float64)
+
+    def _start(self, text: str) -> float | None:
+        if text.isdigit():
+            return float(text)
+        try:
+            return _time(text, self.zone, [])
+        except CarbondError:
+            return None
+
+    def _spill(self) -> None:
+        for key, (lines, nos) in self._mem.items():
+            with open(self._path(key), "a", encoding="utf-8") as fh:
+                fh.write("".join(f"{n}|{ln}\n" for n, ln in zip(nos, lines, strict=True)))
+            self._spilled.add(key)
+        self._mem.clear()
+        self._size = 0
+
+    def _path(self, key: int) -> str:
+        import os
+
+        return os.path.join(self._tmp.name, f"{key}.txt")
+
+    def keys(self) -> list[int]:
+        keys = sorted(set(self._mem) | self._spilled)
+        return [k for k in keys if k != NO_WINDOW] + [k for k in keys if k == NO_WINDOW]
+
+    def table(self, key: int) -> JobTable:
+        """The jobs of one window, in input order, with their bad lines."""
+        nos: list[int] = []
+        body: list[str] = []
+        if key in self._spilled:
+            with open(self._path(key), encoding="utf-8") as fh:
+                for ln in fh.read().splitlines():
+                    no, _, rest = ln.partition("|")
+                    nos.append(int(no))
+                    body.append(rest)
+        lines, more = self._mem.get(key, ([], []))
+        return read_table(body + lines, nos + more, self.header, self.names, self.zone)
+
+    def windows(self) -> Iterator[JobTable]:
+        """Every window's table in time order (jobs without a start last), dropping each once read."""
+        for key in self.keys():
+            table = self.table(key)
+            self._mem.pop(key, None)
+            yield table
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def __enter__(self) -> TimeBuckets:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

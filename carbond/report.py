@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
-from .footprint import Batch, JobFootprint, columns, footprints, is_plain, method_of
-from .times import iso
+from .footprint import FULL, Batch, JobFootprint, columns, footprints, is_plain
+from .times import iso, iso_many
 
 # Average UK petrol car, DEFRA 2023 conversion factors: ~170 gCO2e per km.
 G_PER_CAR_KM = 170.0
@@ -26,13 +27,49 @@ def write_json(fps: Iterable[JobFootprint], out: TextIO) -> int:
     return _write_lines((_ENCODER.encode(fp.to_dict()) for fp in fps), out)
 
 
-def write_json_batches(batches: Iterable[Batch], out: TextIO) -> int:
+def write_json_batches(batches: Iterable[Batch], out: TextIO, workers: int = 0) -> int:
     """The same lines as write_json, formatted straight from each batch's columns.
 
     A million half-hour periods would otherwise be a million objects, then dicts, then encoder
     calls. Jobs with an error or a note go through to_dict, the reference for the format.
+    With `workers` > 1 batches are formatted in that many forked processes (in order, at most
+    two per worker in flight, so memory stays bounded); create no threads before calling.
     """
-    return _write_lines((line for b in batches for line in batch_lines(b)), out)
+    if workers > 1:
+        return _write_parallel(batches, out, workers)
+    n = 0
+    for b in batches:
+        text, count = format_batch(b)
+        out.write(text)
+        n += count
+    return n
+
+
+def format_batch(b: Batch) -> tuple[str, int]:
+    """A batch's JSON lines as one string, and how many."""
+    lines = list(batch_lines(b))
+    return ("\n".join(lines) + "\n" if lines else ""), len(lines)
+
+
+def _write_parallel(batches: Iterable[Batch], out: TextIO, workers: int) -> int:
+    import multiprocessing
+    from collections import deque
+
+    n = 0
+    # fork before the engine starts its threads: the children need nothing but this function.
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pending: deque = deque()
+        for b in batches:
+            pending.append(pool.apply_async(format_batch, (b,)))
+            while len(pending) > 2 * workers or (pending and pending[0].ready()):
+                text, count = pending.popleft().get()
+                out.write(text)
+                n += count
+        while pending:
+            text, count = pending.popleft().get()
+            out.write(text)
+            n += count
+    return n
 
 
 def batch_lines(b: Batch) -> Iterator[str]:
@@ -40,10 +77,18 @@ def batch_lines(b: Batch) -> Iterator[str]:
         yield from (_ENCODER.encode(s.to_dict()) for s in b.slots if isinstance(s, JobFootprint))
         return
     c = columns(b.acc, b.alloc)
-    text = [_json_num(getattr(c, k)) for k in ("p_kwh", "p_intensity", "p_g", "row_kwh", "share")]
+    text = [(_json_few if k in _FEW else _json_num)(getattr(c, k)) for k in ("p_kwh", "p_intensity", "p_g", "row_kwh", "share")]
     periods = list(map(_PERIOD.format, c.p_start, c.p_end, text[0], text[1], c.p_kind, text[2]))
+    kwh, total_g, op_g = (_json_num(x) for x in (c.kwh, c.total_g, c.op_g))
+    emb_g, cov = _json_few(c.emb_g), _json_few(c.cov)
+    mean_i = _json_num(c.mean_i)
+    starts, ends = _iso_each(b.alloc.start), _iso_each(b.alloc.end)
+    methods = _methods(c.cov)
+    row_kwh, share = text[3], text[4]
     slow = None
     pue = _json_num([b.pue])[0]
+    po, ro = c.period_offsets, c.row_offsets
+    node_text: dict[str, str] = {}
     for slot in b.slots:
         if not isinstance(slot, int):
             yield _ENCODER.encode(slot.to_dict())
@@ -53,18 +98,64 @@ def batch_lines(b: Batch) -> Iterator[str]:
             slow = slow if slow is not None else list(footprints(b.acc, b.alloc, b.metas, b.pue, c))
             yield _ENCODER.encode(slow[i].to_dict())
             continue
-        r0, r1 = c.row_offsets[i], c.row_offsets[i + 1]
-        nodes = ",".join(map(_NODE.format, map(_ENCODER.encode, meta.nodes), text[3][r0:r1], text[4][r0:r1]))
+        r0, r1 = ro[i], ro[i + 1]
+        if r1 - r0 == 1:
+            name = meta.nodes[0]
+            quoted = node_text.get(name)
+            if quoted is None:
+                quoted = node_text[name] = _ENCODER.encode(name)
+            nodes = _NODE.format(quoted, row_kwh[r0], share[r0])
+        else:
+            nodes = ",".join(map(_NODE.format, map(_ENCODER.encode, meta.nodes), row_kwh[r0:r1], share[r0:r1]))
+        jid = meta.job_id
         yield _JOB.format(
-            _ENCODER.encode(meta.job_id), c.kwh[i], c.total_g[i], c.op_g[i], c.emb_g[i], _num_or_null(c.mean_i[i]),
-            pue, method_of(c.cov[i]), c.cov[i], iso(c.start[i]), iso(c.end[i]), nodes,
-            ",".join(periods[c.period_offsets[i] : c.period_offsets[i + 1]]),
+            f'"{jid}"' if _PLAIN_ID(jid) else _ENCODER.encode(jid), kwh[i], total_g[i], op_g[i], emb_g[i],
+            mean_i[i], pue, methods[i], cov[i], starts[i], ends[i], nodes, ",".join(periods[po[i] : po[i + 1]]),
         )
+
+
+_PLAIN_ID = re.compile(r"[0-9A-Za-z_.+-]*\Z").match
+"""Job ids JSON writes as they are (Slurm's are digits, `_` and `+`)."""
+
+
+def _iso_each(epochs) -> list[str]:
+    """iso() of each value (whole seconds unless that value has a fraction), vectorised when all are whole."""
+    import numpy as np
+
+    if np.all(epochs == np.floor(epochs)):
+        return iso_many(epochs)
+    return [iso(t) for t in epochs.tolist()]
+
+
+def _methods(cov: list[float | None]) -> list[str]:
+    """method_of() for a whole column."""
+    import numpy as np
+
+    coverage = np.array(cov, dtype=np.float64)
+    return np.where(coverage >= FULL, "measured", np.where(coverage <= 0.0, "estimated", "mixed")).tolist()
 
 
 def _json_num(values: list[float | None]) -> list[str]:
     """Floats as JSON writes them (repr), None as null."""
-    return [_num_or_null(v) for v in values]
+    if None in values:
+        return [_num_or_null(v) for v in values]
+    return list(map(float.__repr__, values))
+
+
+_FEW = ("p_intensity", "share")
+"""Columns with few distinct values (the half-hour's intensity, CPU shares): each is formatted once."""
+
+
+def _json_few(values: list[float | None]) -> list[str]:
+    """_json_num for a column of few distinct values: repr is the floor of the output, so do less of it."""
+    import numpy as np
+
+    if len(values) < 64 or None in values:
+        return _json_num(values)
+    uniq, inverse = np.unique(np.array(values, dtype=np.float64), return_inverse=True)
+    if uniq.size * 4 > len(values):
+        return _json_num(values)
+    return np.array(_json_num(uniq.tolist()), dtype=object)[inverse].tolist()
 
 
 def _num_or_null(v: float | None) -> str:

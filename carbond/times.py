@@ -73,5 +73,8 @@ def iso_many(epochs: np.ndarray) -> list[str]:
         return []
     whole = np.all(epochs == np.floor(epochs))
     unit = "s" if whole else "ms"
-    stamps = np.round(epochs * (1 if whole else 1000)).astype(f"datetime64[{unit}]")
-    return [s + "Z" for s in np.datetime_as_string(stamps, unit=unit).tolist()]
+    # Period bounds repeat (every job in a half-hour shares them): format each distinct time once.
+    uniq, inverse = np.unique(epochs, return_inverse=True)
+    stamps = np.round(uniq * (1 if whole else 1000)).astype(f"datetime64[{unit}]")
+    text = np.array([s + "Z" for s in np.datetime_as_string(stamps, unit=unit).tolist()], dtype=object)
+    return text[inverse].tolist()

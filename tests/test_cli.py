@@ -89,6 +89,26 @@ def test_footprint_of_sacct_jobs_in_local_time_across_the_autumn_hour(setup, cap
     assert "3 jobs" in err and "VictoriaMetrics request" in err
 
 
+def test_streamed_windows_workers_and_all_at_once_agree(setup, capsys, tmp_path):
+    cfg, a, b = setup
+    table = tmp_path / "sacct.txt"
+    rows = [f"{k}|{k}|{T0 + 600 * k}|{T0 + 600 * k + 2400}|{(a, b)[k % 2]}|cpu={1 + k % 4}" for k in range(20)]
+    table.write_text("JobIDRaw|JobID|Start|End|NodeList|AllocTRES\n" + "\n".join(rows) + "\n")
+    outs = {}
+    for opts in (["--window", "0"], ["--window", "1"], ["--window", "0.25", "--workers", "2"]):
+        code, out, err = run(capsys, "--config", cfg, "footprint", "--jobs", str(table), "--json", *opts)
+        assert code == 0, err
+        outs[" ".join(opts)] = {d["job_id"]: d for d in map(json.loads, out.splitlines())}
+    whole = outs.pop("--window 0")
+    assert len(whole) == 20 and all(d["status"] == "ok" for d in whole.values())
+    for got in outs.values():
+        assert got.keys() == whole.keys()
+        for k, d in whole.items():
+            assert got[k]["energy_kwh"] == pytest.approx(d["energy_kwh"], rel=1e-9)
+            assert got[k]["co2e_g"] == pytest.approx(d["co2e_g"], rel=1e-9)
+            assert [p["start"] for p in got[k]["periods"]] == [p["start"] for p in d["periods"]]
+
+
 def test_table_output_for_people(setup, capsys):
     cfg, a, _ = setup
     code, out, _ = run(capsys, "--config", cfg, "footprint", "--nodes", a, "--start", str(T0), "--end", str(T0 + 3600))
