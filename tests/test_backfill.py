@@ -39,13 +39,15 @@ class FakeSlurm:
     def lowercases(self):
         return False
 
-    def write_many(self, items, concurrency=None):
+    def write_many(self, items, concurrency=None, on_done=None, cancel=None):
         self.calls += 1
         if self.calls == self.interrupt_on_call:
             raise KeyboardInterrupt
         for facts, _field, value in items:
             self.writes.append(facts.job.job_id)
             self.facts[facts.job.job_id] = JobFacts(facts.job, facts.state, admin_comment=value)
+            if on_done is not None:
+                on_done(facts.job.job_id, None)
         return {}
 
 
