@@ -362,15 +362,64 @@ def _facts_from_row(r: dict[str, str]) -> JobFacts:
 
 
 def parse_json(text: str) -> list[JobFacts]:
-    """Jobs of `sacct --json -X` (Slurm 22.05, data parser dbv0.0.38; later ones alike)."""
+    """Jobs of `sacct --json -X`, any data parser from v0.0.38 (22.05) to v0.0.45 (26.05).
+
+    Field names are stable across them; the shapes are not: since v0.0.40 `state.current`
+    is a list of flags and optional integers are `{"set", "infinite", "number"}` objects;
+    a never-started job's `time.start` is NO_VAL (4294967294) or 0. See `_int`.
+    """
     try:
         doc = json.loads(text)
     except ValueError as exc:
         raise SlurmError(f"sacct --json printed invalid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise SlurmError("sacct --json printed no JSON object")
     errors = doc.get("errors") or []
     if errors:
         raise SlurmError("sacct --json reported: " + "; ".join(_json_error(e) for e in errors))
-    return [_facts_from_json(j) for j in doc.get("jobs", [])]
+    jobs = doc.get("jobs") or []
+    if not isinstance(jobs, list):
+        raise SlurmError("sacct --json: 'jobs' is not a list")
+    out = []
+    for j in jobs:
+        try:
+            out.append(_facts_from_json(j))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            job = j.get("job_id", "?") if isinstance(j, dict) else "?"
+            raise SlurmError(f"sacct --json: job {job}: unexpected shape ({type(exc).__name__}: {exc})") from None
+    return out
+
+
+NO_VAL = 0xFFFFFFFE
+"""Slurm's NO_VAL (4294967294): "not set"; INFINITE is 0xFFFFFFFF. Both mean no value here."""
+
+
+def _int(value: Any) -> int | None:
+    """An integer in any data parser's spelling; None when unset, infinite or NO_VAL.
+
+    v0.0.38: plain int or null. v0.0.39+: `{"set": bool, "infinite": bool, "number": int}`.
+    """
+    if isinstance(value, dict):
+        if not value.get("set", True) or value.get("infinite"):
+            return None
+        value = value.get("number")
+    if value is None or isinstance(value, bool):
+        return None
+    number = int(value)
+    return None if number in (NO_VAL, NO_VAL + 1) else number
+
+
+def _str(value: Any) -> str:
+    """A string field; null (unset) becomes ""."""
+    return "" if value is None else str(value)
+
+
+def _json_state(state: Any) -> str:
+    """`{"current": "COMPLETED"}` (v0.0.38) or `{"current": ["COMPLETED", ...]}` (v0.0.40+) -> COMPLETED."""
+    current = state.get("current", "") if isinstance(state, dict) else state
+    if isinstance(current, list):
+        current = current[0] if current else ""
+    return _str(current)
 
 
 def _json_error(e: Any) -> str:
@@ -379,31 +428,37 @@ def _json_error(e: Any) -> str:
     return str(e)
 
 
+def _json_tres(allocated: Any) -> str:
+    items = []
+    for x in allocated or []:
+        count = _int(x.get("count"))
+        if count is not None:
+            items.append(f"{x['type']}{'/' + x['name'] if x.get('name') else ''}={count}")
+    return ",".join(items)
+
+
 def _facts_from_json(j: dict[str, Any]) -> JobFacts:
     t = j.get("time") or {}
-    tres = ",".join(
-        f"{x['type']}{'/' + x['name'] if x.get('name') else ''}={x['count']}"
-        for x in (j.get("tres") or {}).get("allocated", []) if x.get("count") is not None
-    )
-    cpus, gpus = tres_counts(tres)
+    cpus, gpus = tres_counts(_json_tres((j.get("tres") or {}).get("allocated")))
     comments = j.get("comment") or {}
-    state = j.get("state") or {}
     return _facts(
-        job_id=str(j["job_id"]), display_id=_display_id(j), state=state.get("current", "") if isinstance(state, dict)
-        else str(state), start=t.get("start") or None, end=t.get("end") or None, nodelist=j.get("nodes") or "",
-        cpus=cpus, gpus=gpus, partition=j.get("partition") or "", account=j.get("account") or "",
-        user=j.get("user") or "", cluster=j.get("cluster") or "", admin_comment=comments.get("administrator") or "",
-        system_comment=comments.get("system") or "", comment=comments.get("job") or "",
+        job_id=str(_int(j["job_id"])), display_id=_display_id(j), state=_json_state(j.get("state")),
+        start=_int(t.get("start")) or None, end=_int(t.get("end")) or None, nodelist=_str(j.get("nodes")),
+        cpus=cpus, gpus=gpus, partition=_str(j.get("partition")), account=_str(j.get("account")),
+        user=_str(j.get("user")), cluster=_str(j.get("cluster")), admin_comment=_str(comments.get("administrator")),
+        system_comment=_str(comments.get("system")), comment=_str(comments.get("job")),
     )
 
 
 def _display_id(j: dict[str, Any]) -> str:
     array, het = j.get("array") or {}, j.get("het") or {}
-    if array.get("job_id") and array.get("task_id") is not None:
-        return f"{array['job_id']}_{array['task_id']}"
-    if het.get("job_id") and het.get("job_offset") is not None:
-        return f"{het['job_id']}+{het['job_offset']}"
-    return str(j["job_id"])
+    array_job, task = _int(array.get("job_id")), _int(array.get("task_id"))
+    if array_job and task is not None:
+        return f"{array_job}_{task}"
+    het_job, offset = _int(het.get("job_id")), _int(het.get("job_offset"))
+    if het_job and offset is not None:
+        return f"{het_job}+{offset}"
+    return str(_int(j["job_id"]))
 
 
 def _facts(*, job_id: str, display_id: str, state: str, start: float | None, end: float | None, nodelist: str,
