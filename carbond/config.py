@@ -84,6 +84,8 @@ class SlurmConfig:
     """sacctmgr calls in flight at once: each has ~0.25 s fixed latency but they overlap freely."""
     retry_seconds: int = 3600
     """How long a job is retried (slurmdbd unaware of it, VictoriaMetrics down) before dead-lettering."""
+    write_energy_tres: bool = False
+    """Slurm 25.11+: also set the job's energy TRES to the measured joules (replaces Slurm's value)."""
 
 
 @dataclass(frozen=True)
