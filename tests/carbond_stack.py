@@ -49,7 +49,7 @@ class CarbondStack:
             "intensity:\n  provider: constant\n  value: 200\n"
             "nodes:\n  - match: n[1-3]\n    cpus: 2\n    idle_watts: 100\n    max_watts: 300\n"
             f"metrics:\n  listen: 127.0.0.1:{self.port}\n"
-            "slurm:\n  sacct: /usr/bin/sacct\n  sacctmgr: /usr/bin/sacctmgr\n  retry_seconds: 600\n"
+            f"slurm:\n  sacct: {slurm.bin('sacct')}\n  sacctmgr: {slurm.bin('sacctmgr')}\n  retry_seconds: 600\n"
             + extra_config
         )
         self.proc: subprocess.Popen | None = None

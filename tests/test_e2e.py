@@ -47,7 +47,7 @@ def ended(slurm, job_id: str, timeout: float = 60.0) -> None:
 
 
 def facts(slurm, job_id):
-    io = SlurmIO(SlurmConfig(sacct="/usr/bin/sacct", sacctmgr="/usr/bin/sacctmgr"), env=slurm.env)
+    io = SlurmIO(SlurmConfig(sacct=slurm.bin("sacct"), sacctmgr=slurm.bin("sacctmgr")), env=slurm.env)
     return io.read_jobs([job_id])[job_id]
 
 
