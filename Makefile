@@ -4,14 +4,35 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := slurmctld slurmd slurmdbd slurm-client munge mariadb-server victoria-metrics prometheus \
-                python3-venv bsdutils procps util-linux time
+                python3-venv bsdutils procps util-linux time debootstrap
 export PATH := $(CURDIR)/$(VENV)/bin:/usr/sbin:/usr/bin:/sbin:/bin:$(PATH)
 
-.PHONY: test demo demo-stop bench lint deps venv clean
+# Slurm series beside the host's 22.05: each runs from a Debian root built once under ROOTS.
+ROOTS ?= /var/cache/carbond/roots
+SLURM_SUITES ?= trixie sid
+TESTBED ?= $(or $(CARBOND_TESTBED_DIR),/tmp/carbond-testbed)
+# What runs again on every series (only their tests marked `slurm`).
+SERIES_TESTS ?= tests/test_testbed.py tests/test_slurm_io.py tests/test_e2e.py tests/test_e2e_series.py
 
+.PHONY: test test-host test-series roots demo demo-stop bench lint deps venv clean
+
+# The roots build in the background (a few minutes each) while the host's tests run.
 test: deps venv
 	$(VENV)/bin/ruff check carbond tests bench scripts/power-feeder
-	$(PY) -m pytest -ra -p no:cacheprovider tests
+	@mkdir -p $(ROOTS); for s in $(SLURM_SUITES); do \
+	  scripts/debian-root $$s $(ROOTS) >/dev/null 2>$(ROOTS)/.$$s.background.err & done
+	CARBOND_TESTBED_DIR=$(TESTBED) $(PY) -m pytest -ra -p no:cacheprovider tests
+	$(MAKE) --no-print-directory test-series
+
+test-host: deps venv
+	CARBOND_TESTBED_DIR=$(TESTBED) $(PY) -m pytest -ra -p no:cacheprovider tests
+
+test-series: deps venv
+	@for s in $(SLURM_SUITES); do \
+	  scripts/test-slurm-series $$s $(PY) $(TESTBED) $(ROOTS) $(SERIES_TESTS) || exit 1; done
+
+roots:
+	@for s in $(SLURM_SUITES); do scripts/debian-root $$s $(ROOTS); done
 
 demo: deps venv
 	scripts/demo
@@ -31,7 +52,7 @@ deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  apt-get -o DPkg::Lock::Timeout=900 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends $$missing; \
 	fi
 
 venv: $(VENV)/.installed
