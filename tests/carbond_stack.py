@@ -7,6 +7,7 @@ run` with a real NOTIFY_SOCKET, so READY/WATCHDOG/STATUS are observed as systemd
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -32,7 +33,7 @@ def free_port() -> int:
 
 class CarbondStack:
     def __init__(self, slurm, vm_url: str, workdir: Path, settle: float = 20.0, feed_interval: float = 1.0,
-                 extra_config: str = "") -> None:
+                 extra_config: str = "", user: str | None = None) -> None:
         self.slurm = slurm
         self.vm_url = vm_url
         self.dir = Path(workdir)
@@ -58,6 +59,12 @@ class CarbondStack:
         self.notify_sock: socket.socket | None = None
         self.notifications: list[str] = []
         self.log = self.dir / "carbond.log"
+        self.user = user
+        """Run the daemon as this user (its primary group); its directory must be reachable by it."""
+        if user:
+            self.state_dir.mkdir(exist_ok=True)
+            shutil.chown(self.state_dir, user, user)
+            shutil.chown(self.dir, user, user)
 
     # ---- processes --------------------------------------------------------------------------
 
@@ -80,12 +87,15 @@ class CarbondStack:
             if os.path.exists(self.notify_path):
                 os.unlink(self.notify_path)
             self.notify_sock.bind(self.notify_path)
+            if self.user:
+                os.chmod(self.notify_path, 0o777)
             self.notify_sock.settimeout(0.2)
             threading.Thread(target=self._drain_forever, daemon=True).start()
         seen = len(self.notifications)
         self.proc = subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", "carbond", "--config", str(self.config), "run"],
             env=self.env(), stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, cwd=self.dir,
+            user=self.user, group=self.user,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

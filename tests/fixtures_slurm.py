@@ -120,13 +120,15 @@ class SlurmTestbed:
 
     @classmethod
     def start(cls, directory: Path, timeout: float = START_TIMEOUT, root: str | None = None,
-              db: str = "root") -> SlurmTestbed:
+              db: str = "root", slurm_user: str = "root") -> SlurmTestbed:
         """Start (or join) the testbed in `directory`, of `root`'s Slurm if given (else the host's).
 
+        slurm_user="slurm": SlurmUser=slurm and an Operator `carbond` user (host mode only).
         Raises RuntimeError with the log tail.
         """
         t0 = time.monotonic()
         extra = {"SLURM_TESTBED_ROOT": root, "SLURM_TESTBED_DB": db} if root else {}
+        extra["SLURM_TESTBED_USER"] = slurm_user
         proc = subprocess.run(  # noqa: S603 - fixed argument list, no shell
             [str(TESTBED), "start", str(directory)],
             env={**_base_env({}), **extra},
@@ -333,12 +335,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def acquire(directory: Path, suite: Suite | None = None) -> SlurmTestbed:
+def acquire(directory: Path, suite: Suite | None = None, slurm_user: str = "root") -> SlurmTestbed:
     """Start or join the testbed (of `suite`, default $CARBOND_SLURM) and take a lease on it."""
     suite = suite or selected_suite()
     root = root_for(suite)
     with _lease_lock(directory) as leases:
-        testbed = SlurmTestbed.start(directory, root=root, db=suite.db)
+        testbed = SlurmTestbed.start(directory, root=root, db=suite.db, slurm_user=slurm_user)
         if testbed.started and os.environ.get("CARBOND_TESTBED_KEEP") != "1":
             (leases / "started-by-tests").touch()
         (leases / str(os.getpid())).touch()
