@@ -193,3 +193,20 @@ def test_write_energy_tres_command_and_outcomes(cap):
                              "tres=energy=4321"]]
     versioned = SlurmIO(SlurmConfig(sacctmgr="sacctmgr"), runner=Replay((0, cap.text("sacctmgr-version.out"), "")))
     assert versioned.supports_energy_tres() == (cap.version >= (25, 11))
+
+
+def test_json_integer_spellings_of_every_data_parser():
+    from carbond.slurm import NO_VAL, _int
+
+    assert [_int(v) for v in (7, "7", None, 0)] == [7, 7, None, 0]
+    assert _int({"set": True, "infinite": False, "number": 7}) == 7
+    assert _int({"set": False, "infinite": False, "number": 0}) is None
+    assert _int({"set": True, "infinite": True, "number": 0}) is None
+    assert _int(NO_VAL) is None and _int(NO_VAL + 1) is None and _int(True) is None
+
+
+def test_json_of_an_unexpected_shape_is_a_slurm_error_naming_the_job():
+    with pytest.raises(SlurmError, match="job 5: unexpected shape"):
+        parse_json('{"jobs": [{"job_id": 5, "state": {"current": ["COMPLETED"]}, "time": "soon"}]}')
+    with pytest.raises(SlurmError, match="no JSON object"):
+        parse_json("[]")
