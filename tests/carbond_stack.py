@@ -6,6 +6,7 @@ run` with a real NOTIFY_SOCKET, so READY/WATCHDOG/STATUS are observed as systemd
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -179,3 +180,32 @@ class CarbondStack:
     def ledger_rows(self) -> list[tuple]:
         with sqlite3.connect(self.state_dir / "ledger.sqlite") as db:
             return db.execute("SELECT job_id, state, energy_j, co2e_g FROM jobs").fetchall()
+
+
+@contextlib.contextmanager
+def running_stack(slurm, vm_url: str, workdir: Path, **kwargs):
+    """A started CarbondStack (feeder every second, daemon READY), closed on exit."""
+    stack = CarbondStack(slurm, vm_url, workdir, **kwargs)
+    try:
+        stack.start_feeder(1.0)
+        stack.start()
+        yield stack
+    finally:
+        stack.close()
+
+
+@contextlib.contextmanager
+def stopped(service):
+    """carbond or VictoriaMetrics down for the duration of the block, back up after it."""
+    service.stop()
+    try:
+        yield
+    finally:
+        service.start()
+
+
+def ended(slurm, job_id: str, timeout: float = 60.0) -> None:
+    """The job is over for slurmctld and slurmdbd alike (sacct lags slurmctld by a moment)."""
+    slurm.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=timeout)
+    slurm.wait_sacct(job_id, ["State", "End"],
+                     lambda r: r["End"].isdigit() and r["State"] not in ("RUNNING", "PENDING", "COMPLETING"))

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from carbond_stack import REPO, CarbondStack
+from carbond_stack import REPO, running_stack
 from fixtures_slurm import DEFAULT_DIR, acquire, release, selected_suite
 
 pytestmark = [pytest.mark.slurm, pytest.mark.vm]
@@ -39,11 +39,8 @@ def slurm_nonroot():
 def stack(slurm_nonroot, vm):
     work = slurm_nonroot.dir / "carbond"  # not under pytest's 0700 tmp: user carbond must reach it
     work.mkdir(exist_ok=True)
-    s = CarbondStack(slurm_nonroot, vm.url, work, user="carbond")
-    s.start_feeder(1.0)
-    s.start()
-    yield s
-    s.close()
+    with running_stack(slurm_nonroot, vm.url, work, user="carbond") as s:
+        yield s
 
 
 def test_spool_is_production_shaped_and_the_epilog_writes_as_slurm(slurm_nonroot):

@@ -8,12 +8,11 @@ epilog's version 2 record, and the energy TRES write of Slurm 25.11+.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
 import pytest
-from carbond_stack import CarbondStack
+from carbond_stack import ended, running_stack, stopped
 
 from carbond import token
 from carbond.config import SlurmConfig
@@ -22,16 +21,10 @@ from carbond.spool import read_record
 
 pytestmark = [pytest.mark.slurm, pytest.mark.vm]
 
-FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
-
-
 @pytest.fixture(scope="module")
 def stack(slurm, vm, tmp_path_factory):
-    s = CarbondStack(slurm, vm.url, tmp_path_factory.mktemp("carbond-series"))
-    s.start_feeder(1.0)
-    s.start()
-    yield s
-    s.close()
+    with running_stack(slurm, vm.url, tmp_path_factory.mktemp("carbond-series")) as s:
+        yield s
 
 
 @pytest.fixture
@@ -44,20 +37,6 @@ def alive(stack):
 
 def io_for(slurm) -> SlurmIO:
     return SlurmIO(SlurmConfig(sacct=slurm.bin("sacct"), sacctmgr=slurm.bin("sacctmgr")), env=slurm.env)
-
-
-def ended(slurm, job_id: str) -> None:
-    slurm.wait_state(job_id, FINAL)
-    slurm.wait_sacct(job_id, ["State", "End"], lambda r: r["End"].isdigit() and r["State"].split()[0] in FINAL)
-
-
-@contextlib.contextmanager
-def stopped(stack):
-    stack.stop()
-    try:
-        yield
-    finally:
-        stack.start()
 
 
 def wait_skipped(stack, before: float, timeout: float = 60.0) -> None:
@@ -86,12 +65,18 @@ def test_unit_separator_in_a_user_comment_is_read_through_json(alive, slurm):
     assert facts.comment == comment and token.parse(facts.admin_comment) == tok
 
 
+def job_with_admin_comment(slurm, text: str) -> str:
+    """A short job whose AdminComment another tool set while it ran."""
+    job = slurm.sbatch(["-n1", "-J", "admin"], "sleep 4")
+    slurm.wait_state(job, "RUNNING")
+    slurm.run(["scontrol", "update", f"jobid={job}", f"AdminComment={text}"])
+    return job
+
+
 def test_mixed_case_admin_comment_gets_the_token_merged_from_23_02(alive, slurm):
     other = "OtherTool:RunID=AbC-42;Mode=Fast"
     before = alive.metric_sum("carbond_writes_skipped_total")
-    job = slurm.sbatch(["-n1", "-J", "mixed"], "sleep 4")
-    slurm.wait_state(job, "RUNNING")
-    slurm.run(["scontrol", "update", f"jobid={job}", f"AdminComment={other}"])
+    job = job_with_admin_comment(slurm, other)
     if slurm.version >= (23, 2):  # sacctmgr keeps case: merge, every byte of the other tool kept
         tok = alive.wait_tokens(job)[job]
         admin = io_for(slurm).read_jobs([job])[job].admin_comment
@@ -105,9 +90,7 @@ def test_mixed_case_admin_comment_gets_the_token_merged_from_23_02(alive, slurm)
 def test_quotes_in_admin_comment_are_left_alone_on_every_series(alive, slurm):
     other = 'note "keep" it\'s'
     before = alive.metric_sum("carbond_writes_skipped_total")
-    job = slurm.sbatch(["-n1", "-J", "quotes"], "sleep 4")
-    slurm.wait_state(job, "RUNNING")
-    slurm.run(["scontrol", "update", f"jobid={job}", f"AdminComment={other}"])
+    job = job_with_admin_comment(slurm, other)
     ended(slurm, job)
     wait_skipped(alive, before)
     assert io_for(slurm).read_jobs([job])[job].admin_comment == other
