@@ -5,21 +5,39 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := slurmctld slurmd slurmdbd slurm-client munge mariadb-server victoria-metrics prometheus \
                 python3-venv bsdutils procps util-linux time systemd-container debootstrap
-# Debian roots for container tests (tests/test_systemd.py), built once by scripts/systemd-container
-# and reused by every later run; delete a root's directory to rebuild it.
-ROOT_CACHE ?= /var/cache/carbond/roots
-export CARBOND_ROOT_CACHE := $(ROOT_CACHE)
 export PATH := $(CURDIR)/$(VENV)/bin:/usr/sbin:/usr/bin:/sbin:/bin:$(PATH)
 
-.PHONY: test demo demo-stop bench lint deps venv clean roots
+# Debian roots, built once under ROOTS and reused by every later run (delete one to rebuild it):
+# bookworm-systemd for tests/test_systemd.py (scripts/systemd-container), and one per Slurm
+# series beside the host's 22.05 (scripts/debian-root).
+ROOTS ?= /var/cache/carbond/roots
+export CARBOND_ROOT_CACHE := $(ROOTS)
+SLURM_SUITES ?= trixie sid
+TESTBED ?= $(or $(CARBOND_TESTBED_DIR),/tmp/carbond-testbed)
+# What runs again on every series (only their tests marked `slurm`).
+SERIES_TESTS ?= tests/test_testbed.py tests/test_slurm_io.py tests/test_e2e.py tests/test_e2e_series.py
 
-test: deps venv roots
+.PHONY: test test-host test-series roots demo demo-stop bench lint deps venv clean
+
+# The series' roots build in the background (a few minutes each) while the host's tests run.
+test: deps venv
 	$(VENV)/bin/ruff check carbond tests bench scripts/power-feeder
-	$(PY) -m pytest -ra -p no:cacheprovider tests
+	@mkdir -p $(ROOTS); for s in $(SLURM_SUITES); do \
+	  scripts/debian-root $$s $(ROOTS) >/dev/null 2>$(ROOTS)/.$$s.background.err & done
+	scripts/systemd-container build $(ROOTS)/bookworm-systemd
+	CARBOND_TESTBED_DIR=$(TESTBED) $(PY) -m pytest -ra -p no:cacheprovider tests
+	$(MAKE) --no-print-directory test-series
 
-# The cached Debian 12 root with systemd that tests/test_systemd.py boots (the test builds it too).
+test-host: deps venv
+	CARBOND_TESTBED_DIR=$(TESTBED) $(PY) -m pytest -ra -p no:cacheprovider tests
+
+test-series: deps venv
+	@for s in $(SLURM_SUITES); do \
+	  scripts/test-slurm-series $$s $(PY) $(TESTBED) $(ROOTS) $(SERIES_TESTS) || exit 1; done
+
 roots: deps
-	scripts/systemd-container build $(ROOT_CACHE)/bookworm-systemd
+	scripts/systemd-container build $(ROOTS)/bookworm-systemd
+	@for s in $(SLURM_SUITES); do scripts/debian-root $$s $(ROOTS); done
 
 demo: deps venv
 	scripts/demo

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The daemon on the real testbed: job end -> token visible in sacct, and a 1,000-task burst.
 
-    python3 bench/bench_daemon.py [--jobs 10] [--burst 1000]
+    [CARBOND_SLURM=trixie] [CARBOND_TESTBED_DIR=DIR] python3 bench/bench_daemon.py [--jobs 10] [--burst 1000]
 
 It starts (or joins) the single-host Slurm testbed, a VictoriaMetrics, the power feeder (1 s
 samples) and `carbond run`, then measures:
@@ -15,6 +15,7 @@ samples) and `carbond run`, then measures:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -92,7 +93,8 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=10)
     ap.add_argument("--burst", type=int, default=1000)
     args = ap.parse_args()
-    slurm = acquire(Path("/tmp/carbond-testbed"))
+    # The Slurm series is CARBOND_SLURM (host, trixie, sid), as for the tests.
+    slurm = acquire(Path(os.environ.get("CARBOND_TESTBED_DIR") or "/tmp/carbond-testbed"))
     work = Path(tempfile.mkdtemp(prefix="carbond-bench-daemon-"))
     vm = VMServer(data_dir=str(work / "vm")).start()
     stack = CarbondStack(slurm, vm.url, work / "carbond", settle=20)

@@ -101,6 +101,8 @@ class SlurmConfig:
     """A job is reconciled only this long after its end, so its spool record has had time to arrive."""
     suspend_poll_seconds: float = 5.0
     """How often squeue is asked which jobs are suspended, to record suspend intervals (0: never)."""
+    write_energy_tres: bool = False
+    """Slurm 25.11+: also set the job's energy TRES to the measured joules (replaces Slurm's value)."""
 
 
 @dataclass(frozen=True)

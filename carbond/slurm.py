@@ -14,14 +14,20 @@ What Slurm 22.05 really does (captured in tests/data/sacct/):
 - A job cancelled before it started shows Start == End (the cancel time) and
   NodeList "None assigned": it never ran, so its start is None here.
 - `sacctmgr -i modify job where jobid=N set AdminComment=V`: exit 0 and "Modified jobs"
-  (also when V is unchanged); exit 1 and "Nothing modified" when slurmdbd does not know the
-  job (yet); exit 1 and "Access/permission denied" without AdminLevel=Operator.
+  (also when V is unchanged); exit 1 and "Access/permission denied" without AdminLevel=Operator.
+  When slurmdbd does not know the job (yet), exit 1 and, by series (tests/data/<series>/):
+  22.05 stdout " Nothing modified"; 24.11 stderr "Request didn't affect anything" and "Data has
+  not changed since time specified"; 26.05 the latter, under a stdout " Modified jobs...".
+- 25.11+: `... set tres=energy=J` replaces the job's energy TRES (earlier series: exit 1,
+  "Unknown option: tres=energy=J").
 - `sacctmgr ... where jobid=N` with N an array's or het job's id modifies *every* task or
   component (`sacct -j N` lists them all too); `jobid=N_T` / `jobid=N+K` address one. So writes
   go to the JobID sacct shows (`1234_7`, `311+1`), and a write that reports more than one
   modified job is an error.
 - 22.05 sacctmgr lowercases ASCII letters of V, drops a leading quote and turns the other
   quotes into backticks; spaces, tabs, newlines, `|`, non-ASCII and 5,000-byte values pass.
+  23.02+ keep the case; the quotes are still turned into backticks (seen on 24.11 and 26.05).
+- `sacct --json`: data_parser v0.0.38 (22.05), v0.0.42 (24.11), v0.0.45 (26.05); see parse_json.
 """
 
 from __future__ import annotations
@@ -86,6 +92,36 @@ class SlurmPermissionError(SlurmCommandError):
     """The user lacks AdminLevel=Operator: retrying will not help."""
 
     retryable = False
+
+
+class SlurmUnsupported(SlurmCommandError):
+    """This Slurm cannot do what was asked (e.g. set a job's TRES before 25.11)."""
+
+    retryable = False
+
+
+MODIFIED, NOT_IN_DB, DENIED, UNSUPPORTED, FAILED = "modified", "not-in-db", "denied", "unsupported", "failed"
+
+
+def classify_modify(returncode: int, stdout: str, stderr: str) -> str:
+    """What a `sacctmgr -i modify job` call did, from its exit status and messages, any series.
+
+    Exit 0 with "Modified jobs" is the only success: 26.05 prints "Modified jobs..." on stdout
+    also when nothing was modified (exit 1). 22.05's "not in the database" stderr mentions
+    privileges too ("...or your user doesn't have privilege..."), so a refusal is recognised
+    only by "Access/permission denied", which every series prints for it.
+    """
+    both = stdout + "\n" + stderr
+    if returncode == 0 and "Modified jobs" in stdout:
+        return MODIFIED
+    if "Access/permission denied" in both:
+        return DENIED
+    if ("Nothing modified" in stdout or "Request didn't affect anything" in both
+            or "Data has not changed since time specified" in both):
+        return NOT_IN_DB
+    if "Unknown option" in both or "You didn't give me anything to set" in both:
+        return UNSUPPORTED
+    return FAILED
 
 
 @dataclass(frozen=True)
@@ -191,24 +227,45 @@ class SlurmIO:
         """
         if field not in FIELD_OPTIONS:
             raise CarbondError(f"unknown comment field {field!r}; valid: {', '.join(FIELD_OPTIONS)}")
+        self._modify(job, f"{FIELD_OPTIONS[field]}={value}")
+
+    def write_energy_tres(self, job: str | Job | JobFacts, joules: float) -> None:
+        """Set the job's energy TRES to `joules` (Slurm 25.11+; slurm.write_energy_tres).
+
+        Slurm replaces the value it had (from an acct_gather_energy plugin, or none): the
+        original is lost, as sacctmgr's man page warns. Older series refuse the option
+        (SlurmUnsupported). Call it after the token is written, for measured jobs only.
+        """
+        if not joules >= 0:
+            raise CarbondError(f"energy must be a non-negative number of joules, got {joules!r}")
+        self._modify(job, f"tres=energy={round(joules)}")
+
+    def supports_energy_tres(self) -> bool:
+        """Can this sacctmgr set a job's TRES (`set tres=energy=J`)? Slurm 25.11 and later."""
+        return self.version() >= (25, 11)
+
+    def _modify(self, job: str | Job | JobFacts, assignment: str) -> None:
+        """`sacctmgr -i modify job where jobid=<one job> set <assignment>`; raises by outcome."""
         job_id = write_target(job)
         where = [f"jobid={job_id}"] + ([f"cluster={self.cluster}"] if self.cluster else [])
-        cmd = [self.cfg.sacctmgr, "-i", "modify", "job", "where", *where, "set", f"{FIELD_OPTIONS[field]}={value}"]
+        cmd = [self.cfg.sacctmgr, "-i", "modify", "job", "where", *where, "set", assignment]
         proc = self._call(cmd, {})
         out, err = _text(proc.stdout), _text(proc.stderr)
-        if proc.returncode == 0 and "Modified jobs" in out:
-            self.last_contact = time.time()
+        outcome = classify_modify(proc.returncode, out, err)
+        if outcome in (MODIFIED, NOT_IN_DB, DENIED, UNSUPPORTED):
+            self.last_contact = time.time()  # slurmdbd answered
+        if outcome == MODIFIED:
             modified = re.findall(r"^\s*(\d+) submitted at", out, re.M)
             if len(modified) > 1:
                 raise SlurmCommandError(cmd, 0, out, f"modified {len(modified)} jobs ({', '.join(modified)}), "
                                         f"not one: {job_id} is an array or het job id", retryable=False)
             return
-        both = out + "\n" + err
-        if "Access/permission denied" in both or "Your user doesn't have privilege" in both:
+        if outcome == DENIED:
             raise SlurmPermissionError(cmd, proc.returncode, err or out, "refused: the user needs AdminLevel=Operator")
-        if "Nothing modified" in out:
-            self.last_contact = time.time()
+        if outcome == NOT_IN_DB:
             raise JobNotInDatabase(cmd, proc.returncode, err or out, f"job {job_id} is not in slurmdbd (yet)")
+        if outcome == UNSUPPORTED:
+            raise SlurmUnsupported(cmd, proc.returncode, err or out, "this Slurm does not support it")
         raise SlurmCommandError(cmd, proc.returncode, err or out)
 
     def write_many(self, items: Iterable[tuple[str | Job | JobFacts, str, str]], concurrency: int | None = None,
@@ -445,15 +502,64 @@ def _facts_from_row(r: dict[str, str]) -> JobFacts:
 
 
 def parse_json(text: str) -> list[JobFacts]:
-    """Jobs of `sacct --json -X` (Slurm 22.05, data parser dbv0.0.38; later ones alike)."""
+    """Jobs of `sacct --json -X`, any data parser from v0.0.38 (22.05) to v0.0.45 (26.05).
+
+    Field names are stable across them; the shapes are not: since v0.0.40 `state.current`
+    is a list of flags and optional integers are `{"set", "infinite", "number"}` objects;
+    a never-started job's `time.start` is NO_VAL (4294967294) or 0. See `_int`.
+    """
     try:
         doc = json.loads(text)
     except ValueError as exc:
         raise SlurmError(f"sacct --json printed invalid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise SlurmError("sacct --json printed no JSON object")
     errors = doc.get("errors") or []
     if errors:
         raise SlurmError("sacct --json reported: " + "; ".join(_json_error(e) for e in errors))
-    return [_facts_from_json(j) for j in doc.get("jobs", [])]
+    jobs = doc.get("jobs") or []
+    if not isinstance(jobs, list):
+        raise SlurmError("sacct --json: 'jobs' is not a list")
+    out = []
+    for j in jobs:
+        try:
+            out.append(_facts_from_json(j))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            job = j.get("job_id", "?") if isinstance(j, dict) else "?"
+            raise SlurmError(f"sacct --json: job {job}: unexpected shape ({type(exc).__name__}: {exc})") from None
+    return out
+
+
+NO_VAL = 0xFFFFFFFE
+"""Slurm's NO_VAL (4294967294): "not set"; INFINITE is 0xFFFFFFFF. Both mean no value here."""
+
+
+def _int(value: Any) -> int | None:
+    """An integer in any data parser's spelling; None when unset, infinite or NO_VAL.
+
+    v0.0.38: plain int or null. v0.0.39+: `{"set": bool, "infinite": bool, "number": int}`.
+    """
+    if isinstance(value, dict):
+        if not value.get("set", True) or value.get("infinite"):
+            return None
+        value = value.get("number")
+    if value is None or isinstance(value, bool):
+        return None
+    number = int(value)
+    return None if number in (NO_VAL, NO_VAL + 1) else number
+
+
+def _str(value: Any) -> str:
+    """A string field; null (unset) becomes ""."""
+    return "" if value is None else str(value)
+
+
+def _json_state(state: Any) -> str:
+    """`{"current": "COMPLETED"}` (v0.0.38) or `{"current": ["COMPLETED", ...]}` (v0.0.40+) -> COMPLETED."""
+    current = state.get("current", "") if isinstance(state, dict) else state
+    if isinstance(current, list):
+        current = current[0] if current else ""
+    return _str(current)
 
 
 def _json_error(e: Any) -> str:
@@ -462,31 +568,37 @@ def _json_error(e: Any) -> str:
     return str(e)
 
 
+def _json_tres(allocated: Any) -> str:
+    items = []
+    for x in allocated or []:
+        count = _int(x.get("count"))
+        if count is not None:
+            items.append(f"{x['type']}{'/' + x['name'] if x.get('name') else ''}={count}")
+    return ",".join(items)
+
+
 def _facts_from_json(j: dict[str, Any]) -> JobFacts:
     t = j.get("time") or {}
-    tres = ",".join(
-        f"{x['type']}{'/' + x['name'] if x.get('name') else ''}={x['count']}"
-        for x in (j.get("tres") or {}).get("allocated", []) if x.get("count") is not None
-    )
-    cpus, gpus = tres_counts(tres)
+    cpus, gpus = tres_counts(_json_tres((j.get("tres") or {}).get("allocated")))
     comments = j.get("comment") or {}
-    state = j.get("state") or {}
     return _facts(
-        job_id=str(j["job_id"]), display_id=_display_id(j), state=state.get("current", "") if isinstance(state, dict)
-        else str(state), start=t.get("start") or None, end=t.get("end") or None, nodelist=j.get("nodes") or "",
-        cpus=cpus, gpus=gpus, partition=j.get("partition") or "", account=j.get("account") or "",
-        user=j.get("user") or "", cluster=j.get("cluster") or "", admin_comment=comments.get("administrator") or "",
-        system_comment=comments.get("system") or "", comment=comments.get("job") or "",
+        job_id=str(_int(j["job_id"])), display_id=_display_id(j), state=_json_state(j.get("state")),
+        start=_int(t.get("start")) or None, end=_int(t.get("end")) or None, nodelist=_str(j.get("nodes")),
+        cpus=cpus, gpus=gpus, partition=_str(j.get("partition")), account=_str(j.get("account")),
+        user=_str(j.get("user")), cluster=_str(j.get("cluster")), admin_comment=_str(comments.get("administrator")),
+        system_comment=_str(comments.get("system")), comment=_str(comments.get("job")),
     )
 
 
 def _display_id(j: dict[str, Any]) -> str:
     array, het = j.get("array") or {}, j.get("het") or {}
-    if array.get("job_id") and array.get("task_id") is not None:
-        return f"{array['job_id']}_{array['task_id']}"
-    if het.get("job_id") and het.get("job_offset") is not None:
-        return f"{het['job_id']}+{het['job_offset']}"
-    return str(j["job_id"])
+    array_job, task = _int(array.get("job_id")), _int(array.get("task_id"))
+    if array_job and task is not None:
+        return f"{array_job}_{task}"
+    het_job, offset = _int(het.get("job_id")), _int(het.get("job_offset"))
+    if het_job and offset is not None:
+        return f"{het_job}+{offset}"
+    return str(_int(j["job_id"]))
 
 
 def _facts(*, job_id: str, display_id: str, state: str, start: float | None, end: float | None, nodelist: str,

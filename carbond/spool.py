@@ -4,7 +4,7 @@ The epilog writes `<dir>/.<jobid>.<pid>.tmp` and renames it to `<jobid>.job`
 (`<arrayjob>_<task>-<jobid>.job` for an array task; `<base>.<epoch>.<pid>.job` when a record
 of the same job is already waiting). A record is line-oriented text:
 
-    carbond-spool 1
+    carbond-spool 2
     job_id=1239
     array_job_id=1234
     array_task_id=5
@@ -17,7 +17,18 @@ of the same job is already waiting). A record is line-oriented text:
     exit_code=0:0
     cluster=testcl
     epilog_time=1700000000
+    start_time=1699999000
+    end_time=1699999990
+    het_job_id=
+    het_job_offset=
+    sluid=
     end
+
+Version 2 (this epilog) adds the last five keys, empty where Slurm does not set them:
+start_time/end_time (SLURM_JOB_START_TIME/END_TIME, Slurm 23.02+, epoch seconds equal to
+sacct's Start/End), het_job_id/het_job_offset (one record per het job component, as
+SLURM_HET_JOB_ID/OFFSET) and sluid (SLURM_JOB_SLUID, 25.11+). Version 1 records (an older
+epilog, records left in the spool across an upgrade) have none of them and are still read.
 
 The reader is strict and evaluates nothing: an unknown version, an unknown, repeated or
 missing key, a control character, or a missing `end` line rejects the whole file, which then
@@ -40,7 +51,8 @@ from .hostlist import MAX_HOSTS, expand
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2
+"""What the epilog writes; READ_VERSIONS are read."""
 VERSION_LINE = f"carbond-spool {VERSION}"
 END_LINE = "end"
 SUFFIX = ".job"
@@ -65,11 +77,16 @@ KEYS = (
     "cluster",
     "epilog_time",
 )
+"""Version 1's keys, in order."""
+KEYS_V2 = (*KEYS, "start_time", "end_time", "het_job_id", "het_job_offset", "sluid")
+"""Version 2's keys, in order: version 1's, then what newer Slurm hands the epilog."""
+READ_VERSIONS = {"carbond-spool 1": KEYS, "carbond-spool 2": KEYS_V2}
 
 _DIGITS = re.compile(r"[0-9]{1,20}")
 _EXIT = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CPUS_ITEM = re.compile(r"([0-9]{1,9})(?:\(x([0-9]{1,9})\))?")
+_SLUID = re.compile(r"[A-Za-z0-9]{1,32}")
 _NAME = re.compile(r"(?:([0-9]+)_([0-9]+)-)?([0-9]+)(?:\.[0-9]+\.[0-9]+)?\.job")
 
 
@@ -98,6 +115,16 @@ class SpoolRecord:
     path: str
     inode: int = field(default=0, compare=False, repr=False)
     """Inode read, so ack() never removes a newer file that took the same name."""
+    start_time: int | None = None
+    """SLURM_JOB_START_TIME (23.02+): sacct's Start, known before slurmdbd has it; None if unset."""
+    end_time: int | None = None
+    """SLURM_JOB_END_TIME (23.02+): sacct's End; None if unset (22.05, version 1 records)."""
+    het_job_id: str = ""
+    """SLURM_HET_JOB_ID for a het job component (its leader's raw id), "" otherwise."""
+    het_job_offset: str = ""
+    sluid: str = ""
+    """SLURM_JOB_SLUID (25.11+), the cluster-unique job id; "" where unset."""
+    version: int = 1
 
     @property
     def job_id_key(self) -> str:
@@ -113,6 +140,8 @@ class SpoolRecord:
         """The id users see: `1234_5` for an array task, else the raw id."""
         if self.array_job_id:
             return f"{self.array_job_id}_{self.array_task_id}"
+        if self.het_job_id:
+            return f"{self.het_job_id}+{self.het_job_offset}"
         return self.job_id
 
     @property
@@ -168,42 +197,48 @@ def parse_record(data: bytes, path: str, mtime: float = 0.0, inode: int = 0) -> 
     if not text.endswith("\n"):
         raise JobInputError(f"{where}: truncated (no final newline)")
     lines = text[:-1].split("\n")
-    if lines[0] != VERSION_LINE:
+    keys = READ_VERSIONS.get(lines[0])
+    if keys is None:
         if lines[0].startswith("carbond-spool "):
             raise JobInputError(f"{where}: unknown version {lines[0][:40]!r}")
         raise JobInputError(f"{where}: not a carbond spool record")
     if len(lines) < 2 or lines[-1] != END_LINE:
         raise JobInputError(f"{where}: truncated (no 'end' line)")
-    values = _read_pairs(lines[1:-1], where)
-    return _build(values, path, mtime, inode, where)
+    values = _read_pairs(lines[1:-1], where, keys)
+    return _build(values, path, mtime, inode, where, int(lines[0].rpartition(" ")[2]))
 
 
-def _read_pairs(lines: list[str], where: str) -> dict[str, str]:
+def _read_pairs(lines: list[str], where: str, keys: tuple[str, ...] = KEYS) -> dict[str, str]:
     values: dict[str, str] = {}
     for no, line in enumerate(lines, start=2):
         key, sep, value = line.partition("=")
-        if not sep or key not in KEYS:
+        if not sep or key not in keys:
             raise JobInputError(f"{where}: line {no}: unknown key {key[:40]!r}")
         if key in values:
             raise JobInputError(f"{where}: line {no}: repeated key {key!r}")
         if _CONTROL.search(value):
             raise JobInputError(f"{where}: line {no}: control character in {key}")
         values[key] = value
-    missing = [k for k in KEYS if k not in values]
+    missing = [k for k in keys if k not in values]
     if missing:
         raise JobInputError(f"{where}: missing keys {', '.join(missing)}")
     return values
 
 
-def _build(v: dict[str, str], path: str, mtime: float, inode: int, where: str) -> SpoolRecord:
+def _build(v: dict[str, str], path: str, mtime: float, inode: int, where: str, version: int = 1) -> SpoolRecord:
     if not _DIGITS.fullmatch(v["job_id"]) or int(v["job_id"]) == 0:
         raise JobInputError(f"{where}: job_id {v['job_id'][:40]!r} is not a job id")
-    array_ok = all(_DIGITS.fullmatch(v[k]) for k in ("array_job_id", "array_task_id"))
-    if not array_ok and (v["array_job_id"] or v["array_task_id"]):
-        raise JobInputError(f"{where}: bad array ids {v['array_job_id'][:20]!r}_{v['array_task_id'][:20]!r}")
-    for key, pattern in (("uid", _DIGITS), ("exit_code", _EXIT), ("epilog_time", _DIGITS)):
-        if v[key] and not pattern.fullmatch(v[key]):
+    _check_pair(v, "array_job_id", "array_task_id", "array ids", where)
+    _check_pair(v, "het_job_id", "het_job_offset", "het job ids", where)
+    if v.get("array_job_id") and v.get("het_job_id"):
+        raise JobInputError(f"{where}: both array and het job ids")
+    for key, pattern in (("uid", _DIGITS), ("exit_code", _EXIT), ("epilog_time", _DIGITS), ("start_time", _DIGITS),
+                         ("end_time", _DIGITS), ("sluid", _SLUID)):
+        if v.get(key) and not pattern.fullmatch(v[key]):
             raise JobInputError(f"{where}: bad {key} {v[key][:40]!r}")
+    start, end = (int(v[k]) if v.get(k) else None for k in ("start_time", "end_time"))
+    if start is not None and end is not None and end < start:
+        raise JobInputError(f"{where}: end_time {end} before start_time {start}")
     _check_nodes(v["nodes"], v["cpus_per_node"], where)
     return SpoolRecord(
         job_id=v["job_id"],
@@ -220,7 +255,20 @@ def _build(v: dict[str, str], path: str, mtime: float, inode: int, where: str) -
         epilog_time=int(v["epilog_time"]) if v["epilog_time"] else int(mtime),
         path=path,
         inode=inode,
+        start_time=start,
+        end_time=end,
+        het_job_id=v.get("het_job_id", ""),
+        het_job_offset=v.get("het_job_offset", ""),
+        sluid=v.get("sluid", ""),
+        version=version,
     )
+
+
+def _check_pair(v: dict[str, str], first: str, second: str, what: str, where: str) -> None:
+    """Two ids that come together (array job and task, het job and offset): both digits, or both empty."""
+    a, b = v.get(first, ""), v.get(second, "")
+    if (a or b) and not (_DIGITS.fullmatch(a) and _DIGITS.fullmatch(b)):
+        raise JobInputError(f"{where}: bad {what} {a[:20]!r}, {b[:20]!r}")
 
 
 def _check_nodes(nodes: str, cpus: str, where: str) -> None:

@@ -6,7 +6,9 @@ run` with a real NOTIFY_SOCKET, so READY/WATCHDOG/STATUS are observed as systemd
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -32,10 +34,11 @@ def free_port() -> int:
 
 class CarbondStack:
     def __init__(self, slurm, vm_url: str, workdir: Path, settle: float = 20.0, feed_interval: float = 1.0,
-                 extra_config: str = "", slurm_extra: str = "", bin_dir: str = "/usr/bin",
-                 state_dir: Path | None = None) -> None:
+                 extra_config: str = "", slurm_extra: str = "", bin_dir: str | None = None,
+                 state_dir: Path | None = None, user: str | None = None) -> None:
         """`slurm_extra`: more lines (2-space indented) for the config's `slurm:` block; `bin_dir`:
-        where sacct, sacctmgr, squeue, scontrol and sinfo are (a directory of fault wrappers)."""
+        where sacct, sacctmgr, squeue, scontrol and sinfo are (a directory of fault wrappers;
+        default: the testbed's own clients)."""
         self.slurm = slurm
         self.vm_url = vm_url
         self.dir = Path(workdir)
@@ -43,6 +46,10 @@ class CarbondStack:
         self.state_dir = Path(state_dir) if state_dir else self.dir / "state"
         self.port = free_port()
         self.config = self.dir / "carbond.yaml"
+
+        def client(name: str) -> str:
+            return f"{bin_dir}/{name}" if bin_dir else slurm.bin(name)
+
         self.config.write_text(
             f"cluster: {slurm.env.get('CLUSTER', 'testcl')}\n"
             f"state_dir: {self.state_dir}\n"
@@ -52,7 +59,7 @@ class CarbondStack:
             "intensity:\n  provider: constant\n  value: 200\n"
             "nodes:\n  - match: n[1-3]\n    cpus: 2\n    idle_watts: 100\n    max_watts: 300\n"
             f"metrics:\n  listen: 127.0.0.1:{self.port}\n"
-            f"slurm:\n  sacct: {bin_dir}/sacct\n  sacctmgr: {bin_dir}/sacctmgr\n"
+            f"slurm:\n  sacct: {client('sacct')}\n  sacctmgr: {client('sacctmgr')}\n"
             + ("" if "retry_seconds" in slurm_extra else "  retry_seconds: 600\n")
             # Reconciliation would account every job other tests ran in the last hour: only where asked.
             + ("" if "reconcile_seconds" in slurm_extra else "  reconcile_seconds: 0\n")
@@ -65,6 +72,12 @@ class CarbondStack:
         self.notify_sock: socket.socket | None = None
         self.notifications: list[str] = []
         self.log = self.dir / "carbond.log"
+        self.user = user
+        """Run the daemon as this user (its primary group); its directory must be reachable by it."""
+        if user:
+            self.state_dir.mkdir(exist_ok=True)
+            shutil.chown(self.state_dir, user, user)
+            shutil.chown(self.dir, user, user)
 
     # ---- processes --------------------------------------------------------------------------
 
@@ -89,12 +102,15 @@ class CarbondStack:
             if os.path.exists(self.notify_path):
                 os.unlink(self.notify_path)
             self.notify_sock.bind(self.notify_path)
+            if self.user:
+                os.chmod(self.notify_path, 0o777)
             self.notify_sock.settimeout(0.2)
             threading.Thread(target=self._drain_forever, daemon=True).start()
         seen = len(self.notifications)
         self.proc = subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", "carbond", "--config", str(self.config), "run"],
             env=self.env(), stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, cwd=self.dir,
+            user=self.user, group=self.user,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -184,3 +200,32 @@ class CarbondStack:
     def ledger_rows(self) -> list[tuple]:
         with sqlite3.connect(self.state_dir / "ledger.sqlite") as db:
             return db.execute("SELECT job_id, state, energy_j, co2e_g FROM jobs").fetchall()
+
+
+@contextlib.contextmanager
+def running_stack(slurm, vm_url: str, workdir: Path, **kwargs):
+    """A started CarbondStack (feeder every second, daemon READY), closed on exit."""
+    stack = CarbondStack(slurm, vm_url, workdir, **kwargs)
+    try:
+        stack.start_feeder(1.0)
+        stack.start()
+        yield stack
+    finally:
+        stack.close()
+
+
+@contextlib.contextmanager
+def stopped(service):
+    """carbond or VictoriaMetrics down for the duration of the block, back up after it."""
+    service.stop()
+    try:
+        yield
+    finally:
+        service.start()
+
+
+def ended(slurm, job_id: str, timeout: float = 60.0) -> None:
+    """The job is over for slurmctld and slurmdbd alike (sacct lags slurmctld by a moment)."""
+    slurm.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=timeout)
+    slurm.wait_sacct(job_id, ["State", "End"],
+                     lambda r: r["End"].isdigit() and r["State"] not in ("RUNNING", "PENDING", "COMPLETING"))

@@ -2,6 +2,10 @@
 
 The testbed (munge, MariaDB, slurmdbd, slurmctld, slurmd n1..n3) lives in $CARBOND_TESTBED_DIR
 (default /tmp/carbond-testbed) and is reused if already up, so repeated runs start in a second.
+$CARBOND_SLURM picks the Slurm series: `host` (default: Debian 12's 22.05), or a Debian suite
+from SUITES (trixie: 24.11, sid: 26.05), run from a root that scripts/debian-root builds once
+under $CARBOND_ROOTS (default /var/cache/carbond/roots); `make test` runs the Slurm tests once
+per series. Commands go to that series' clients (SlurmTestbed.bin, first on the env's PATH).
 Several pytest sessions may share it at once: each holds a lease (DIR/leases/<pid>) and the
 last one to leave stops it, only if a test session started it and $CARBOND_TESTBED_KEEP was not 1.
 A testbed that fails to start is a fixture *error* carrying the daemons' log tail, never a
@@ -27,6 +31,50 @@ DEFAULT_DIR = "/tmp/carbond-testbed"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DELIM = "\x1f"  # sacct field delimiter no job name or comment will contain by accident
 START_TIMEOUT = 300.0
+DEBIAN_ROOT = REPO / "scripts" / "debian-root"
+DEFAULT_ROOTS = "/var/cache/carbond/roots"
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A Slurm series as Debian ships it, and how the testbed must run it."""
+
+    name: str
+    series: str
+    """Slurm series expected from this suite (sid moves: the testbed reports the real one)."""
+    db: str = "root"
+    """Where MariaDB runs: `root`, or `host` where the root's server and Slurm disagree."""
+
+
+SUITES = {
+    "host": Suite("host", "22.05"),
+    "trixie": Suite("trixie", "24.11"),
+    # sid's slurmdbd 26.05.5 fails its first query against sid's MariaDB 11.8.9 (error 5027,
+    # "Number of columns in result (=1) set execeeds maximum allowed number of columns (=0)")
+    # and works against the host's MariaDB 10.11 (see scripts/slurm-testbed).
+    "sid": Suite("sid", "26.05", db="host"),
+}
+
+
+def selected_suite() -> Suite:
+    name = os.environ.get("CARBOND_SLURM") or "host"
+    if name not in SUITES:
+        raise RuntimeError(f"CARBOND_SLURM={name!r}: known suites are {', '.join(SUITES)}")
+    return SUITES[name]
+
+
+def root_for(suite: Suite, timeout: float = 1800.0) -> str | None:
+    """The suite's Debian root (built by scripts/debian-root if missing); None for the host."""
+    if suite.name == "host":
+        return None
+    roots = os.environ.get("CARBOND_ROOTS") or DEFAULT_ROOTS
+    proc = subprocess.run(  # noqa: S603 - fixed argument list, no shell
+        [str(DEBIAN_ROOT), suite.name, roots], env=_base_env({}), capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{DEBIAN_ROOT} {suite.name} {roots} failed with exit {proc.returncode}:\n{proc.stderr}")
+    return proc.stdout.strip().splitlines()[-1]
 
 
 class SlurmCommandError(AssertionError):
@@ -34,11 +82,18 @@ class SlurmCommandError(AssertionError):
 
 
 def _base_env(exports: Mapping[str, str]) -> dict[str, str]:
-    """The caller's environment without stray SLURM_* (we may run inside a job), plus the testbed's."""
+    """The caller's environment without stray SLURM_* (we may run inside a job), plus the testbed's.
+
+    The testbed's client directory (CARBOND_SLURM_BIN) comes first on PATH, so `sacct` is the
+    testbed series' sacct.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     path = env.get("PATH", "")
     env["PATH"] = f"{path}:{SYSTEM_PATH}" if path else SYSTEM_PATH
     env.update(exports)
+    bin_dir = exports.get("CARBOND_SLURM_BIN")
+    if bin_dir and bin_dir != "/usr/bin":
+        env["PATH"] = f"{bin_dir}:{env['PATH']}"
     return env
 
 
@@ -64,12 +119,19 @@ class SlurmTestbed:
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    def start(cls, directory: Path, timeout: float = START_TIMEOUT) -> SlurmTestbed:
-        """Start (or join) the testbed in `directory`; raises RuntimeError with the log tail."""
+    def start(cls, directory: Path, timeout: float = START_TIMEOUT, root: str | None = None,
+              db: str = "root", slurm_user: str = "root") -> SlurmTestbed:
+        """Start (or join) the testbed in `directory`, of `root`'s Slurm if given (else the host's).
+
+        slurm_user="slurm": SlurmUser=slurm and an Operator `carbond` user (host mode only).
+        Raises RuntimeError with the log tail.
+        """
         t0 = time.monotonic()
+        extra = {"SLURM_TESTBED_ROOT": root, "SLURM_TESTBED_DB": db} if root else {}
+        extra["SLURM_TESTBED_USER"] = slurm_user
         proc = subprocess.run(  # noqa: S603 - fixed argument list, no shell
             [str(TESTBED), "start", str(directory)],
-            env=_base_env({}),
+            env={**_base_env({}), **extra},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -106,6 +168,15 @@ class SlurmTestbed:
     @property
     def conf(self) -> Path:
         return Path(self.env["SLURM_CONF"])
+
+    @property
+    def version(self) -> tuple[int, ...]:
+        """The running series, e.g. (24, 11, 5)."""
+        return tuple(int(x) for x in self.env.get("CARBOND_SLURM_VERSION", "0").split("."))
+
+    def bin(self, command: str) -> str:
+        """Absolute path of a Slurm client of this testbed's series (`sacct`, `sacctmgr`, ...)."""
+        return os.path.join(self.env.get("CARBOND_SLURM_BIN") or "/usr/bin", command)
 
     def log_tail(self, name: str = "slurmctld", lines: int = 30) -> str:
         """Last lines of DIR/log/<name>.log, for failure messages."""
@@ -264,10 +335,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def acquire(directory: Path) -> SlurmTestbed:
-    """Start or join the testbed and take a lease on it for this process."""
+def acquire(directory: Path, suite: Suite | None = None, slurm_user: str = "root") -> SlurmTestbed:
+    """Start or join the testbed (of `suite`, default $CARBOND_SLURM) and take a lease on it."""
+    suite = suite or selected_suite()
+    root = root_for(suite)
     with _lease_lock(directory) as leases:
-        testbed = SlurmTestbed.start(directory)
+        testbed = SlurmTestbed.start(directory, root=root, db=suite.db, slurm_user=slurm_user)
         if testbed.started and os.environ.get("CARBOND_TESTBED_KEEP") != "1":
             (leases / "started-by-tests").touch()
         (leases / str(os.getpid())).touch()
@@ -299,3 +372,9 @@ def slurm() -> Iterator[SlurmTestbed]:
         yield testbed
     finally:
         release(testbed)
+
+
+def pytest_report_header(config) -> str:
+    suite = selected_suite()
+    where = os.environ.get("CARBOND_TESTBED_DIR") or DEFAULT_DIR
+    return f"slurm testbed: CARBOND_SLURM={suite.name} (Slurm {suite.series} expected) in {where}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import subprocess
@@ -11,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from carbond_stack import CarbondStack
+from carbond_stack import ended, running_stack, stopped
 
 from carbond.config import SlurmConfig
 from carbond.slurm import SlurmIO
@@ -22,32 +21,12 @@ pytestmark = [pytest.mark.slurm, pytest.mark.vm]
 
 @pytest.fixture(scope="module")
 def stack(slurm, vm, tmp_path_factory):
-    s = CarbondStack(slurm, vm.url, tmp_path_factory.mktemp("carbond"))
-    s.start_feeder(1.0)
-    s.start()
-    yield s
-    s.close()
-
-
-@contextlib.contextmanager
-def stopped(service):
-    """carbond or VictoriaMetrics down for the duration of the block, back up after it."""
-    service.stop()
-    try:
-        yield
-    finally:
-        service.start()
-
-
-def ended(slurm, job_id: str, timeout: float = 60.0) -> None:
-    """The job is over for slurmctld and slurmdbd alike (sacct lags slurmctld by a moment)."""
-    slurm.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=timeout)
-    slurm.wait_sacct(job_id, ["State", "End"],
-                     lambda r: r["End"].isdigit() and r["State"] not in ("RUNNING", "PENDING", "COMPLETING"))
+    with running_stack(slurm, vm.url, tmp_path_factory.mktemp("carbond")) as s:
+        yield s
 
 
 def facts(slurm, job_id):
-    io = SlurmIO(SlurmConfig(sacct="/usr/bin/sacct", sacctmgr="/usr/bin/sacctmgr"), env=slurm.env)
+    io = SlurmIO(SlurmConfig(sacct=slurm.bin("sacct"), sacctmgr=slurm.bin("sacctmgr")), env=slurm.env)
     return io.read_jobs([job_id])[job_id]
 
 

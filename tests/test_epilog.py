@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from carbond.spool import KEYS, read_record
+from carbond.spool import KEYS_V2, read_record
 
 EPILOG = Path(__file__).resolve().parent.parent / "epilog" / "carbond-epilog"
 SHELLS = [s for s in ("dash", "bash") if shutil.which(s)]
-FAST = 0.2  # seconds; the real figure (a few ms) comes from bench/bench_epilog.py
+FAST = 0.5  # seconds: a bound for a hang, not a speed test (2 shared cores); the real figure (a few ms) is bench/bench_epilog.py
 
 BASE = {
     "SLURM_SCRIPT_CONTEXT": "epilog_slurmctld",
@@ -125,7 +125,8 @@ def test_record_round_trips_through_the_strict_reader(spool, syslog, shell):
     assert abs(rec.epilog_time - time.time()) < 5
     assert rec.hosts() == ("n1", "n2", "n3") and rec.cpus() == [2, 1, 1]
     text = path.read_text()
-    assert text.splitlines()[0] == "carbond-spool 1"
+    assert text.splitlines()[0] == "carbond-spool 2"
+    assert (rec.version, rec.start_time, rec.end_time, rec.het_job_id, rec.sluid) == (2, None, None, "", "")
     for word in ("my job", "a comment", "/home/alice"):
         assert word not in text
     assert not [p for p in spool.iterdir() if p.name.startswith(".")], "temp file left behind"
@@ -141,6 +142,26 @@ def test_array_task_keeps_raw_id_and_display_id(spool):
     assert path.name == "1234_6-1240.job"
     rec = read_record(str(path))
     assert (rec.job_id_key, rec.display_id) == ("1240", "1234_6")
+
+
+def test_newer_slurm_times_het_ids_and_sluid_are_recorded(spool):
+    """What Slurm 24.11/26.05 hand EpilogSlurmctld (seen on the real testbeds)."""
+    env = dict(BASE, SLURM_JOB_ID="10", SLURM_JOB_START_TIME="1795325865", SLURM_JOB_END_TIME="1795325867",
+               SLURM_HET_JOB_ID="9", SLURM_HET_JOB_OFFSET="1", SLURM_JOB_SLUID="s27NM80W5BNS00")
+    assert run(env, spool)[0].returncode == 0
+    (path,) = records(spool)
+    rec = read_record(str(path))
+    assert (rec.start_time, rec.end_time, rec.sluid, rec.version) == (1795325865, 1795325867, "s27NM80W5BNS00", 2)
+    assert (rec.job_id_key, rec.display_id, rec.het_job_id, rec.het_job_offset) == ("10", "9+1", "9", "1")
+
+
+def test_partial_pairs_are_dropped(spool):
+    run(dict(BASE, SLURM_JOB_ID="1", SLURM_HET_JOB_ID="9"), spool)  # no offset
+    run(dict(BASE, SLURM_JOB_ID="2", SLURM_HET_JOB_ID="9", SLURM_HET_JOB_OFFSET="1", SLURM_ARRAY_JOB_ID="2",
+             SLURM_ARRAY_TASK_ID="3"), spool)  # never both: the array wins, as sacct's JobID does
+    recs = {r.job_id: r for r in (read_record(str(p)) for p in records(spool))}
+    assert (recs["1"].het_job_id, recs["1"].display_id) == ("", "1")
+    assert (recs["2"].het_job_id, recs["2"].display_id) == ("", "2_3")
 
 
 def test_wait_status_and_exit_code2(spool):
@@ -188,6 +209,11 @@ FIELD_OF = {
     "SLURM_CLUSTER_NAME": "cluster",
     "SLURM_ARRAY_JOB_ID": "array_job_id",
     "SLURM_ARRAY_TASK_ID": "array_task_id",
+    "SLURM_JOB_START_TIME": "start_time",
+    "SLURM_JOB_END_TIME": "end_time",
+    "SLURM_HET_JOB_ID": "het_job_id",
+    "SLURM_HET_JOB_OFFSET": "het_job_offset",
+    "SLURM_JOB_SLUID": "sluid",
     "SLURM_JOB_NAME": None,
     "SLURM_JOB_COMMENT": None,
     "SLURM_JOB_WORK_DIR": None,
@@ -226,7 +252,7 @@ def test_hostile_values_never_execute_nor_break_the_record(work, spool, var, she
             assert rec.exit_code == "1:0"  # falls back to the wait status
         elif field is not None:
             assert getattr(rec, field) in ("", None)  # structured: dropped, sacct has the fact
-        assert len(path.read_text().splitlines()) == len(KEYS) + 2
+        assert len(path.read_text().splitlines()) == len(KEYS_V2) + 2
 
 
 def test_free_text_is_kept_but_stripped_and_capped(spool):

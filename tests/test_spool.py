@@ -260,3 +260,37 @@ def test_read_record_file(spool):
     rec = read_record(str(path))
     assert rec.inode == path.stat().st_ino and rec.path == str(path)
     assert len(KEYS) == len(GOOD)
+
+
+V2 = {"start_time": "1699999000", "end_time": "1699999990", "het_job_id": "", "het_job_offset": "", "sluid": ""}
+
+
+def test_version_2_record_adds_times_het_ids_and_sluid():
+    rec = parse_record(record_text(dict(GOOD, **V2), head="carbond-spool 2").encode(), "/s/9.job")
+    assert (rec.version, rec.start_time, rec.end_time, rec.sluid) == (2, 1699999000, 1699999990, "")
+    het = parse_record(record_text(dict(GOOD, array_job_id="", array_task_id="", **dict(
+        V2, het_job_id="311", het_job_offset="1", sluid="s27NM80W5BNS00")), head="carbond-spool 2").encode(), "/s/312.job")
+    assert (het.display_id, het.het_job_id, het.het_job_offset, het.sluid) == ("311+1", "311", "1", "s27NM80W5BNS00")
+    empty = parse_record(record_text(dict(GOOD, **dict(V2, start_time="", end_time="")), head="carbond-spool 2").encode(),
+                         "/s/9.job")
+    assert (empty.start_time, empty.end_time) == (None, None)
+
+
+def test_version_1_record_is_still_read_and_has_no_times():
+    rec = parse_record(record_text().encode(), "/s/9.job")
+    assert (rec.version, rec.start_time, rec.end_time, rec.het_job_id, rec.sluid) == (1, None, None, "", "")
+
+
+@pytest.mark.parametrize(("changes", "head", "message"), [
+    (V2, "carbond-spool 1", "unknown key"),  # v2 keys under a v1 header
+    ({}, "carbond-spool 2", "missing keys start_time"),  # a v2 header needs every v2 key
+    (dict(V2, end_time="1699998000"), "carbond-spool 2", "before start_time"),
+    (dict(V2, het_job_id="311"), "carbond-spool 2", "bad het job ids"),
+    (dict(V2, het_job_id="311", het_job_offset="1"), "carbond-spool 2", "both array and het"),
+    (dict(V2, sluid="s27-NM"), "carbond-spool 2", "bad sluid"),
+    (dict(V2, start_time="soon"), "carbond-spool 2", "bad start_time"),
+])
+def test_version_2_is_as_strict_as_version_1(changes, head, message):
+    with pytest.raises(JobInputError, match=message):
+        parse_record(record_text(dict(GOOD, **changes), head=head).encode(), "/s/9.job")
+
