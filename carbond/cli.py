@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--write", action="store_true", help="write the tokens (default: only show)")
     bf.add_argument("--json", action="store_true")
 
+    from . import estimate, summary
+
+    summary.add_parser(sub, common)
+    estimate.add_parser(sub, common)
+
     chk = sub.add_parser("check-config", parents=[common], help="validate the config and exit")
     chk.set_defaults(command="check-config")
     return p
@@ -86,6 +91,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .backfill import backfill
 
         return backfill(cfg, args.start, args.end, write=args.write, as_json=args.json)
+    if args.command == "report":
+        from .summary import run as report_run
+
+        return report_run(args, cfg)
+    if args.command == "estimate":
+        from .estimate import run as estimate_run
+
+        return estimate_run(args, cfg)
     raise AssertionError(args.command)
 
 

@@ -1,0 +1,162 @@
+"""What the ledger keeps beyond the counted totals, for `carbond report` and `carbond estimate`.
+
+The jobs table gains columns by `ALTER TABLE ADD COLUMN` where they are missing, so this works
+on a ledger of any age and beside other schema changes (a column someone else already added
+is left as it is). Unattributed node energy lives in a table of its own, one row per node and
+UTC half-hour. Rows recorded before the migration keep NULLs; the report reads them as
+"measured, all operational, no GPUs".
+
+The daemon calls `record_details(ledger.path, ledger.cluster, [Details.of(job, fp, cls)])` right
+after `Ledger.record_many` for the jobs it counted (a second connection to the WAL database).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+
+from .ledger import FILENAME, LedgerError
+
+COLUMNS = {
+    "start_time": "REAL",
+    "operational_g": "REAL",
+    "embodied_g": "REAL",
+    "method": "TEXT",
+    "coverage": "REAL",
+    "node_class": "TEXT",
+    "cpus": "REAL",
+    "gpus": "REAL",
+    "gpu_energy_j": "REAL",
+    "intensity_kind": "TEXT",
+    "forecast_energy_j": "REAL",
+}
+"""Column -> SQL type added to `jobs`; every one nullable."""
+
+_UNATTRIBUTED = """
+CREATE TABLE IF NOT EXISTS unattributed (
+    cluster    TEXT NOT NULL,
+    node       TEXT NOT NULL,
+    slot       INTEGER NOT NULL,
+    partition  TEXT NOT NULL DEFAULT '',
+    node_class TEXT NOT NULL DEFAULT '',
+    energy_j   REAL NOT NULL,
+    PRIMARY KEY (cluster, node, slot)
+) WITHOUT ROWID;
+"""
+
+
+def migrate(db: sqlite3.Connection) -> list[str]:
+    """Add the missing columns and the unattributed table; the columns added (none: up to date)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    if not have:
+        raise LedgerError("the ledger has no jobs table yet (open it with carbond.ledger.Ledger first)")
+    added = []
+    for name, sqltype in COLUMNS.items():
+        if name in have:
+            continue
+        try:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {sqltype}")
+            added.append(name)
+        except sqlite3.OperationalError as exc:  # another process added it meanwhile
+            if "duplicate column" not in str(exc):
+                raise
+    db.executescript(_UNATTRIBUTED)
+    return added
+
+
+def connect(state_dir: str | Path, readonly: bool = False) -> sqlite3.Connection:
+    """A connection to the ledger in `state_dir`, migrated unless `readonly`."""
+    path = Path(state_dir) / FILENAME
+    if readonly and not path.exists():
+        raise LedgerError(f"no ledger at {path}: the daemon has not accounted any job here yet")
+    try:
+        uri = f"file:{path}?mode=ro" if readonly else str(path)
+        db = sqlite3.connect(uri, uri=readonly, timeout=30, isolation_level=None)
+        if not readonly:
+            migrate(db)
+        return db
+    except sqlite3.Error as exc:
+        raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
+
+
+def present(db: sqlite3.Connection) -> set[str]:
+    return {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+
+
+@dataclass(frozen=True)
+class Details:
+    """One counted job's breakdown, as the report and the estimator need it."""
+
+    job_id: str
+    start_time: float | None = None
+    operational_g: float | None = None
+    embodied_g: float | None = None
+    method: str | None = None
+    coverage: float | None = None
+    node_class: str | None = None
+    cpus: float | None = None
+    gpus: float | None = None
+    gpu_energy_j: float | None = None
+    intensity_kind: str | None = None
+    forecast_energy_j: float | None = None
+
+    @classmethod
+    def of(cls, job: object, fp: object, node_class: str | None = None, gpu_energy_j: float | None = None) -> Details:
+        """From a carbond.jobs.Job and its JobFootprint (status ok)."""
+        periods = getattr(fp, "periods", ())
+        fc = sum(p.energy_kwh or 0.0 for p in periods if p.intensity_kind.startswith("forecast")) * 3.6e6
+        kinds = {p.intensity_kind.removesuffix("-stale") for p in periods}
+        return cls(
+            job_id=str(getattr(job, "job_id", "")),
+            start_time=getattr(job, "start", None),
+            operational_g=getattr(fp, "operational_g", None),
+            embodied_g=getattr(fp, "embodied_g", None),
+            method=getattr(fp, "method", None),
+            coverage=getattr(fp, "coverage", None),
+            node_class=node_class,
+            cpus=float(sum(getattr(job, "cpus", ()) or ())) or None,
+            gpus=float(getattr(job, "gpus", 0) or 0),
+            gpu_energy_j=gpu_energy_j,
+            intensity_kind=kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else None),
+            forecast_energy_j=fc,
+        )
+
+
+def record_details(state_dir_or_db: str | Path | sqlite3.Connection, cluster: str, details: Iterable[Details]) -> int:
+    """Fill the breakdown of jobs already in the ledger (one transaction); rows updated."""
+    db = state_dir_or_db if isinstance(state_dir_or_db, sqlite3.Connection) else None
+    own = db is None
+    if own:
+        p = Path(state_dir_or_db)  # type: ignore[arg-type]
+        db = connect(p.parent if p.name == FILENAME else p)
+    names = [f.name for f in fields(Details)][1:]
+    q = f"UPDATE jobs SET {', '.join(f'{n}=?' for n in names)} WHERE cluster=? AND job_id=?"
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        n = 0
+        for d in details:
+            values = astuple(d)
+            n += db.execute(q, (*values[1:], cluster, values[0])).rowcount
+        db.execute("COMMIT")
+        return n
+    except sqlite3.Error as exc:
+        db.execute("ROLLBACK")
+        raise LedgerError(f"cannot write job details to the ledger: {exc}") from None
+    finally:
+        if own:
+            db.close()
+
+
+def record_unattributed(db: sqlite3.Connection, cluster: str,
+                        rows: Iterable[tuple[str, int, str, str, float]]) -> None:
+    """(node, slot, partition, node_class, joules) per node and half-hour; a re-run replaces."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.executemany("INSERT OR REPLACE INTO unattributed VALUES (?, ?, ?, ?, ?, ?)",
+                       ((cluster, *r) for r in rows))
+        db.execute("COMMIT")
+    except sqlite3.Error as exc:
+        db.execute("ROLLBACK")
+        raise LedgerError(f"cannot write unattributed energy to the ledger: {exc}") from None

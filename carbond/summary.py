@@ -1,0 +1,187 @@
+"""`carbond report`: totals from the ledger alone, grouped as a site asks for them, in one SQL pass.
+
+No Slurm and no VictoriaMetrics: every figure was fixed when the job was counted. Scope 2
+(operational: energy x grid intensity x PUE) and Scope 3 (embodied) stay apart; `measured_share`
+is the energy-weighted fraction of node time that was measured; `forecast_share` the fraction
+of energy priced at a forecast rather than an actual intensity. Energy no job carries (idle and
+unallocated node time) is reported per node class, partition, day or month, and as one
+`(unattributed)` line when grouping by account or user, where it belongs to nobody.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TextIO
+
+from .errors import JobInputError
+from .ledger import COUNTED
+from .ledger_columns import present
+
+J_PER_KWH = 3.6e6
+GROUPS = {
+    "account": "account",
+    "user": "user",
+    "partition": "partition",
+    "node_class": "COALESCE(node_class, '')",
+    "day": "strftime('%Y-%m-%d', end_time, 'unixepoch')",
+    "month": "strftime('%Y-%m', end_time, 'unixepoch')",
+}
+UNATTRIBUTED_GROUPS = {
+    "partition": "partition",
+    "node_class": "node_class",
+    "day": "strftime('%Y-%m-%d', slot, 'unixepoch')",
+    "month": "strftime('%Y-%m', slot, 'unixepoch')",
+}
+UNATTRIBUTED = "(unattributed)"
+
+
+@dataclass(frozen=True)
+class Line:
+    group: tuple[str, ...]
+    jobs: int
+    energy_kwh: float
+    co2e_g: float
+    operational_g: float
+    """Scope 2."""
+    embodied_g: float
+    """Scope 3."""
+    gpu_energy_kwh: float
+    unattributed_kwh: float
+    measured_share: float | None
+    forecast_share: float | None
+    intensity_g_per_kwh: float | None
+    """Operational grams per kWh of job energy (PUE included)."""
+
+
+def parse_groups(by: str) -> list[str]:
+    keys = [k.strip() for k in by.split(",") if k.strip()]
+    bad = [k for k in keys if k not in GROUPS]
+    if bad or not keys:
+        raise JobInputError(f"--by: unknown grouping {', '.join(bad) or '(none)'}; valid: {', '.join(GROUPS)}")
+    return keys
+
+
+def totals(db: sqlite3.Connection, cluster: str, by: Sequence[str], start: float | None = None,
+           end: float | None = None) -> list[Line]:
+    """One line per group (jobs that ended in [start, end)), sorted by group, plus unattributed energy."""
+    cols = present(db)
+
+    def col(name: str, default: str = "NULL") -> str:
+        return name if name in cols else default
+
+    cov = f"COALESCE({col('coverage')}, CASE {col('method')} WHEN 'estimated' THEN 0.0 ELSE 1.0 END)"
+    emb = f"COALESCE({col('embodied_g')}, 0.0)"
+    op = f"COALESCE({col('operational_g')}, co2e_g - {emb})"
+    keys = [GROUPS[k] if (k != "node_class" or "node_class" in cols) else "''" for k in by]
+    where, args = _range("end_time", cluster, start, end)
+    q = (f"SELECT {', '.join(keys)}, COUNT(*), SUM(energy_j), SUM(co2e_g), SUM({op}), SUM({emb}), "
+         f"SUM(COALESCE({col('gpu_energy_j')}, 0.0)), SUM(energy_j * {cov}), "
+         f"SUM(COALESCE({col('forecast_energy_j')}, 0.0)) FROM jobs "
+         f"WHERE {where} AND state IN ({', '.join('?' * len(COUNTED))}) GROUP BY {', '.join(keys)}")
+    rows = db.execute(q, (*args, *COUNTED)).fetchall()
+    n = len(by)
+    out: dict[tuple[str, ...], Line] = {}
+    for r in rows:
+        g = tuple("" if v is None else str(v) for v in r[:n])
+        jobs, ej, co2, opg, embg, gpuj, measj, fcj = r[n:]
+        out[g] = Line(g, jobs, ej / J_PER_KWH, co2, opg, embg, gpuj / J_PER_KWH, 0.0,
+                      measj / ej if ej else None, fcj / ej if ej else None, opg / (ej / J_PER_KWH) if ej else None)
+    for g, kwh in _unattributed(db, cluster, by, start, end).items():
+        line = out.get(g) or Line(g, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None)
+        out[g] = Line(**{**asdict(line), "group": g, "unattributed_kwh": line.unattributed_kwh + kwh})
+    return [out[g] for g in sorted(out)]
+
+
+def _range(column: str, cluster: str, start: float | None, end: float | None) -> tuple[str, list]:
+    where, args = ["cluster=?"], [cluster]
+    if start is not None:
+        where.append(f"{column} >= ?")
+        args.append(start)
+    if end is not None:
+        where.append(f"{column} < ?")
+        args.append(end)
+    return " AND ".join(where), args
+
+
+def _unattributed(db, cluster: str, by: Sequence[str], start, end) -> dict[tuple[str, ...], float]:
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='unattributed'").fetchone():
+        return {}
+    keys = [UNATTRIBUTED_GROUPS.get(k, f"'{UNATTRIBUTED}'") for k in by]
+    where, args = _range("slot", cluster, start, end)
+    q = f"SELECT {', '.join(keys)}, SUM(energy_j) FROM unattributed WHERE {where} GROUP BY {', '.join(keys)}"
+    return {tuple(str(v) for v in r[:-1]): r[-1] / J_PER_KWH for r in db.execute(q, args).fetchall()}
+
+
+HEADERS = ("jobs", "energy_kwh", "co2e_g", "operational_g", "embodied_g", "gpu_energy_kwh", "unattributed_kwh",
+           "measured_share", "forecast_share", "intensity_g_per_kwh")
+
+
+def write(lines: list[Line], by: Sequence[str], fmt: str, out: TextIO) -> None:
+    if fmt == "json":
+        for line in lines:
+            d = asdict(line)
+            d.update(zip(by, d.pop("group"), strict=True))
+            out.write(json.dumps(d) + "\n")
+        return
+    rows = [[*line.group, *(_num(getattr(line, h)) for h in HEADERS)] for line in lines]
+    if fmt == "csv":
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow([*by, *HEADERS])
+        w.writerows(rows)
+        return
+    head = [*by, "jobs", "kWh", "CO2e g", "Scope2 g", "Scope3 g", "GPU kWh", "unattr. kWh", "measured",
+            "forecast", "g/kWh"]
+    table = [head] + rows
+    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+    for r in table:
+        out.write("  ".join(c.ljust(w) if i < len(by) else c.rjust(w) for i, (c, w) in
+                            enumerate(zip(r, widths, strict=True))).rstrip() + "\n")
+
+
+def _num(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:.6g}"
+
+
+def report(cfg, by: str = "account", fmt: str = "table", start: str | None = None, end: str | None = None,
+           out: TextIO | None = None) -> int:
+    """The `carbond report` command: reads the ledger of `cfg.state_dir` read-only."""
+    import sys
+
+    from .ledger_columns import connect
+    from .times import parse_time
+
+    groups = parse_groups(by)
+    a = parse_time(start)[0] if start else None
+    b = parse_time(end)[0] if end else None
+    db = connect(cfg.state_dir, readonly=True)
+    try:
+        lines = totals(db, cfg.cluster, groups, a, b)
+    finally:
+        db.close()
+    write(lines, groups, fmt, out or sys.stdout)
+    return 0
+
+
+def add_parser(sub, common) -> None:
+    """`carbond report` in the command line (called by carbond.cli)."""
+    p = sub.add_parser("report", parents=[common], help="totals by account/user/partition/node class/day/month "
+                       "from the ledger (no Slurm, no VictoriaMetrics)")
+    p.add_argument("--by", default="account", help=f"comma-separated: {', '.join(GROUPS)} (default: account)")
+    p.add_argument("--start", help="jobs that ended at or after (ISO 8601 or epoch seconds)")
+    p.add_argument("--end", help="jobs that ended before")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", dest="fmt", action="store_const", const="csv")
+    fmt.add_argument("--json", dest="fmt", action="store_const", const="json")
+    p.set_defaults(fmt="table")
+
+
+def run(args, cfg) -> int:
+    return report(cfg, args.by, args.fmt, args.start, args.end)

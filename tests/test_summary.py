@@ -1,0 +1,113 @@
+"""`carbond report` from the ledger: totals equal the ledger's sums; the migration is idempotent."""
+
+import io
+import json
+import random
+import sqlite3
+
+import pytest
+
+from carbond.errors import JobInputError
+from carbond.ledger import ACCOUNTED, DEAD, WRITTEN, Entry, Ledger
+from carbond.ledger_columns import COLUMNS, Details, connect, migrate, record_details, record_unattributed
+from carbond.summary import UNATTRIBUTED, parse_groups, totals, write
+
+DAY = 86400
+T0 = 1_700_000_000 - 1_700_000_000 % DAY  # 2023-11-14 00:00 UTC
+
+
+def _fill(tmp_path, n=300, seed=1):
+    rnd = random.Random(seed)
+    ledger = Ledger(tmp_path, "c1")
+    entries, details = [], []
+    for i in range(n):
+        end = T0 + rnd.uniform(0, 40 * DAY)
+        e = rnd.uniform(1e3, 1e7)
+        emb = rnd.uniform(0, 50)
+        op = e / 3.6e6 * rnd.uniform(50, 300)
+        state = rnd.choice([ACCOUNTED, WRITTEN, DEAD])
+        entries.append(Entry(str(i), state, e, op + emb, rnd.choice("pq"), rnd.choice(["a1", "a2", "a3"]),
+                             rnd.choice(["u1", "u2"]), end))
+        details.append(Details(str(i), end - 3600, op, emb, "measured", rnd.choice([1.0, 0.5, 0.0]),
+                               rnd.choice(["cpu", "gpu"]), 8, 1, e * 0.3, "actual", e * rnd.choice([0, 1])))
+    ledger.record_many(entries)
+    assert record_details(tmp_path, "c1", details) == n
+    ledger.close()
+    return entries, details
+
+
+def test_report_totals_equal_ledger_sums(tmp_path):
+    entries, details = _fill(tmp_path)
+    db = connect(tmp_path)
+    counted = [e for e in entries if e.state != DEAD]
+    lines = totals(db, "c1", ["account"])
+    assert sum(x.jobs for x in lines) == len(counted)
+    for acc in ("a1", "a2", "a3"):
+        mine = [e for e in counted if e.account == acc]
+        line = next(x for x in lines if x.group == (acc,))
+        assert line.jobs == len(mine)
+        assert line.energy_kwh == pytest.approx(sum(e.energy_j for e in mine) / 3.6e6, rel=1e-12)
+        assert line.co2e_g == pytest.approx(sum(e.co2e_g for e in mine), rel=1e-12)
+        d = {x.job_id: x for x in details}
+        assert line.embodied_g == pytest.approx(sum(d[e.job_id].embodied_g for e in mine), rel=1e-12)
+        assert line.operational_g + line.embodied_g == pytest.approx(line.co2e_g, rel=1e-12)
+        assert line.gpu_energy_kwh == pytest.approx(0.3 * line.energy_kwh, rel=1e-9)
+        meas = sum(e.energy_j * d[e.job_id].coverage for e in mine) / sum(e.energy_j for e in mine)
+        assert line.measured_share == pytest.approx(meas, rel=1e-9)
+    by_month = totals(db, "c1", ["month", "partition"])
+    assert {x.group[0] for x in by_month} == {"2023-11", "2023-12"}
+    assert sum(x.energy_kwh for x in by_month) == pytest.approx(sum(x.energy_kwh for x in lines), rel=1e-12)
+    # a range keeps only jobs that ended in it
+    part = totals(db, "c1", ["day"], start=T0, end=T0 + DAY)
+    assert sum(x.jobs for x in part) == sum(1 for e in counted if e.end_time < T0 + DAY)
+
+
+def test_unattributed_energy_lines(tmp_path):
+    _fill(tmp_path, n=20)
+    db = connect(tmp_path)
+    record_unattributed(db, "c1", [("n1", T0, "p", "cpu", 3.6e6), ("n2", T0 + 1800, "q", "gpu", 7.2e6)])
+    record_unattributed(db, "c1", [("n1", T0, "p", "cpu", 1.8e6)])  # a re-run replaces
+    by_part = {x.group: x for x in totals(db, "c1", ["partition"])}
+    assert by_part[("p",)].unattributed_kwh == pytest.approx(0.5)
+    assert by_part[("q",)].unattributed_kwh == pytest.approx(2.0)
+    by_acc = {x.group: x for x in totals(db, "c1", ["account"])}
+    assert by_acc[(UNATTRIBUTED,)].unattributed_kwh == pytest.approx(2.5)
+    assert by_acc[(UNATTRIBUTED,)].jobs == 0
+
+
+def test_old_ledger_without_details_reads_as_measured_operational(tmp_path):
+    ledger = Ledger(tmp_path, "c1")
+    ledger.record(Entry("1", ACCOUNTED, 3.6e6, 200.0, "p", "a", "u", T0))
+    ledger.close()
+    db = sqlite3.connect(tmp_path / "ledger.sqlite")
+    (line,) = totals(db, "c1", ["account", "node_class"])
+    assert (line.energy_kwh, line.operational_g, line.embodied_g, line.measured_share) == (1.0, 200.0, 0.0, 1.0)
+
+
+def test_migration_is_idempotent_and_tolerates_columns_added_elsewhere(tmp_path):
+    Ledger(tmp_path, "c1").close()
+    db = sqlite3.connect(tmp_path / "ledger.sqlite")
+    db.execute("ALTER TABLE jobs ADD COLUMN method TEXT")  # e.g. the daemon's own schema change
+    added = migrate(db)
+    assert "method" not in added and set(added) == set(COLUMNS) - {"method"}
+    assert migrate(db) == []
+
+
+def test_output_formats(tmp_path):
+    _fill(tmp_path, n=30)
+    db = connect(tmp_path)
+    lines = totals(db, "c1", ["user"])
+    for fmt in ("table", "csv", "json"):
+        buf = io.StringIO()
+        write(lines, ["user"], fmt, buf)
+        text = buf.getvalue()
+        assert "u1" in text and "u2" in text
+    buf = io.StringIO()
+    write(lines, ["user"], "json", buf)
+    first = json.loads(buf.getvalue().splitlines()[0])
+    assert first["user"] == "u1" and first["jobs"] > 0 and "embodied_g" in first
+
+
+def test_bad_grouping_names_the_valid_ones():
+    with pytest.raises(JobInputError, match="account, user"):
+        parse_groups("account,colour")
