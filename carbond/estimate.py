@@ -17,11 +17,13 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .errors import JobInputError
 from .ledger import COUNTED
+
+if TYPE_CHECKING:
+    import numpy as np
 
 HALF_HOUR = 1800
 J_PER_KWH = 3.6e6
@@ -44,6 +46,8 @@ class PowerModel:
 def learn_power(cpus: np.ndarray, gpus: np.ndarray, seconds: np.ndarray, energy_j: np.ndarray) -> tuple[float, float]:
     """Watts per CPU and per GPU that best explain the jobs' energy (non-negative least squares,
     each job weighted by 1/seconds so a long job does not drown the rest)."""
+    import numpy as np
+
     c = np.asarray(cpus, float)
     g = np.asarray(gpus, float)
     s = np.asarray(seconds, float)
@@ -65,6 +69,8 @@ def learn_power(cpus: np.ndarray, gpus: np.ndarray, seconds: np.ndarray, energy_
 
 def mean_intensity(first_slot: int, values: np.ndarray, starts: np.ndarray, seconds: float) -> np.ndarray:
     """Time-weighted mean intensity over [s, s + seconds) for each start s (constant power)."""
+    import numpy as np
+
     v = np.asarray(values, float)
     cum = np.concatenate(([0.0], np.cumsum(v * HALF_HOUR)))
     edges = first_slot + HALF_HOUR * np.arange(v.size + 1)
@@ -80,6 +86,8 @@ def greenest(first_slot: int, values: np.ndarray, earliest: float, window_s: flo
              ) -> tuple[float, float, float]:
     """(best start, its mean intensity, mean intensity starting at `earliest`); candidates are
     `earliest` and every half-hour boundary up to `earliest + window_s`."""
+    import numpy as np
+
     first = math.ceil(earliest / HALF_HOUR) * HALF_HOUR
     cands = np.concatenate(([earliest], np.arange(first, earliest + window_s + 1e-9, HALF_HOUR)))
     cands = cands[cands + seconds <= first_slot + HALF_HOUR * len(values) + 1e-9]  # known to the end
@@ -118,6 +126,8 @@ def parse_duration(text: str) -> float:
 def learned_model(db: sqlite3.Connection | None, cluster: str, node_class: str | None, partition: str | None
                   ) -> tuple[PowerModel | None, int]:
     """The model fitted to the measured jobs of the class (or partition); None if too few."""
+    import numpy as np
+
     if db is None:
         return None, 0
     cols = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
@@ -175,6 +185,8 @@ class Estimate:
 def estimate(cfg, *, cpus: int, gpus: int, seconds: float, node_class: str | None = None,
              partition: str | None = None, start: float | None = None, window_s: float | None = None,
              db: sqlite3.Connection | None = None, provider=None, now: float | None = None) -> Estimate:
+    import numpy as np
+
     from .times import iso
 
     if (node_class is None) == (partition is None):
@@ -230,6 +242,8 @@ def _find_class(cfg, name: str | None):
 
 def _intensity(cfg, provider, a: float, b: float) -> tuple[int, np.ndarray, str, int]:
     """Slot-aligned intensity over [a, b): (first slot, values, how, slots filled by the mean)."""
+    import numpy as np
+
     from .intensity import make_provider
 
     provider = provider or make_provider(cfg)

@@ -44,7 +44,17 @@ CREATE TABLE IF NOT EXISTS unattributed (
     energy_j   REAL NOT NULL,
     PRIMARY KEY (cluster, node, slot)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS unattributed_slot ON unattributed (cluster, slot);
+CREATE TABLE IF NOT EXISTS unattributed_daily (
+    cluster    TEXT NOT NULL,
+    day        INTEGER NOT NULL,
+    partition  TEXT NOT NULL,
+    node_class TEXT NOT NULL,
+    energy_j   REAL NOT NULL,
+    PRIMARY KEY (cluster, day, partition, node_class)
+) WITHOUT ROWID;
 """
+DAY = 86400
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:
@@ -151,11 +161,19 @@ def record_details(state_dir_or_db: str | Path | sqlite3.Connection, cluster: st
 
 def record_unattributed(db: sqlite3.Connection, cluster: str,
                         rows: Iterable[tuple[str, int, str, str, float]]) -> None:
-    """(node, slot, partition, node_class, joules) per node and half-hour; a re-run replaces."""
+    """(node, slot, partition, node_class, joules) per node and half-hour; a re-run replaces.
+
+    The per-day sums the report reads (`unattributed_daily`) are rebuilt for the days touched."""
+    rows = list(rows)
     db.execute("BEGIN IMMEDIATE")
     try:
         db.executemany("INSERT OR REPLACE INTO unattributed VALUES (?, ?, ?, ?, ?, ?)",
                        ((cluster, *r) for r in rows))
+        for day in sorted({int(r[1]) // DAY for r in rows}):
+            db.execute("DELETE FROM unattributed_daily WHERE cluster=? AND day=?", (cluster, day))
+            db.execute("INSERT INTO unattributed_daily SELECT cluster, ?, partition, node_class, SUM(energy_j) "
+                       "FROM unattributed WHERE cluster=? AND slot >= ? AND slot < ? GROUP BY partition, node_class",
+                       (day, cluster, day * DAY, (day + 1) * DAY))
         db.execute("COMMIT")
     except sqlite3.Error as exc:
         db.execute("ROLLBACK")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TextIO
@@ -29,12 +30,6 @@ GROUPS = {
     "node_class": "COALESCE(node_class, '')",
     "day": "strftime('%Y-%m-%d', end_time, 'unixepoch')",
     "month": "strftime('%Y-%m', end_time, 'unixepoch')",
-}
-UNATTRIBUTED_GROUPS = {
-    "partition": "partition",
-    "node_class": "node_class",
-    "day": "strftime('%Y-%m-%d', slot, 'unixepoch')",
-    "month": "strftime('%Y-%m', slot, 'unixepoch')",
 }
 UNATTRIBUTED = "(unattributed)"
 
@@ -76,7 +71,10 @@ def totals(db: sqlite3.Connection, cluster: str, by: Sequence[str], start: float
     cov = f"COALESCE({col('coverage')}, CASE {col('method')} WHEN 'estimated' THEN 0.0 ELSE 1.0 END)"
     emb = f"COALESCE({col('embodied_g')}, 0.0)"
     op = f"COALESCE({col('operational_g')}, co2e_g - {emb})"
+    # Days and months are grouped as a whole UTC day number in SQL (formatting a date per row costs
+    # more than the rest of the query) and named and rolled up below, over the few grouped rows.
     keys = [GROUPS[k] if (k != "node_class" or "node_class" in cols) else "''" for k in by]
+    keys = ["CAST(end_time / 86400 AS INTEGER)" if k in ("day", "month") else s for k, s in zip(by, keys, strict=True)]
     where, args = _range("end_time", cluster, start, end)
     q = (f"SELECT {', '.join(keys)}, COUNT(*), SUM(energy_j), SUM(co2e_g), SUM({op}), SUM({emb}), "
          f"SUM(COALESCE({col('gpu_energy_j')}, 0.0)), SUM(energy_j * {cov}), "
@@ -84,16 +82,30 @@ def totals(db: sqlite3.Connection, cluster: str, by: Sequence[str], start: float
          f"WHERE {where} AND state IN ({', '.join('?' * len(COUNTED))}) GROUP BY {', '.join(keys)}")
     rows = db.execute(q, (*args, *COUNTED)).fetchall()
     n = len(by)
-    out: dict[tuple[str, ...], Line] = {}
+    sums: dict[tuple[str, ...], list[float]] = {}
+    dated = [i for i, k in enumerate(by) if k in ("day", "month")]
     for r in rows:
-        g = tuple("" if v is None else str(v) for v in r[:n])
-        jobs, ej, co2, opg, embg, gpuj, measj, fcj = r[n:]
+        g = ["" if v is None else str(v) for v in r[:n]]
+        for i in dated:
+            g[i] = _date(r[i], by[i])
+        acc = sums.setdefault(tuple(g), [0] * 8)
+        for i, v in enumerate(r[n:]):
+            acc[i] += v
+    out: dict[tuple[str, ...], Line] = {}
+    for g, (jobs, ej, co2, opg, embg, gpuj, measj, fcj) in sums.items():
         out[g] = Line(g, jobs, ej / J_PER_KWH, co2, opg, embg, gpuj / J_PER_KWH, 0.0,
                       measj / ej if ej else None, fcj / ej if ej else None, opg / (ej / J_PER_KWH) if ej else None)
     for g, kwh in _unattributed(db, cluster, by, start, end).items():
         line = out.get(g) or Line(g, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None)
         out[g] = Line(**{**asdict(line), "group": g, "unattributed_kwh": line.unattributed_kwh + kwh})
     return [out[g] for g in sorted(out)]
+
+
+def _date(day: int | None, kind: str) -> str:
+    if day is None:
+        return ""
+    text = time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
+    return text if kind == "day" else text[:7]
 
 
 def _range(column: str, cluster: str, start: float | None, end: float | None) -> tuple[str, list]:
@@ -108,12 +120,23 @@ def _range(column: str, cluster: str, start: float | None, end: float | None) ->
 
 
 def _unattributed(db, cluster: str, by: Sequence[str], start, end) -> dict[tuple[str, ...], float]:
-    if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='unattributed'").fetchone():
+    """Unattributed kWh per group, from the per-day sums (a few rows a day), rolled up here; a range
+    that does not fall on UTC days is summed from the node-half-hours instead (slower)."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='unattributed_daily'").fetchone():
         return {}
-    keys = [UNATTRIBUTED_GROUPS.get(k, f"'{UNATTRIBUTED}'") for k in by]
-    where, args = _range("slot", cluster, start, end)
-    q = f"SELECT {', '.join(keys)}, SUM(energy_j) FROM unattributed WHERE {where} GROUP BY {', '.join(keys)}"
-    return {tuple(str(v) for v in r[:-1]): r[-1] / J_PER_KWH for r in db.execute(q, args).fetchall()}
+    if all(t is None or t % 86400 == 0 for t in (start, end)):
+        where, args = _range("day", cluster, start and start // 86400, end and end // 86400)
+        q = f"SELECT partition, node_class, day, energy_j FROM unattributed_daily WHERE {where}"
+    else:
+        where, args = _range("slot", cluster, start, end)
+        q = (f"SELECT partition, node_class, CAST(slot / 86400 AS INTEGER), SUM(energy_j) FROM unattributed "
+             f"WHERE {where} GROUP BY 1, 2, 3")
+    out: dict[tuple[str, ...], float] = {}
+    for part, cls, day, joules in db.execute(q, args).fetchall():
+        pick = {"partition": part, "node_class": cls, "day": _date(day, "day"), "month": _date(day, "month")}
+        g = tuple(pick.get(k, UNATTRIBUTED) for k in by)
+        out[g] = out.get(g, 0.0) + joules / J_PER_KWH
+    return out
 
 
 HEADERS = ("jobs", "energy_kwh", "co2e_g", "operational_g", "embodied_g", "gpu_energy_kwh", "unattributed_kwh",

@@ -111,3 +111,15 @@ def test_output_formats(tmp_path):
 def test_bad_grouping_names_the_valid_ones():
     with pytest.raises(JobInputError, match="account, user"):
         parse_groups("account,colour")
+
+
+def test_unattributed_ranges_by_day_and_by_half_hour(tmp_path):
+    _fill(tmp_path, n=5)
+    db = connect(tmp_path)
+    record_unattributed(db, "c1", [("n1", T0 + 1800 * k, "p", "cpu", 3.6e5) for k in range(96)])  # two days
+    whole = {x.group: x.unattributed_kwh for x in totals(db, "c1", ["day"]) if x.unattributed_kwh}
+    assert whole == {("2023-11-14",): pytest.approx(4.8), ("2023-11-15",): pytest.approx(4.8)}
+    first = {x.group: x.unattributed_kwh for x in totals(db, "c1", ["day"], start=T0, end=T0 + DAY)}
+    assert first[("2023-11-14",)] == pytest.approx(4.8) and ("2023-11-15",) not in first
+    half = {x.group: x.unattributed_kwh for x in totals(db, "c1", ["month"], start=T0 + 3600, end=T0 + 7200)}
+    assert half[("2023-11",)] == pytest.approx(0.2)
