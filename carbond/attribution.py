@@ -137,3 +137,19 @@ def reconcile(
         jobs = np.bincount(idx, pj, minlength=keys.size)
     unattributed = np.maximum(measured - jobs, 0.0)
     return Reconciled(pj, keys, measured, jobs, unattributed)
+
+
+def weighted_share(cls, job, i: int, node_cpus: int | None, cpu_share: float) -> float:
+    """The engine's hook: the job's share of node `job.nodes[i]` by the class's TRES weights.
+
+    GPUs are spread evenly over the job's nodes (AllocTRES gives a total); memory is not in the
+    job record yet, so `weights.mem_gb` is left out on both sides until it is.
+    Falls back to `cpu_share` when the node's weighted capacity is unknown.
+    """
+    w = cls.weights
+    held_cpus = job.cpus[i] if job.cpus else 0.0
+    gpus = (job.gpus or 0) / max(1, len(job.nodes))
+    mem = 0.0
+    share = tres_share([held_cpus], [gpus], [mem], [node_cpus or 0], [cls.gpus or 0], [mem],
+                       Weights(w.cpu, w.gpu, w.mem_gb))[0]
+    return cpu_share if not np.isfinite(share) else float(share)

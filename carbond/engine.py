@@ -13,9 +13,11 @@ from typing import Protocol
 
 import numpy as np
 
+from .attribution import weighted_share
 from .config import Config, NodeClass
 from .energy import Trace, build_trace
 from .footprint import Allocation, Batch, IntensityView, JobFootprint, JobMeta, compute
+from .gpus import GpuMap, gpu_traces
 from .jobs import BadLine, Job
 
 BATCH = 50_000
@@ -37,6 +39,9 @@ class Engine:
     node_cpus: Callable[[str], int | None] | None = None
     """Extra source of node CPU counts (e.g. Slurm) for nodes the config does not describe."""
     _nodes: dict[str, tuple[NodeClass | None, int | None]] = field(default_factory=dict)
+    gpu_power: PowerSource | None = None
+    """Per-GPU series (carbond.gpus.GpuClient) when `gpu` is configured."""
+    _gpu: GpuMap | None = None
 
     def account(self, items: Iterable[Job | BadLine]) -> Iterator[JobFootprint]:
         """Footprints in input order; jobs that cannot be accounted get a status, never vanish."""
@@ -57,7 +62,10 @@ class Engine:
         hi = max(j.end for j in jobs)  # type: ignore[type-var]
         gap = self.cfg.max_gap
         raw = self.power.fetch_power(nodes, lo - gap, hi + gap)
-        traces = {n: build_trace(t, w, gap) for n, (t, w) in raw.items()}
+        if self.gpu_power is not None:  # GPU nodes: their GPUs' traces, and the node besides them
+            traces, self._gpu = gpu_traces(raw, self.gpu_power.fetch_power(nodes, lo - gap, hi + gap), gap)
+        else:
+            traces = {n: build_trace(t, w, gap) for n, (t, w) in raw.items()}
         table = self.intensity.lookup(lo, hi)
         view = IntensityView(table.first_slot, table.values, np.asarray(table.kinds), np.asarray(table.stale))
         return traces, view
@@ -96,10 +104,14 @@ class Engine:
                 errors[job.job_id] = str(exc)
                 continue
             j = len(metas)
-            metas.append(JobMeta(job.job_id, job.nodes, job.partition, job.account, job.user, list(job.warnings)))
+            names, notes = job.nodes, []
+            if self._gpu is not None and any(self._gpu.has(n) for n in job.nodes):
+                names, rows, notes = self._gpu.expand(job, rows, [self._load(job, i) for i in range(len(job.nodes))])
+            metas.append(JobMeta(job.job_id, names, job.partition, job.account, job.user, list(job.warnings) + notes,
+                                 gpu=names is not job.nodes))
             start.append(job.start)
             end.append(job.end)
-            for node, (s, fw) in zip(job.nodes, rows, strict=False):
+            for node, (s, fw) in zip(names, rows, strict=False):
                 row_job.append(j)
                 row_node.append(node_index.setdefault(node, len(node_index)))
                 share.append(s)
@@ -138,12 +150,23 @@ class Engine:
                 f"cannot attribute energy: CPU count of node {node} unknown (add it under `nodes` in the config)"
             )
         share = 1.0 if self.cfg.attribution == "exclusive" else load
+        if cls is not None and cls.weights is not None and self.cfg.attribution != "exclusive" and not (
+            self._gpu is not None and self._gpu.has(node)
+        ):
+            share = weighted_share(cls, job, i, node_cpus, share)
         if cls and cls.idle_watts is not None and cls.max_watts is not None:
             # Its share of the idle floor plus the dynamic power of its own busy CPUs.
             fallback = share * cls.idle_watts + (cls.max_watts - cls.idle_watts) * load
         else:
             fallback = float("nan")
         return share, fallback
+
+
+    def _load(self, job: Job, i: int) -> float:
+        """CPUs held / node CPUs (1 when unknown): the share of a GPU node's power besides its GPUs."""
+        _, node_cpus = self._node(job.nodes[i])
+        held = job.cpus[i] if job.cpus else None
+        return min(1.0, held / node_cpus) if held is not None and node_cpus else 1.0
 
 
 class _NoShare(Exception):
@@ -193,6 +216,11 @@ def build_engine(cfg: Config, node_cpus: Callable[[str], int | None] | None = No
 
     victoria = VictoriaClient(cfg.victoriametrics)
     provider = make_provider(cfg, victoria=victoria)
+    gpu_power = None
+    if cfg.gpu is not None:
+        from .gpus import GpuClient
+
+        gpu_power = GpuClient(cfg.victoriametrics, cfg.gpu)
     cache = os.path.join(cfg.state_dir, "intensity.sqlite")
     try:
         os.makedirs(cfg.state_dir, exist_ok=True)
@@ -202,4 +230,4 @@ def build_engine(cfg: Config, node_cpus: Callable[[str], int | None] | None = No
         logging.getLogger("carbond").warning("state_dir %s is not writable: intensity cache off", cfg.state_dir)
         cache = None
     source = IntensitySource(provider, cache, refresh_seconds=cfg.intensity.refresh_seconds)
-    return Engine(cfg, victoria, source, node_cpus), victoria
+    return Engine(cfg, victoria, source, node_cpus, gpu_power=gpu_power), victoria
