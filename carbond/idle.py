@@ -1,0 +1,133 @@
+"""Closing the books per node and half-hour: what the jobs carried, and the rest (idle, unallocated).
+
+For every power trace (a node, or a GPU of it: see carbond.gpus) and every UTC half-hour of a
+closed window, measured energy = jobs' measured energy + unattributed, exactly. A half-hour can
+be closed as soon as it is past: the share of a job still running is already fixed for it, so the
+jobs to close it with are all those that overlapped it (`sacct -S -E`, any state), each clipped to
+the window. The daemon closes each half-hour once, `settle_seconds` after its end, and records the
+rest with `ledger_columns.record_unattributed` and `Metrics.unattributed`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .attribution import reconcile
+from .energy import HALF_HOUR, Trace, split_half_hours, window
+from .footprint import Allocation
+from .gpus import SEP
+
+
+@dataclass(frozen=True)
+class IdleTable:
+    names: list[str]
+    """Trace names: nodes, and `node/gpuN` for measured GPUs."""
+    slots: np.ndarray
+    measured_j: np.ndarray
+    """(traces, slots) measured joules of each whole half-hour (NaN-free; 0 without samples)."""
+    jobs_j: np.ndarray
+    unattributed_j: np.ndarray
+    job_extra_j: np.ndarray
+    """Per job of the allocation: joules `idle: spread` adds (zeros under `report`)."""
+
+    def by_node(self) -> dict[tuple[str, int], float]:
+        """(physical node, slot) -> unattributed joules, a node's GPUs folded into it."""
+        out: dict[tuple[str, int], float] = {}
+        for i, name in enumerate(self.names):
+            node = name.split(SEP, 1)[0]
+            for k, slot in enumerate(self.slots.tolist()):
+                out[(node, slot)] = out.get((node, slot), 0.0) + float(self.unattributed_j[i, k])
+        return out
+
+
+def idle_table(alloc: Allocation, traces: Sequence[Trace | None], names: Sequence[str], lo: float, hi: float,
+               policy: str = "report") -> IdleTable:
+    """Reconcile every trace over the half-hours of [lo, hi) (slot-aligned) with the job rows in `alloc`."""
+    if lo % HALF_HOUR or hi % HALF_HOUR or hi <= lo:
+        raise ValueError("the window must be whole UTC half-hours")
+    slots = np.arange(lo, hi, HALF_HOUR, dtype=np.int64)
+    n_t, n_s = len(names), slots.size
+    measured = np.zeros((n_t, n_s))
+    for i, tr in enumerate(traces):
+        if tr is not None:
+            measured[i] = window(tr, slots.astype(float), slots + float(HALF_HOUR))[0]
+    a = np.clip(alloc.start[alloc.row_job], lo, hi)
+    b = np.clip(alloc.end[alloc.row_job], lo, hi)
+    pieces = split_half_hours(a, b)
+    node = alloc.row_node[pieces.owner]
+    piece_j = np.zeros(node.size)
+    for i, tr in enumerate(traces):
+        sel = node == i
+        if tr is not None and sel.any():
+            piece_j[sel] = window(tr, pieces.start[sel], pieces.end[sel])[0]
+    piece_j *= alloc.share[pieces.owner]
+    weight = alloc.share[pieces.owner] * (pieces.end - pieces.start)
+    key = node * n_s + (pieces.slot - lo) // HALF_HOUR
+    r = reconcile(key, piece_j, weight, np.arange(n_t * n_s), measured.ravel(), policy)
+    extra = np.bincount(alloc.row_job[pieces.owner], r.piece_j - piece_j, minlength=alloc.start.size)
+    return IdleTable(list(names), slots, measured, r.jobs_j.reshape(n_t, n_s), r.unattributed_j.reshape(n_t, n_s),
+                     extra)
+
+
+def clip_jobs(jobs: Sequence, lo: float, hi: float) -> list:
+    """The jobs' parts inside [lo, hi): running jobs run to `hi`; jobs outside it or never started drop out."""
+    out = []
+    for j in jobs:
+        if j.start is None or not j.nodes:
+            continue
+        end = hi if j.end is None else min(j.end, hi)
+        start = max(j.start, lo)
+        if end > start:
+            out.append(replace(j, start=start, end=end))
+    return out
+
+
+def close_window(engine, jobs: Sequence, lo: float, hi: float, policy: str = "report",
+                 all_nodes: Sequence[str] = ()) -> tuple[IdleTable, dict]:
+    """Close [lo, hi) with the jobs that overlapped it (a carbond.engine.Engine's inputs and shares);
+    `all_nodes` adds the nodes no job ran on (wholly idle).
+
+    Returns the table and node -> the partition most of its jobs ran in ('' without jobs)."""
+    from .engine import Engine
+    from .gpus import gpu_traces
+
+    assert isinstance(engine, Engine)
+    clipped = clip_jobs(jobs, lo, hi)
+    traces: dict[str, Trace] = {}
+    alloc, names = None, []
+    if clipped:
+        traces, _ = engine._inputs(clipped)
+        alloc, _metas, names, _errors = engine._allocate(clipped)
+    nodes = sorted({n for j in clipped for n in j.nodes})
+    idle_nodes = [n for n in dict.fromkeys(all_nodes) if n not in set(nodes)]
+    if idle_nodes:
+        gap = engine.cfg.max_gap
+        raw = engine.power.fetch_power(idle_nodes, lo - gap, hi + gap)
+        gpu_raw = engine.gpu_power.fetch_power(idle_nodes, lo - gap, hi + gap) if engine.gpu_power else {}
+        traces.update(gpu_traces(raw, gpu_raw, gap)[0])
+    if alloc is None:
+        alloc = Allocation(*(np.zeros(0),) * 2, *(np.zeros(0, dtype=np.int64),) * 2, np.zeros(0), np.zeros(0))
+    every = list(names) + [n for n in list(traces) if n not in set(names)]
+    table = idle_table(alloc, [traces.get(n) for n in every], every, lo, hi, policy)
+    parts: dict[str, Counter] = {n: Counter() for n in nodes}
+    for j in clipped:
+        for n in j.nodes:
+            parts[n][j.partition] += 1
+    return table, {n: c.most_common(1)[0][0] if c else "" for n, c in parts.items()}
+
+
+def _empty(lo: float, hi: float) -> IdleTable:
+    slots = np.arange(lo, hi, HALF_HOUR, dtype=np.int64)
+    z = np.zeros((0, slots.size))
+    return IdleTable([], slots, z, z, z, np.zeros(0))
+
+
+def ledger_rows(table: IdleTable, partitions: dict[str, str], node_class) -> list[tuple[str, int, str, str, float]]:
+    """(node, slot, partition, node class, joules) for ledger_columns.record_unattributed;
+    `node_class(node)` gives the class label."""
+    return [(node, slot, partitions.get(node, ""), node_class(node), joules)
+            for (node, slot), joules in sorted(table.by_node().items())]
