@@ -106,19 +106,28 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "": 60}
 
 
 def parse_duration(text: str) -> float:
-    """Seconds of `6h`, `90m`, `1.5d`, `45` (minutes, as sbatch) or Slurm's `[D-]HH:MM:SS`."""
+    """Seconds of `6h`, `90m`, `1.5d`, or Slurm's forms: `45` (minutes), `MM:SS`, `HH:MM:SS`,
+    `D-HH`, `D-HH:MM`, `D-HH:MM:SS`."""
     t = text.strip().lower()
     m = _DURATION.match(t)
     if m:
         return float(m.group(1)) * _UNITS[m.group(2)]
-    days, _, rest = t.rpartition("-")
+    days, dash, rest = t.partition("-")
+    if not dash:
+        days, rest = "", t
     parts = rest.split(":")
     try:
-        if not 2 <= len(parts) <= 3:
-            raise ValueError
         nums = [float(x) for x in parts]
-        secs = nums[0] * 3600 + nums[1] * 60 + (nums[2] if len(nums) == 3 else 0)
-        return secs + (float(days) * 86400 if days else 0.0)
+        if days:  # D-HH, D-HH:MM, D-HH:MM:SS
+            if len(nums) > 3:
+                raise ValueError
+            nums += [0.0] * (3 - len(nums))
+            return float(days) * 86400 + nums[0] * 3600 + nums[1] * 60 + nums[2]
+        if len(nums) == 2:  # MM:SS
+            return nums[0] * 60 + nums[1]
+        if len(nums) == 3:  # HH:MM:SS
+            return nums[0] * 3600 + nums[1] * 60 + nums[2]
+        raise ValueError
     except ValueError:
         raise JobInputError(f"cannot read duration {text!r}: expected e.g. 6h, 90m, 1d or 1-12:00:00") from None
 

@@ -49,6 +49,15 @@ class Metrics:
                                "Grid carbon intensity of the current half-hour.", registry=registry)
         self.latency = Histogram("carbond_processing_latency_seconds", "From job end to its token written.",
                                  buckets=LATENCY_BUCKETS, registry=registry)
+        # issue 8: GPUs, energy no job carries, running jobs (fed as carbond.idle/running say)
+        self.gpu_energy = Counter("carbond_gpu_energy_joules", "Measured GPU energy of accounted jobs.",
+                                  labels, registry=registry)
+        self.unattributed = Counter("carbond_unattributed_energy_joules",
+                                    "Node energy no job carries (idle, unallocated), per closed half-hour.",
+                                    ["cluster", "partition"], registry=registry)
+        self.running_emissions = Gauge("carbond_running_jobs_emissions_grams",
+                                       "CO2e so far of the jobs running now.", ["cluster"], registry=registry)
+        self.running_emissions.labels(cluster=cluster).set(0.0)
         for outcome in OUTCOMES:
             self.jobs.labels(outcome=outcome)
         for reason in SKIP_REASONS:
@@ -83,6 +92,19 @@ class Metrics:
             labels["user"] = user
         self.energy.labels(**labels).inc(joules)
         self.emissions.labels(**labels).inc(grams)
+
+    def add_gpu(self, partition: str, account: str, user: str, joules: float) -> None:
+        labels = {"cluster": self.cluster, "partition": partition, "account": account}
+        if self.per_user:
+            labels["user"] = user
+        self.gpu_energy.labels(**labels).inc(joules)
+
+    def add_unattributed(self, partition: str, joules: float) -> None:
+        """Count a closed half-hour's unattributed energy (once: resume() does not replay it)."""
+        self.unattributed.labels(cluster=self.cluster, partition=partition).inc(max(0.0, joules))
+
+    def set_running_emissions(self, grams: float) -> None:
+        self.running_emissions.labels(cluster=self.cluster).set(grams)
 
     def write_skipped(self, reason: str) -> None:
         """Count a field left alone; call when Ledger.mark_unwritable() returned True."""

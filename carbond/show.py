@@ -34,13 +34,27 @@ def show(cfg: Config, job_ids: list[str], as_json: bool = False, out=None) -> in
         else:
             final, why = _why_none(f)
         pending += not final
-        if as_json:
+        if values is None and f is not None and f.job.start is not None and f.job.end is None:
+            _running(cfg, jid, f, out, as_json)
+        elif as_json:
             out.write(json.dumps({"job_id": jid, "state": f.state if f else None, "footprint": values}) + "\n")
         elif values is not None:
             out.write(_text(jid, f, values))
         else:
             out.write(f"Job {jid}: {why}\n")
     return 1 if pending else 0
+
+
+def _running(cfg: Config, jid: str, f, out, as_json: bool) -> None:
+    """A running job: its footprint so far and projected to its time limit (carbond.running)."""
+    from .errors import CarbondError
+    from .running import show_running
+
+    try:
+        show_running(cfg, f, out, as_json=as_json)
+    except CarbondError as exc:
+        out.write(json.dumps({"job_id": jid, "state": f.state, "footprint": None, "error": str(exc)}) + "\n"
+                  if as_json else f"Job {jid}: running (state {f.state}); footprint so far unavailable: {exc}\n")
 
 
 def _why_none(f) -> tuple[bool, str]:

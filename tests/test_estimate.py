@@ -90,6 +90,8 @@ def test_durations():
     assert parse_duration("45") == 2700
     assert parse_duration("1-12:00:00") == 129600
     assert parse_duration("2:30:00") == 9000
+    assert parse_duration("30:00") == 1800
+    assert parse_duration("2-12") == 216000
     with pytest.raises(JobInputError, match="cannot read duration"):
         parse_duration("soon")
 
