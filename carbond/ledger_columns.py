@@ -113,9 +113,11 @@ class Details:
     forecast_energy_j: float | None = None
 
     @classmethod
-    def of(cls, job: object, fp: object, node_class: str | None = None, gpu_energy_j: float | None = None) -> Details:
+    def of(cls, job: object, fp: object, node_class: str | None = None) -> Details:
         """From a carbond.jobs.Job and its JobFootprint (status ok)."""
         periods = getattr(fp, "periods", ())
+        gpu = [n.energy_kwh or 0.0 for n in getattr(fp, "nodes", ()) if "/gpu" in n.node]
+        gpu_energy_j = sum(gpu) * 3.6e6 if gpu else 0.0
         fc = sum(p.energy_kwh or 0.0 for p in periods if p.intensity_kind.startswith("forecast")) * 3.6e6
         kinds = {p.intensity_kind.removesuffix("-stale") for p in periods}
         return cls(
@@ -178,3 +180,19 @@ def record_unattributed(db: sqlite3.Connection, cluster: str,
     except sqlite3.Error as exc:
         db.execute("ROLLBACK")
         raise LedgerError(f"cannot write unattributed energy to the ledger: {exc}") from None
+
+
+def after_record(state_dir: str | Path, cfg, pairs, new: Iterable[bool], metrics=None) -> int:
+    """The daemon's one call after `Ledger.record_many`: the breakdown of the newly counted jobs into
+    the ledger and their GPU energy into the metrics. `pairs`: (Job, JobFootprint) as recorded."""
+    details = []
+    for (job, fp), is_new in zip(pairs, new, strict=True):
+        if not is_new or getattr(fp, "status", "") != "ok":
+            continue
+        nodes = getattr(job, "nodes", ())
+        cls = cfg.node_class(nodes[0]) if nodes else None
+        d = Details.of(job, fp, cls.label if cls else "")
+        details.append(d)
+        if metrics is not None and d.gpu_energy_j:
+            metrics.add_gpu(job.partition, job.account, job.user, d.gpu_energy_j)
+    return record_details(state_dir, cfg.cluster, details) if details else 0

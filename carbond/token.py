@@ -74,7 +74,14 @@ def token_values(fp: Any) -> dict[str, Any]:
         "gkwh": fp.intensity_g_per_kwh,
         # Present whenever the method is not `measured`, capped so rounding never shows 1.
         "cov": min(fp.coverage, 0.999) if fp.method != "measured" else None,
+        # Measured GPU energy, kWh: only on jobs that held measured GPUs (carbond.gpus).
+        "gpu_kwh": _gpu_kwh(fp),
     }
+
+
+def _gpu_kwh(fp: Any) -> float | None:
+    gpu = [n.energy_kwh or 0.0 for n in getattr(fp, "nodes", ()) if "/gpu" in n.node]
+    return sum(gpu) if gpu else None
 
 
 def method_of(values: Mapping[str, Any]) -> str:

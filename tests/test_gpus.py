@@ -12,6 +12,7 @@ from carbond.config import GpuConfig, VictoriaConfig, from_mapping
 from carbond.engine import Engine
 from carbond.gpus import GpuClient, rest_power
 from carbond.jobs import Job
+from carbond.token import format_token
 from carbond.victoria import VictoriaClient
 
 HOUR = 3600.0
@@ -59,6 +60,8 @@ def test_gpu_job_gets_its_gpu_plus_cpu_share_of_the_rest(vm):
     d = fp.to_dict()
     assert d["gpu_energy_kwh"] == pytest.approx(0.25, rel=1e-9)
     assert [n["node"] for n in d["nodes"]] == [node, f"{node}/gpu0"]
+    token = format_token(fp)
+    assert "gpu_kwh=0.25" in token and token == token.lower() and len(token) < 60
     cpu_only = Engine(eng.cfg, eng.power, eng.intensity).account([job])
     assert list(cpu_only)[0].energy_kwh == pytest.approx(0.125, rel=1e-9)  # what carbond did before: 1/8 of the node
 

@@ -123,3 +123,23 @@ def test_unattributed_ranges_by_day_and_by_half_hour(tmp_path):
     assert first[("2023-11-14",)] == pytest.approx(4.8) and ("2023-11-15",) not in first
     half = {x.group: x.unattributed_kwh for x in totals(db, "c1", ["month"], start=T0 + 3600, end=T0 + 7200)}
     assert half[("2023-11",)] == pytest.approx(0.2)
+
+
+def test_after_record_fills_the_breakdown_the_daemon_recorded(tmp_path):
+    from test_footprint import MIDNIGHT, FakeIntensity, FakePower
+
+    from carbond.config import from_mapping
+    from carbond.engine import Engine
+    from carbond.jobs import Job
+    from carbond.ledger_columns import after_record
+
+    cfg = from_mapping({"cluster": "c1", "nodes": [{"match": "n1", "name": "small", "cpus": 4}]})
+    jobs = [Job("1", MIDNIGHT, MIDNIGHT + 3600, ("n1",), (2.0,), partition="p", account="a", user="u")]
+    fps = list(Engine(cfg, FakePower({"n1": (MIDNIGHT - 60, MIDNIGHT + 3660, 400)}), FakeIntensity(100)).account(jobs))
+    led = Ledger(tmp_path, "c1")
+    new = led.record_many([Entry.from_footprint(j, fp) for j, fp in zip(jobs, fps, strict=True)])
+    led.close()
+    assert after_record(tmp_path, cfg, list(zip(jobs, fps, strict=True)), new) == 1
+    (line,) = totals(connect(tmp_path), "c1", ["node_class"])
+    assert line.group == ("small",) and line.energy_kwh == pytest.approx(0.2) and line.measured_share == 1.0
+    assert line.operational_g == pytest.approx(20.0)
