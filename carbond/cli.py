@@ -46,10 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--write", action="store_true", help="write the tokens (default: only show)")
     bf.add_argument("--json", action="store_true")
 
-    from . import estimate, summary
+    from .subcommands import add_parsers
 
-    summary.add_parser(sub, common)
-    estimate.add_parser(sub, common)
+    add_parsers(sub, common)  # report, estimate, idle
 
     chk = sub.add_parser("check-config", parents=[common], help="validate the config and exit")
     chk.set_defaults(command="check-config")
@@ -91,14 +90,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .backfill import backfill
 
         return backfill(cfg, args.start, args.end, write=args.write, as_json=args.json)
-    if args.command == "report":
-        from .summary import run as report_run
+    if args.command in ("report", "estimate", "idle"):
+        from .subcommands import run
 
-        return report_run(args, cfg)
-    if args.command == "estimate":
-        from .estimate import run as estimate_run
-
-        return estimate_run(args, cfg)
+        return run(args, cfg)
     raise AssertionError(args.command)
 
 

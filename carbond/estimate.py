@@ -274,21 +274,6 @@ def _intensity(cfg, provider, a: float, b: float) -> tuple[int, np.ndarray, str,
     return first, values, f"{provider.name} ({', '.join(sorted(kinds))})", filled
 
 
-def add_parser(sub, common) -> None:
-    p = sub.add_parser("estimate", parents=[common], help="energy and CO2e of a planned job; with --window, "
-                       "the greenest start")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--partition")
-    which.add_argument("--nodes-class", dest="node_class", help="a `nodes` entry's name (or match)")
-    p.add_argument("--cpus", type=int, required=True)
-    p.add_argument("--gpus", type=int, default=0)
-    p.add_argument("--time", required=True, help="run time: 6h, 90m, 1d, 1-12:00:00, minutes")
-    when = p.add_mutually_exclusive_group()
-    when.add_argument("--start", help="planned start (ISO 8601 or epoch seconds; default now)")
-    when.add_argument("--window", help="search the greenest start from now within this span, e.g. 24h")
-    p.add_argument("--json", action="store_true")
-
-
 def run(args, cfg, out=None) -> int:
     from .ledger_columns import connect
     from .times import parse_time

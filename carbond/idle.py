@@ -131,3 +131,63 @@ def ledger_rows(table: IdleTable, partitions: dict[str, str], node_class) -> lis
     `node_class(node)` gives the class label."""
     return [(node, slot, partitions.get(node, ""), node_class(node), joules)
             for (node, slot), joules in sorted(table.by_node().items())]
+
+
+# ---- the command -------------------------------------------------------------------------------
+
+
+def jobs_overlapping(slurm, lo: float, hi: float) -> list:
+    """Every job (any state, running ones included) that held nodes during [lo, hi), from sacct."""
+    from .times import iso
+
+    facts = slurm._read(["-a", "-S", iso(lo - 1).replace("Z", ""), "-E", iso(hi + 1).replace("Z", "")])
+    return [f.job for f in facts.values() if f.job.start is not None and f.job.start < hi
+            and (f.job.end is None or f.job.end > lo)]
+
+
+def run(args, cfg, out=None) -> int:
+    """`carbond idle --start --end [--write] [--json]`: close the half-hours of a past range."""
+    import json
+    import math
+    import sys
+    import time
+
+    from .engine import build_engine
+    from .errors import JobInputError
+    from .ledger_columns import connect, record_unattributed
+    from .slurm import SlurmIO, node_cpu_lookup
+    from .times import iso, parse_time
+
+    out = out or sys.stdout
+    lo = math.floor(parse_time(args.start)[0] / HALF_HOUR) * HALF_HOUR
+    hi = math.ceil(parse_time(args.end)[0] / HALF_HOUR) * HALF_HOUR
+    if hi > time.time() - cfg.settle_seconds:
+        raise JobInputError("--end must be in the past (settle_seconds before now): a half-hour closes once it is over")
+    slurm = SlurmIO(cfg.slurm, cluster=cfg.cluster or None)
+    engine, _ = build_engine(cfg, node_cpus=node_cpu_lookup(slurm))
+    all_nodes = sorted(slurm.node_cpus())
+    table, parts = close_window(engine, jobs_overlapping(slurm, lo, hi), lo, hi, cfg.idle, all_nodes)
+    rows = ledger_rows(table, parts, lambda n: (c.label if (c := cfg.node_class(n)) else ""))
+    if args.write:
+        db = connect(cfg.state_dir)
+        try:
+            record_unattributed(db, cfg.cluster, rows)
+        finally:
+            db.close()
+    per_node: dict[str, list[float]] = {}
+    for i, name in enumerate(table.names):
+        acc = per_node.setdefault(name.split(SEP, 1)[0], [0.0, 0.0, 0.0])
+        acc[0] += table.measured_j[i].sum()
+        acc[1] += table.jobs_j[i].sum()
+        acc[2] += table.unattributed_j[i].sum()
+    if args.json:
+        for node, (m, j, u) in sorted(per_node.items()):
+            out.write(json.dumps({"node": node, "start": iso(lo), "end": iso(hi), "measured_kwh": m / 3.6e6,
+                                  "jobs_kwh": j / 3.6e6, "unattributed_kwh": u / 3.6e6, "policy": cfg.idle}) + "\n")
+    else:
+        out.write(f"{'node':<16} {'measured kWh':>13} {'jobs kWh':>10} {'unattributed kWh':>17}\n")
+        for node, (m, j, u) in sorted(per_node.items()):
+            out.write(f"{node:<16} {m / 3.6e6:>13.4g} {j / 3.6e6:>10.4g} {u / 3.6e6:>17.4g}\n")
+    if args.write:
+        print(f"carbond: {len(rows)} node half-hour(s) recorded in the ledger", file=sys.stderr)
+    return 0

@@ -193,18 +193,5 @@ def report(cfg, by: str = "account", fmt: str = "table", start: str | None = Non
     return 0
 
 
-def add_parser(sub, common) -> None:
-    """`carbond report` in the command line (called by carbond.cli)."""
-    p = sub.add_parser("report", parents=[common], help="totals by account/user/partition/node class/day/month "
-                       "from the ledger (no Slurm, no VictoriaMetrics)")
-    p.add_argument("--by", default="account", help=f"comma-separated: {', '.join(GROUPS)} (default: account)")
-    p.add_argument("--start", help="jobs that ended at or after (ISO 8601 or epoch seconds)")
-    p.add_argument("--end", help="jobs that ended before")
-    fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--csv", dest="fmt", action="store_const", const="csv")
-    fmt.add_argument("--json", dest="fmt", action="store_const", const="json")
-    p.set_defaults(fmt="table")
-
-
 def run(args, cfg) -> int:
     return report(cfg, args.by, args.fmt, args.start, args.end)

@@ -143,3 +143,9 @@ def test_after_record_fills_the_breakdown_the_daemon_recorded(tmp_path):
     (line,) = totals(connect(tmp_path), "c1", ["node_class"])
     assert line.group == ("small",) and line.energy_kwh == pytest.approx(0.2) and line.measured_share == 1.0
     assert line.operational_g == pytest.approx(20.0)
+
+
+def test_cli_groupings_match_the_report():
+    from carbond import subcommands, summary
+
+    assert subcommands.GROUPS == tuple(summary.GROUPS)
