@@ -69,7 +69,8 @@ class SlurmTestbed:
         t0 = time.monotonic()
         proc = subprocess.run(  # noqa: S603 - fixed argument list, no shell
             [str(TESTBED), "start", str(directory)],
-            env=_base_env({}),
+            # n3 gets 2 GRES GPUs on a cold start (test_gpu_testbed); set "" in the environment to leave them out
+            env=_base_env({"CARBOND_TESTBED_GPUS": os.environ.get("CARBOND_TESTBED_GPUS", "2")}),
             capture_output=True,
             text=True,
             timeout=timeout,
