@@ -133,6 +133,35 @@ def ledger_rows(table: IdleTable, partitions: dict[str, str], node_class) -> lis
             for (node, slot), joules in sorted(table.by_node().items())]
 
 
+# ---- the daemon's and the command's entry points --------------------------------------------------
+
+
+def close_and_record(cfg, engine, slurm, lo: float, hi: float, db=None, metrics=None):
+    """Close [lo, hi) from sacct and record it: the one call the daemon makes per closed half-hour(s)
+    (with its engine, SlurmIO, an open ledger_columns.connect() and its Metrics). Returns the table
+    and the ledger rows; `db` None records nothing (a dry run)."""
+    from .ledger_columns import record_unattributed
+
+    jobs = jobs_overlapping(slurm, lo, hi)
+    table, parts = close_window(engine, jobs, lo, hi, cfg.idle, sorted(slurm.node_cpus()))
+    rows = ledger_rows(table, parts, lambda n: (c.label if (c := cfg.node_class(n)) else ""))
+    if db is not None:
+        record_unattributed(db, cfg.cluster, rows)
+        if metrics is not None:
+            for _node, _slot, partition, _cls, joules in rows:
+                metrics.add_unattributed(partition, joules)
+    return table, rows
+
+
+def resume_metrics(db, cluster: str, metrics) -> None:
+    """Start carbond_unattributed_energy_joules_total at the ledger's sums (daemon start)."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name='unattributed_daily'").fetchone():
+        return
+    q = "SELECT partition, SUM(energy_j) FROM unattributed_daily WHERE cluster=? GROUP BY partition"
+    for partition, joules in db.execute(q, (cluster,)).fetchall():
+        metrics.add_unattributed(partition, joules)
+
+
 # ---- the command -------------------------------------------------------------------------------
 
 
@@ -154,7 +183,7 @@ def run(args, cfg, out=None) -> int:
 
     from .engine import build_engine
     from .errors import JobInputError
-    from .ledger_columns import connect, record_unattributed
+    from .ledger_columns import connect
     from .slurm import SlurmIO, node_cpu_lookup
     from .times import iso, parse_time
 
@@ -165,14 +194,11 @@ def run(args, cfg, out=None) -> int:
         raise JobInputError("--end must be in the past (settle_seconds before now): a half-hour closes once it is over")
     slurm = SlurmIO(cfg.slurm, cluster=cfg.cluster or None)
     engine, _ = build_engine(cfg, node_cpus=node_cpu_lookup(slurm))
-    all_nodes = sorted(slurm.node_cpus())
-    table, parts = close_window(engine, jobs_overlapping(slurm, lo, hi), lo, hi, cfg.idle, all_nodes)
-    rows = ledger_rows(table, parts, lambda n: (c.label if (c := cfg.node_class(n)) else ""))
-    if args.write:
-        db = connect(cfg.state_dir)
-        try:
-            record_unattributed(db, cfg.cluster, rows)
-        finally:
+    db = connect(cfg.state_dir) if args.write else None
+    try:
+        table, rows = close_and_record(cfg, engine, slurm, lo, hi, db)
+    finally:
+        if db is not None:
             db.close()
     per_node: dict[str, list[float]] = {}
     for i, name in enumerate(table.names):

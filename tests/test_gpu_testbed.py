@@ -68,3 +68,59 @@ def test_gpu_job_energy_from_its_gpu_series_plus_cpu_share(slurm, vm):
     assert np.allclose(table.jobs_j + table.unattributed_j, table.measured_j, rtol=1e-9, atol=0)
     assert sum(table.jobs_j[i].sum() for i in range(len(table.names))) == pytest.approx(fp.energy_kwh * 3.6e6,
                                                                                           rel=1e-9)
+
+
+def test_mixed_jobs_close_every_node_and_half_hour(slurm, vm, tmp_path):
+    """Real jobs on n1..n3 (one holding a GPU), real sacct, real VictoriaMetrics: per node and
+    half-hour, measured = jobs + unattributed; recorded in the ledger and read back by the report."""
+    import sqlite3
+    import time
+
+    from carbond.idle import close_and_record
+    from carbond.ledger import Ledger
+    from carbond.ledger_columns import connect
+    from carbond.summary import totals
+
+    gpu_node_or_fail(slurm)
+    ids = [slurm.sbatch(["-w", node, "-c", str(c), "-o", "/dev/null"], "#!/bin/sh\nsleep 2\n")
+           for node, c in (("n1", 1), ("n1", 1), ("n2", 2))]
+    ids.append(slurm.sbatch(["-p", "gpu", "--gres=gpu:1", "-c", "1", "-o", "/dev/null"],
+                            "#!/bin/sh\nsleep 2\n"))
+    for jid in ids:
+        slurm.wait_state(jid, "COMPLETED", timeout=120)
+        slurm.wait_sacct(jid, ["End"], lambda r: r["End"] not in ("", "Unknown"))
+    io = SlurmIO(SlurmConfig(sacct="/usr/bin/sacct", sacctmgr="/usr/bin/sacctmgr"), env=slurm.env)
+    last_end = max(f.job.end for f in io.read_jobs(ids).values())
+    while time.time() < last_end + 6:  # power samples (every 5 s) must reach past every job's end
+        time.sleep(0.2)
+    now = time.time()
+    lo = int(now // 1800) * 1800 - 1800
+    hi = lo + 3600
+    suite = uuid.uuid4().hex
+    t = np.arange(lo - 600, now, 5.0)
+    for k, node in enumerate(("n1", "n2", "n3")):
+        vm.import_series(node, t, 300 + 50 * k + 20 * np.sin(t / 300), metric="carbond_idle_e2e",
+                         labels={"suite": suite}, node_label="node")
+    vm.import_lines(json.dumps({"metric": {"__name__": "DCGM_FI_DEV_POWER_USAGE", "suite": suite, "Hostname": "n3",
+                                           "gpu": str(i)}, "values": [w] * t.size,
+                                "timestamps": [int(x * 1000) for x in t]}) for i, w in enumerate((90.0, 30.0)))
+    vm.flush()
+    vc = VictoriaConfig(url=vm.url, query=f'carbond_idle_e2e{{suite="{suite}"}}', node_label="node")
+    cfg = from_mapping({"cluster": "testcl", "state_dir": str(tmp_path),
+                        "nodes": [{"match": "n[1-2]", "name": "cpu", "cpus": 2},
+                                  {"match": "n3", "name": "gpu", "cpus": 2, "gpus": 2}]})
+    eng = Engine(cfg, VictoriaClient(vc), FakeIntensity(100),
+                 gpu_power=GpuClient(vc, GpuConfig(query=f'DCGM_FI_DEV_POWER_USAGE{{suite="{suite}"}}')))
+    Ledger(tmp_path, "testcl").close()
+    db = connect(tmp_path)
+    table, rows = close_and_record(cfg, eng, io, lo, hi, db)
+    assert {"n1", "n2", "n3", "n3/gpu0", "n3/gpu1"} <= set(table.names)
+    assert np.all(table.unattributed_j >= 0)
+    assert np.allclose(table.jobs_j + table.unattributed_j, table.measured_j, rtol=1e-9, atol=0)
+    assert table.jobs_j[table.names.index("n1")].sum() > 0 and table.jobs_j[table.names.index("n2")].sum() > 0
+    # every node's half-hour is in the ledger, and the report gives back the same total
+    assert {(r[0], r[1]) for r in rows} >= {(n, s) for n in ("n1", "n2", "n3") for s in (lo, lo + 1800)}
+    by_class = {x.group: x.unattributed_kwh for x in totals(db, "testcl", ["node_class"])}
+    assert sum(by_class.values()) * 3.6e6 == pytest.approx(table.unattributed_j.sum(), rel=1e-9)
+    assert by_class[("gpu",)] * 3.6e6 == pytest.approx(sum(r[4] for r in rows if r[0] == "n3"), rel=1e-9)
+    assert isinstance(db, sqlite3.Connection)
