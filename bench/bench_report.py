@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from carbond.estimate import learn_power  # noqa: E402
+from carbond.estimate import learn_power, size_bin  # noqa: E402
 from carbond.ledger import ACCOUNTED, WRITTEN, Entry, Ledger  # noqa: E402
 from carbond.ledger_columns import Details, connect, record_details, record_unattributed  # noqa: E402
 from carbond.summary import totals  # noqa: E402
@@ -67,7 +67,8 @@ def build(workdir: Path, n: int) -> None:
 
 
 def heldout(month: Path) -> None:
-    """Fit W/CPU on jobs ending in the first 20 days, predict the measured energy of the rest."""
+    """Fit W/CPU on jobs ending in the first 20 days, predict the measured energy of the rest: one
+    model for all, and (as `carbond estimate` does) one per job size class."""
     rows = {}
     with open(month / "jobs.sacct", encoding="utf-8") as fh:
         header = next(fh).rstrip("\n").split("|")
@@ -89,12 +90,22 @@ def heldout(month: Path) -> None:
     cut = MONTH_START + 20 * 86400
     train, test = a[a[:, 0] < cut], a[a[:, 0] >= cut]
     w_cpu, w_gpu = learn_power(train[:, 2], train[:, 3], train[:, 1], train[:, 4])
-    pred = (w_cpu * test[:, 2] + w_gpu * test[:, 3]) * test[:, 1]
+    _print("one model", (w_cpu * test[:, 2] + w_gpu * test[:, 3]) * test[:, 1], test, len(train))
+    print(f"  ({w_cpu:.3f} W/CPU, {w_gpu:.3f} W/GPU)")
+    pred = np.zeros(len(test))
+    tb, sb = size_bin(train[:, 2] + train[:, 3]), size_bin(test[:, 2] + test[:, 3])
+    for b in np.unique(sb):
+        rows = train[tb == b] if (tb == b).sum() >= 5 else train
+        a, g = learn_power(rows[:, 2], rows[:, 3], rows[:, 1], rows[:, 4])
+        pred[sb == b] = (a * test[sb == b, 2] + g * test[sb == b, 3]) * test[sb == b, 1]
+    _print("by size class", pred, test, len(train))
+
+
+def _print(what: str, pred, test, n_train: int) -> None:
     err = np.abs(pred - test[:, 4]) / test[:, 4]
-    print(f"learned model: {w_cpu:.3f} W/CPU, {w_gpu:.3f} W/GPU from {len(train):,} measured jobs (days 1-20)")
-    print(f"held-out jobs (days 21-30): {len(test):,}; per-job abs error median {100 * np.median(err):.1f} %, "
-          f"p90 {100 * np.quantile(err, 0.9):.1f} %; total energy error "
-          f"{100 * (pred.sum() - test[:, 4].sum()) / test[:, 4].sum():+.2f} %")
+    print(f"estimate ({what}, fitted on {n_train:,} measured jobs of days 1-20) against {len(test):,} held-out "
+          f"jobs of days 21-30: per-job abs error median {100 * np.median(err):.1f} %, p90 "
+          f"{100 * np.quantile(err, 0.9):.1f} %; total energy {100 * (pred.sum() - test[:, 4].sum()) / test[:, 4].sum():+.1f} %")
 
 
 def main() -> None:

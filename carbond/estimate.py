@@ -44,19 +44,18 @@ class PowerModel:
 
 
 def learn_power(cpus: np.ndarray, gpus: np.ndarray, seconds: np.ndarray, energy_j: np.ndarray) -> tuple[float, float]:
-    """Watts per CPU and per GPU that best explain the jobs' energy (non-negative least squares,
-    each job weighted by 1/seconds so a long job does not drown the rest)."""
+    """Watts per CPU and per GPU that best explain the jobs' mean power (non-negative least squares).
+
+    Each job's residual is taken per allocated unit (CPU + GPU), so every job counts alike: a few
+    whole-node jobs must not decide the model for the many small ones it will mostly price."""
     import numpy as np
 
     c = np.asarray(cpus, float)
     g = np.asarray(gpus, float)
-    s = np.asarray(seconds, float)
-    e = np.asarray(energy_j, float)
-    # power_i = a*c_i + b*g_i ; rows scaled by 1/sqrt(s) to weight per-job power errors by run time
-    p = e / s
-    wt = np.sqrt(s / s.mean())
-    a_mat = np.column_stack([c, g]) * wt[:, None]
-    y = p * wt
+    p = np.asarray(energy_j, float) / np.asarray(seconds, float)
+    size = np.maximum(c + g, 1.0)
+    a_mat = np.column_stack([c, g]) / size[:, None]
+    y = p / size
     if g.any():
         (a, b), *_ = np.linalg.lstsq(a_mat, y, rcond=None)
         if a >= 0 and b >= 0:
@@ -132,9 +131,24 @@ def parse_duration(text: str) -> float:
         raise JobInputError(f"cannot read duration {text!r}: expected e.g. 6h, 90m, 1d or 1-12:00:00") from None
 
 
-def learned_model(db: sqlite3.Connection | None, cluster: str, node_class: str | None, partition: str | None
-                  ) -> tuple[PowerModel | None, int]:
-    """The model fitted to the measured jobs of the class (or partition); None if too few."""
+def size_bin(units):
+    """Job size class: floor(log2(CPUs + GPUs)), so 1, 2-3, 4-7, ... 64-127 are apart."""
+    import numpy as np
+
+    return np.floor(np.log2(np.maximum(np.asarray(units, float), 1.0))).astype(int)
+
+
+def similar(cpus: np.ndarray, gpus: np.ndarray, want_units: float) -> np.ndarray:
+    """Jobs of the requested size class (a whole-node job draws more per CPU than a shared one)."""
+    import numpy as np
+
+    return size_bin(np.asarray(cpus) + np.asarray(gpus)) == size_bin([want_units])[0]
+
+
+def learned_model(db: sqlite3.Connection | None, cluster: str, node_class: str | None, partition: str | None,
+                  units: float | None = None) -> tuple[PowerModel | None, int]:
+    """The model fitted to the measured jobs of the class (or partition), of the requested size
+    (CPUs + GPUs) when there are MIN_JOBS of them; None if too few in all."""
     import numpy as np
 
     if db is None:
@@ -149,8 +163,13 @@ def learned_model(db: sqlite3.Connection | None, cluster: str, node_class: str |
     rows = np.array(db.execute(q, (cluster, node_class or partition, *COUNTED)).fetchall(), dtype=float)
     if len(rows) < MIN_JOBS:
         return None, len(rows)
-    a, b = learn_power(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3])
     which = f"node class {node_class}" if node_class else f"partition {partition}"
+    if units is not None:
+        near = similar(rows[:, 0], rows[:, 1], units)
+        if near.sum() >= MIN_JOBS and (rows[near, 1].any() or not rows[:, 1].any()):
+            rows = rows[near]
+            which += f" of a similar size ({2 ** int(size_bin([units])[0])}+ CPUs+GPUs)"
+    a, b = learn_power(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3])
     return PowerModel(a, b, f"learned from {len(rows)} measured jobs of {which}", len(rows)), len(rows)
 
 
@@ -205,7 +224,7 @@ def estimate(cfg, *, cpus: int, gpus: int, seconds: float, node_class: str | Non
     now = time.time() if now is None else now
     t0 = now if start is None else start
     cls = _find_class(cfg, node_class)
-    model, n = learned_model(db, cfg.cluster, node_class, partition)
+    model, n = learned_model(db, cfg.cluster, node_class, partition, cpus + gpus)
     if model is None:
         model = fallback_model(cls, gpus)
         if n:
