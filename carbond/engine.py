@@ -161,7 +161,6 @@ class Engine:
             fallback = float("nan")
         return share, fallback
 
-
     def _load(self, job: Job, i: int) -> float:
         """CPUs held / node CPUs (1 when unknown): the share of a GPU node's power besides its GPUs."""
         _, node_cpus = self._node(job.nodes[i])
