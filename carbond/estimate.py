@@ -269,28 +269,51 @@ def _find_class(cfg, name: str | None):
 
 
 def _intensity(cfg, provider, a: float, b: float) -> tuple[int, np.ndarray, str, int]:
-    """Slot-aligned intensity over [a, b): (first slot, values, how, slots filled by the mean)."""
+    """Slot-aligned intensity over [a, b): (first slot, values, how, slots filled by the mean).
+
+    A provider without a forecast (Electricity Maps without a forecast token, Prometheus, a CSV that
+    ends) gets a persistence forecast: each missing half-hour takes its value a day earlier."""
     import numpy as np
 
+    from .errors import IntensityUnavailable
     from .intensity import make_provider
 
     provider = provider or make_provider(cfg)
     first = int(a // HALF_HOUR) * HALF_HOUR
     last = int(math.ceil(b / HALF_HOUR)) * HALF_HOUR
-    readings = provider.fetch(first, last)
-    values = np.full((last - first) // HALF_HOUR, np.nan)
+    values, kinds = _readings(provider.fetch(first, last), first, (last - first) // HALF_HOUR)
+    how = f"{provider.name} ({', '.join(sorted(kinds))})"
+    if not np.isfinite(values).all():
+        try:
+            earlier, _ = _readings(provider.fetch(first - DAY, last - DAY), first - DAY, values.size)
+        except IntensityUnavailable:
+            earlier = np.full(values.size, np.nan)
+        take = ~np.isfinite(values) & np.isfinite(earlier)
+        if take.any():
+            values[take] = earlier[take]
+            how += f"; {int(take.sum())} half-hour(s) without a forecast take the value a day earlier"
+    known = np.isfinite(values)
+    if not known.any():
+        raise JobInputError(f"{provider.name}: no intensity for any half-hour from the start on, nor a day earlier")
+    filled = int((~known).sum())
+    values[~known] = values[known].mean()
+    return first, values, how, filled
+
+
+DAY = 86400
+
+
+def _readings(readings, first: int, n: int):
+    import numpy as np
+
+    values = np.full(n, np.nan)
     kinds = set()
     for r in readings:
         i = (r.slot - first) // HALF_HOUR
-        if 0 <= i < values.size:
+        if 0 <= i < n:
             values[i] = r.g_per_kwh
             kinds.add(r.kind)
-    known = np.isfinite(values)
-    if not known.any():
-        raise JobInputError(f"{provider.name}: no intensity for any half-hour from the start on")
-    filled = int((~known).sum())
-    values[~known] = values[known].mean()
-    return first, values, f"{provider.name} ({', '.join(sorted(kinds))})", filled
+    return values, kinds
 
 
 def run(args, cfg, out=None) -> int:

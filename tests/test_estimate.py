@@ -131,9 +131,9 @@ def test_window_on_the_uk_forecast_shape(http_api):
     assert w["saving_g"] == pytest.approx(0.64 * 4 * 200 * 1.2)
     assert w["sbatch_begin"] == "--begin=" + time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now + 36000))
     assert e.how["intensity"] == "uk-carbon-intensity (forecast)"
-    # a job reaching past the 48 h horizon: the missing half-hours are filled and said so
+    # a job reaching past the 48 h horizon: the missing half-hours take the forecast a day earlier, said so
     late = estimate(c, cpus=1, gpus=0, seconds=6 * 3600, node_class="cpu", start=now + 45 * 3600, now=now)
-    assert "5 half-hour(s) beyond the forecast" in late.how["intensity"]
+    assert "5 half-hour(s) without a forecast take the value a day earlier" in late.how["intensity"]
 
 
 def test_cli_json_carries_the_seed_fields(tmp_path):
@@ -147,3 +147,19 @@ def test_cli_json_carries_the_seed_fields(tmp_path):
     assert d["energy_consumption_kwh"] == pytest.approx(0.48)
     assert d["carbon_intensity_g_per_kwh"] == pytest.approx(200.0)
     assert d["how"]["power"].startswith("fallback")
+
+
+def test_provider_without_forecast_uses_the_day_before(tmp_path):
+    # a CSV that ends now: tomorrow's half-hours take today's values (persistence)
+    day0 = 1_763_769_600  # 2025-11-22T00:00Z
+    def z(t):
+        return time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(t))
+
+    rows = ["from,to,intensity"] + [f"{z(day0 + 1800 * k)},{z(day0 + 1800 * k + 1800)},{300 if k < 24 else 100}"
+                                    for k in range(48)]
+    path = tmp_path / "i.csv"
+    path.write_text("\n".join(rows) + "\n")
+    c = cfg(intensity={"provider": "csv", "path": str(path)})
+    e = estimate(c, cpus=64, gpus=0, seconds=3600, node_class="cpu", start=day0 + 86400 + 13 * 3600, now=day0)
+    assert e.carbon_intensity_g_per_kwh == pytest.approx(100.0)
+    assert "2 half-hour(s) without a forecast take the value a day earlier" in e.how["intensity"]
