@@ -149,3 +149,24 @@ def test_cli_groupings_match_the_report():
     from carbond import subcommands, summary
 
     assert subcommands.GROUPS == tuple(summary.GROUPS)
+
+
+def test_readme_commands_run_through_the_cli(tmp_path, capsys):
+    from carbond.cli import main
+
+    _fill(tmp_path, n=50)
+    conf = tmp_path / "c.yaml"
+    conf.write_text(f"cluster: c1\nstate_dir: {tmp_path}\nintensity: {{provider: constant, value: 200}}\n"
+                    "nodes: [{match: 'n[1-4]', name: fresh, cpus: 64, max_watts: 640}]\n")
+    assert main(["--config", str(conf), "report", "--by", "account,month"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["account", "month", "jobs"] and "a1" in out
+    assert main(["--config", str(conf), "report", "--by", "node_class,day", "--start", "2023-11-14T00:00:00Z",
+                 "--end", "2023-12-01T00:00:00Z", "--csv"]) == 0
+    assert capsys.readouterr().out.startswith("node_class,day,jobs,energy_kwh")
+    assert main(["--config", str(conf), "estimate", "--nodes-class", "fresh", "--cpus", "8", "--time", "6h",
+                 "--window", "24h"]) == 0
+    out = capsys.readouterr().out
+    assert "Energy: 0.48 kWh" in out and "Submit with: sbatch --begin=" in out
+    assert main(["--config", str(conf), "report", "--by", "colour"]) == 1
+    assert "valid: account, user" in capsys.readouterr().err
