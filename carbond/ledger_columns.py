@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
-from .ledger import FILENAME, LedgerError
+from .ledger import COUNTED, FILENAME, LedgerError
 
 COLUMNS = {
     "start_time": "REAL",
@@ -53,7 +53,28 @@ CREATE TABLE IF NOT EXISTS unattributed_daily (
     energy_j   REAL NOT NULL,
     PRIMARY KEY (cluster, day, partition, node_class)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollup (
+    cluster    TEXT NOT NULL,
+    day        INTEGER NOT NULL,
+    account    TEXT NOT NULL,
+    user       TEXT NOT NULL,
+    partition  TEXT NOT NULL,
+    node_class TEXT NOT NULL,
+    jobs       INTEGER NOT NULL,
+    energy_j   REAL NOT NULL,
+    co2e_g     REAL NOT NULL,
+    operational_g REAL NOT NULL,
+    embodied_g REAL NOT NULL,
+    gpu_energy_j REAL NOT NULL,
+    measured_j REAL NOT NULL,
+    forecast_energy_j REAL NOT NULL,
+    PRIMARY KEY (cluster, day, account, user, partition, node_class)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_without_details ON jobs (cluster, end_time) WHERE method IS NULL;
 """
+# `rollup` holds the report's per-day sums: a job enters them once, when its details are recorded
+# (method goes from NULL to set); counted jobs without details are summed from `jobs` directly (the
+# partial index finds them), so the report's totals always equal the ledger's sums.
 DAY = 86400
 
 
@@ -144,13 +165,17 @@ def record_details(state_dir_or_db: str | Path | sqlite3.Connection, cluster: st
         p = Path(state_dir_or_db)  # type: ignore[arg-type]
         db = connect(p.parent if p.name == FILENAME else p)
     names = [f.name for f in fields(Details)][1:]
-    q = f"UPDATE jobs SET {', '.join(f'{n}=?' for n in names)} WHERE cluster=? AND job_id=?"
+    sets = ", ".join(f"{n}=COALESCE(?, 'measured')" if n == "method" else f"{n}=?" for n in names)
+    q = (f"UPDATE jobs SET {sets} WHERE cluster=? AND job_id=? AND method IS NULL AND end_time IS NOT NULL "
+         f"AND state IN ({', '.join('?' * len(COUNTED))})")
     try:
         db.execute("BEGIN IMMEDIATE")
         n = 0
         for d in details:
             values = astuple(d)
-            n += db.execute(q, (*values[1:], cluster, values[0])).rowcount
+            if db.execute(q, (*values[1:], cluster, values[0], *COUNTED)).rowcount:
+                n += 1
+                db.execute(_ADD, (cluster, values[0]))
         db.execute("COMMIT")
         return n
     except sqlite3.Error as exc:
@@ -159,6 +184,20 @@ def record_details(state_dir_or_db: str | Path | sqlite3.Connection, cluster: st
     finally:
         if own:
             db.close()
+
+
+_ADD = """
+INSERT INTO rollup SELECT cluster, CAST(end_time / 86400 AS INTEGER), account, user, partition,
+    COALESCE(node_class, ''), 1, energy_j, co2e_g, COALESCE(operational_g, co2e_g - COALESCE(embodied_g, 0)),
+    COALESCE(embodied_g, 0), COALESCE(gpu_energy_j, 0),
+    energy_j * COALESCE(coverage, CASE method WHEN 'estimated' THEN 0.0 ELSE 1.0 END),
+    COALESCE(forecast_energy_j, 0)
+FROM jobs WHERE cluster=? AND job_id=?
+ON CONFLICT DO UPDATE SET jobs=jobs+1, energy_j=energy_j+excluded.energy_j, co2e_g=co2e_g+excluded.co2e_g,
+    operational_g=operational_g+excluded.operational_g, embodied_g=embodied_g+excluded.embodied_g,
+    gpu_energy_j=gpu_energy_j+excluded.gpu_energy_j, measured_j=measured_j+excluded.measured_j,
+    forecast_energy_j=forecast_energy_j+excluded.forecast_energy_j
+"""
 
 
 def record_unattributed(db: sqlite3.Connection, cluster: str,

@@ -64,23 +64,11 @@ def totals(db: sqlite3.Connection, cluster: str, by: Sequence[str], start: float
            end: float | None = None) -> list[Line]:
     """One line per group (jobs that ended in [start, end)), sorted by group, plus unattributed energy."""
     cols = present(db)
-
-    def col(name: str, default: str = "NULL") -> str:
-        return name if name in cols else default
-
-    cov = f"COALESCE({col('coverage')}, CASE {col('method')} WHEN 'estimated' THEN 0.0 ELSE 1.0 END)"
-    emb = f"COALESCE({col('embodied_g')}, 0.0)"
-    op = f"COALESCE({col('operational_g')}, co2e_g - {emb})"
-    # Days and months are grouped as a whole UTC day number in SQL (formatting a date per row costs
-    # more than the rest of the query) and named and rolled up below, over the few grouped rows.
-    keys = [GROUPS[k] if (k != "node_class" or "node_class" in cols) else "''" for k in by]
-    keys = ["CAST(end_time / 86400 AS INTEGER)" if k in ("day", "month") else s for k, s in zip(by, keys, strict=True)]
-    where, args = _range("end_time", cluster, start, end)
-    q = (f"SELECT {', '.join(keys)}, COUNT(*), SUM(energy_j), SUM(co2e_g), SUM({op}), SUM({emb}), "
-         f"SUM(COALESCE({col('gpu_energy_j')}, 0.0)), SUM(energy_j * {cov}), "
-         f"SUM(COALESCE({col('forecast_energy_j')}, 0.0)) FROM jobs "
-         f"WHERE {where} AND state IN ({', '.join('?' * len(COUNTED))}) GROUP BY {', '.join(keys)}")
-    rows = db.execute(q, (*args, *COUNTED)).fetchall()
+    rolled = bool(db.execute("SELECT 1 FROM sqlite_master WHERE name='rollup'").fetchone()) and all(
+        t is None or t % 86400 == 0 for t in (start, end))
+    rows = _job_rows(db, cols, cluster, by, start, end, only_without_details=rolled)
+    if rolled:
+        rows += _rollup_rows(db, cluster, by, start, end)
     n = len(by)
     sums: dict[tuple[str, ...], list[float]] = {}
     dated = [i for i, k in enumerate(by) if k in ("day", "month")]
@@ -99,6 +87,39 @@ def totals(db: sqlite3.Connection, cluster: str, by: Sequence[str], start: float
         line = out.get(g) or Line(g, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None)
         out[g] = Line(**{**asdict(line), "group": g, "unattributed_kwh": line.unattributed_kwh + kwh})
     return [out[g] for g in sorted(out)]
+
+
+def _job_rows(db, cols: set[str], cluster: str, by: Sequence[str], start, end, only_without_details: bool):
+    """Grouped sums straight from `jobs` (all counted jobs, or only those not in the rollup yet)."""
+
+    def col(name: str, default: str = "NULL") -> str:
+        return name if name in cols else default
+
+    cov = f"COALESCE({col('coverage')}, CASE {col('method')} WHEN 'estimated' THEN 0.0 ELSE 1.0 END)"
+    emb = f"COALESCE({col('embodied_g')}, 0.0)"
+    op = f"COALESCE({col('operational_g')}, co2e_g - {emb})"
+    # Days and months are grouped as a whole UTC day number in SQL (formatting a date per row costs
+    # more than the rest of the query) and named and rolled up by totals(), over the few grouped rows.
+    keys = [GROUPS[k] if (k != "node_class" or "node_class" in cols) else "''" for k in by]
+    keys = ["CAST(end_time / 86400 AS INTEGER)" if k in ("day", "month") else s for k, s in zip(by, keys, strict=True)]
+    where, args = _range("end_time", cluster, start, end)
+    if only_without_details:
+        where += " AND method IS NULL"
+    q = (f"SELECT {', '.join(keys)}, COUNT(*), SUM(energy_j), SUM(co2e_g), SUM({op}), SUM({emb}), "
+         f"SUM(COALESCE({col('gpu_energy_j')}, 0.0)), SUM(energy_j * {cov}), "
+         f"SUM(COALESCE({col('forecast_energy_j')}, 0.0)) FROM jobs "
+         f"WHERE {where} AND state IN ({', '.join('?' * len(COUNTED))}) GROUP BY {', '.join(keys)}")
+    return db.execute(q, (*args, *COUNTED)).fetchall()
+
+
+def _rollup_rows(db, cluster: str, by: Sequence[str], start, end):
+    """Grouped sums from the per-day rollup (a few rows per user and day, not one per job)."""
+    keys = ["day" if k in ("day", "month") else k for k in by]
+    where, args = _range("day", cluster, start and start // 86400, end and end // 86400)
+    q = (f"SELECT {', '.join(keys)}, SUM(jobs), SUM(energy_j), SUM(co2e_g), SUM(operational_g), SUM(embodied_g), "
+         f"SUM(gpu_energy_j), SUM(measured_j), SUM(forecast_energy_j) FROM rollup WHERE {where} "
+         f"GROUP BY {', '.join(keys)}")
+    return db.execute(q, args).fetchall()
 
 
 def _date(day: int | None, kind: str) -> str:
