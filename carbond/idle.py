@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,6 +33,14 @@ class IdleTable:
     unattributed_j: np.ndarray
     job_extra_j: np.ndarray
     """Per job of the allocation: joules `idle: spread` adds (zeros under `report`)."""
+    extra_job: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """`idle: spread`, per (job, half-hour) it added to: the job index ..."""
+    extra_slot: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """... the half-hour ..."""
+    extra_j: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """... and the joules."""
+    spread: tuple = ()
+    """close_window under `idle: spread`: (Job, slot, joules, grams CO2e) per job and half-hour."""
 
     def by_node(self) -> dict[tuple[str, int], float]:
         """(physical node, slot) -> unattributed joules, a node's GPUs folded into it."""
@@ -68,9 +76,15 @@ def idle_table(alloc: Allocation, traces: Sequence[Trace | None], names: Sequenc
     weight = alloc.share[pieces.owner] * (pieces.end - pieces.start)
     key = node * n_s + (pieces.slot - lo) // HALF_HOUR
     r = reconcile(key, piece_j, weight, np.arange(n_t * n_s), measured.ravel(), policy)
-    extra = np.bincount(alloc.row_job[pieces.owner], r.piece_j - piece_j, minlength=alloc.start.size)
+    added = r.piece_j - piece_j
+    job = alloc.row_job[pieces.owner]
+    extra = np.bincount(job, added, minlength=alloc.start.size)
+    js_key = job * n_s + (pieces.slot - lo) // HALF_HOUR
+    uniq, inv = np.unique(js_key, return_inverse=True)
+    js_j = np.bincount(inv, added, minlength=uniq.size)
+    keep = js_j > 0
     return IdleTable(list(names), slots, measured, r.jobs_j.reshape(n_t, n_s), r.unattributed_j.reshape(n_t, n_s),
-                     extra)
+                     extra, uniq[keep] // n_s, slots[uniq[keep] % n_s], js_j[keep])
 
 
 def clip_jobs(jobs: Sequence, lo: float, hi: float) -> list:
@@ -98,10 +112,10 @@ def close_window(engine, jobs: Sequence, lo: float, hi: float, policy: str = "re
     assert isinstance(engine, Engine)
     clipped = clip_jobs(jobs, lo, hi)
     traces: dict[str, Trace] = {}
-    alloc, names = None, []
+    alloc, names, metas, view = None, [], [], None
     if clipped:
-        traces, _ = engine._inputs(clipped)
-        alloc, _metas, names, _errors = engine._allocate(clipped)
+        traces, view = engine._inputs(clipped)
+        alloc, metas, names, _errors = engine._allocate(clipped)
     nodes = sorted({n for j in clipped for n in j.nodes})
     idle_nodes = [n for n in dict.fromkeys(all_nodes) if n not in set(nodes)]
     if idle_nodes:
@@ -117,6 +131,13 @@ def close_window(engine, jobs: Sequence, lo: float, hi: float, policy: str = "re
     for j in clipped:
         for n in j.nodes:
             parts[n][j.partition] += 1
+    if table.extra_j.size and view is not None:  # `idle: spread`: what each job got, priced
+        by_id = {j.job_id: j for j in clipped}
+        intensity = view.at(table.extra_slot)[0]
+        table = replace(table, spread=tuple(
+            (by_id[metas[k].job_id], int(slot), float(e), float(e / 3.6e6 * i * engine.cfg.pue))
+            for k, slot, e, i in zip(table.extra_job.tolist(), table.extra_slot.tolist(), table.extra_j.tolist(),
+                                     intensity.tolist(), strict=True)))
     return table, {n: c.most_common(1)[0][0] if c else "" for n, c in parts.items()}
 
 
@@ -140,17 +161,25 @@ def close_and_record(cfg, engine, slurm, lo: float, hi: float, db=None, metrics=
     """Close [lo, hi) from sacct and record it: the one call the daemon makes per closed half-hour(s)
     (with its engine, SlurmIO, an open ledger_columns.connect() and its Metrics). Returns the table
     and the ledger rows; `db` None records nothing (a dry run)."""
-    from .ledger_columns import record_unattributed
+    from .ledger_columns import record_spread, record_unattributed
 
     jobs = jobs_overlapping(slurm, lo, hi)
     table, parts = close_window(engine, jobs, lo, hi, cfg.idle, sorted(slurm.node_cpus()))
-    rows = ledger_rows(table, parts, lambda n: (c.label if (c := cfg.node_class(n)) else ""))
+    rows = ledger_rows(table, parts, lambda n: _label(cfg, n))
     if db is not None:
         record_unattributed(db, cfg.cluster, rows)
+        if table.spread:
+            record_spread(db, cfg.cluster, [(j.job_id, slot, j.account, j.user, j.partition,
+                                             _label(cfg, j.nodes[0]), e, g) for j, slot, e, g in table.spread])
         if metrics is not None:
             for _node, _slot, partition, _cls, joules in rows:
                 metrics.add_unattributed(partition, joules)
     return table, rows
+
+
+def _label(cfg, node: str) -> str:
+    c = cfg.node_class(node)
+    return c.label if c else ""
 
 
 def resume_metrics(db, cluster: str, metrics) -> None:

@@ -70,6 +70,18 @@ CREATE TABLE IF NOT EXISTS rollup (
     forecast_energy_j REAL NOT NULL,
     PRIMARY KEY (cluster, day, account, user, partition, node_class)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idle_spread (
+    cluster    TEXT NOT NULL,
+    job_id     TEXT NOT NULL,
+    slot       INTEGER NOT NULL,
+    account    TEXT NOT NULL,
+    user       TEXT NOT NULL,
+    partition  TEXT NOT NULL,
+    node_class TEXT NOT NULL,
+    energy_j   REAL NOT NULL,
+    co2e_g     REAL NOT NULL,
+    PRIMARY KEY (cluster, job_id, slot)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_without_details ON jobs (cluster, end_time) WHERE method IS NULL;
 """
 # `rollup` holds the report's per-day sums: a job enters them once, when its details are recorded
@@ -235,3 +247,17 @@ def after_record(state_dir: str | Path, cfg, pairs, new: Iterable[bool], metrics
         if metrics is not None and d.gpu_energy_j:
             metrics.add_gpu(job.partition, job.account, job.user, d.gpu_energy_j)
     return record_details(state_dir, cfg.cluster, details) if details else 0
+
+
+def record_spread(db: sqlite3.Connection, cluster: str,
+                  rows: Iterable[tuple[str, int, str, str, str, str, float, float]]) -> None:
+    """`idle: spread`: (job, slot, account, user, partition, node class, joules, grams) a job was given
+    of its nodes' idle energy in a half-hour; a re-run replaces. The job's token is not changed."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.executemany("INSERT OR REPLACE INTO idle_spread VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       ((cluster, *r) for r in rows))
+        db.execute("COMMIT")
+    except sqlite3.Error as exc:
+        db.execute("ROLLBACK")
+        raise LedgerError(f"cannot write spread idle energy to the ledger: {exc}") from None

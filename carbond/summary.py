@@ -50,6 +50,9 @@ class Line:
     forecast_share: float | None
     intensity_g_per_kwh: float | None
     """Operational grams per kWh of job energy (PUE included)."""
+    spread_kwh: float = 0.0
+    """`idle: spread`: idle node energy handed to these jobs by `carbond idle`, already in energy_kwh
+    and co2e_g (the jobs' tokens do not have it); counted in the half-hour it was drawn."""
 
 
 def parse_groups(by: str) -> list[str]:
@@ -76,13 +79,18 @@ def totals(db: sqlite3.Connection, cluster: str, by: Sequence[str], start: float
         g = ["" if v is None else str(v) for v in r[:n]]
         for i in dated:
             g[i] = _date(r[i], by[i])
-        acc = sums.setdefault(tuple(g), [0] * 8)
+        acc = sums.setdefault(tuple(g), [0] * 9)
         for i, v in enumerate(r[n:]):
             acc[i] += v
+    for g, (ej, co2) in _spread(db, cluster, by, start, end).items():
+        acc = sums.setdefault(g, [0] * 9)
+        for i, v in ((1, ej), (2, co2), (3, co2), (6, ej), (8, ej)):  # energy, CO2e, Scope 2, measured, spread
+            acc[i] += v
     out: dict[tuple[str, ...], Line] = {}
-    for g, (jobs, ej, co2, opg, embg, gpuj, measj, fcj) in sums.items():
+    for g, (jobs, ej, co2, opg, embg, gpuj, measj, fcj, spj) in sums.items():
         out[g] = Line(g, jobs, ej / J_PER_KWH, co2, opg, embg, gpuj / J_PER_KWH, 0.0,
-                      measj / ej if ej else None, fcj / ej if ej else None, opg / (ej / J_PER_KWH) if ej else None)
+                      measj / ej if ej else None, fcj / ej if ej else None, opg / (ej / J_PER_KWH) if ej else None,
+                      spj / J_PER_KWH)
     for g, kwh in _unattributed(db, cluster, by, start, end).items():
         line = out.get(g) or Line(g, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None)
         out[g] = Line(**{**asdict(line), "group": g, "unattributed_kwh": line.unattributed_kwh + kwh})
@@ -120,6 +128,23 @@ def _rollup_rows(db, cluster: str, by: Sequence[str], start, end):
          f"SUM(gpu_energy_j), SUM(measured_j), SUM(forecast_energy_j) FROM rollup WHERE {where} "
          f"GROUP BY {', '.join(keys)}")
     return db.execute(q, args).fetchall()
+
+
+def _spread(db, cluster: str, by: Sequence[str], start, end) -> dict[tuple[str, ...], tuple[float, float]]:
+    """(joules, grams) of idle energy spread to jobs (`idle: spread`), per group."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name='idle_spread'").fetchone():
+        return {}
+    where, args = _range("slot", cluster, start, end)
+    q = (f"SELECT account, user, partition, node_class, CAST(slot / 86400 AS INTEGER), SUM(energy_j), SUM(co2e_g) "
+         f"FROM idle_spread WHERE {where} GROUP BY 1, 2, 3, 4, 5")
+    out: dict[tuple[str, ...], tuple[float, float]] = {}
+    for account, user, partition, cls, day, joules, grams in db.execute(q, args).fetchall():
+        pick = {"account": account, "user": user, "partition": partition, "node_class": cls,
+                "day": _date(day, "day"), "month": _date(day, "month")}
+        g = tuple(pick[k] for k in by)
+        j0, g0 = out.get(g, (0.0, 0.0))
+        out[g] = (j0 + joules, g0 + grams)
+    return out
 
 
 def _date(day: int | None, kind: str) -> str:
@@ -161,7 +186,7 @@ def _unattributed(db, cluster: str, by: Sequence[str], start, end) -> dict[tuple
 
 
 HEADERS = ("jobs", "energy_kwh", "co2e_g", "operational_g", "embodied_g", "gpu_energy_kwh", "unattributed_kwh",
-           "measured_share", "forecast_share", "intensity_g_per_kwh")
+           "measured_share", "forecast_share", "intensity_g_per_kwh", "spread_kwh")
 
 
 def write(lines: list[Line], by: Sequence[str], fmt: str, out: TextIO) -> None:
@@ -178,7 +203,7 @@ def write(lines: list[Line], by: Sequence[str], fmt: str, out: TextIO) -> None:
         w.writerows(rows)
         return
     head = [*by, "jobs", "kWh", "CO2e g", "Scope2 g", "Scope3 g", "GPU kWh", "unattr. kWh", "measured",
-            "forecast", "g/kWh"]
+            "forecast", "g/kWh", "spread kWh"]
     table = [head] + rows
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
     for r in table:

@@ -98,3 +98,41 @@ def test_clip_and_rows():
     rows = ledger_rows(table, parts, lambda n: "cpu")
     assert [(r[0], r[1], r[2], r[3]) for r in rows] == [("a1", DAY0, "p", "cpu"), ("a2", DAY0, "", "cpu")]
     assert rows[0][4] == pytest.approx(0.0, abs=1e-6) and rows[1][4] > 0
+
+
+class FakeSlurm:
+    def __init__(self, jobs):
+        self.jobs = jobs
+
+    def _read(self, selection):
+        from types import SimpleNamespace
+
+        return {j.job_id: SimpleNamespace(job=j) for j in self.jobs}
+
+    def node_cpus(self):
+        return {n: 8 for n in NODES}
+
+
+def test_spread_is_recorded_and_reported_with_the_jobs(tmp_path):
+    from carbond.idle import close_and_record
+    from carbond.ledger import Entry, Ledger
+    from carbond.ledger_columns import Details, connect, record_details
+    from carbond.summary import UNATTRIBUTED, totals
+
+    job = Job("1", DAY0, DAY0 + 1800, ("a1",), (2.0,), partition="p", account="acct", user="u")
+    eng = engine("spread")
+    (fp,) = eng.account([job])
+    led = Ledger(tmp_path, "")
+    led.record(Entry.from_footprint(job, fp))
+    led.close()
+    record_details(tmp_path, "", [Details.of(job, fp, "")])
+    db = connect(tmp_path)
+    table, rows = close_and_record(eng.cfg, eng, FakeSlurm([job]), DAY0, DAY0 + 1800, db)
+    measured = {n: table.measured_j[i].sum() for i, n in enumerate(table.names)}
+    (spread,) = table.spread
+    assert spread[2] == pytest.approx(measured["a1"] - fp.energy_kwh * 3.6e6, rel=1e-9)  # the other 6/8 of a1
+    lines = {x.group: x for x in totals(db, "", ["account"])}
+    assert lines[("acct",)].energy_kwh * 3.6e6 == pytest.approx(measured["a1"], rel=1e-9)
+    assert lines[("acct",)].spread_kwh * 3.6e6 == pytest.approx(spread[2], rel=1e-9)
+    assert lines[("acct",)].co2e_g == pytest.approx(measured["a1"] / 3.6e6 * 100, rel=1e-9)
+    assert lines[(UNATTRIBUTED,)].unattributed_kwh * 3.6e6 == pytest.approx(measured["a2"] + measured["a3"], rel=1e-9)
