@@ -57,6 +57,7 @@ def idle_table(alloc: Allocation, traces: Sequence[Trace | None], names: Sequenc
     """Reconcile every trace over the half-hours of [lo, hi) (slot-aligned) with the job rows in `alloc`."""
     if lo % HALF_HOUR or hi % HALF_HOUR or hi <= lo:
         raise ValueError("the window must be whole UTC half-hours")
+    lo, hi = int(lo), int(hi)
     slots = np.arange(lo, hi, HALF_HOUR, dtype=np.int64)
     n_t, n_s = len(names), slots.size
     measured = np.zeros((n_t, n_s))
