@@ -114,11 +114,12 @@ def reconcile(
     if policy not in IDLE_POLICIES:
         raise ValueError(f"idle policy must be one of {', '.join(IDLE_POLICIES)}, got {policy!r}")
     keys = np.asarray(keys)
-    measured = np.maximum(np.asarray(measured_j, float), 0.0)
+    raw = np.maximum(np.asarray(measured_j, float), 0.0)
+    measured = _flush(raw)
     idx = np.searchsorted(keys, piece_key)
     if piece_key.size and (np.any(idx >= keys.size) or np.any(keys[np.minimum(idx, keys.size - 1)] != piece_key)):
         raise ValueError("a piece's key is not among the keys")
-    pj = np.maximum(np.asarray(piece_j, float), 0.0)
+    pj = _flush(np.asarray(piece_j, float))
     summed = np.bincount(idx, pj, minlength=keys.size)
     with np.errstate(all="ignore"):
         scale = np.where(summed > measured, measured / np.where(summed > 0, summed, 1.0), 1.0)
@@ -135,8 +136,13 @@ def reconcile(
     if over.any():
         pj = pj * np.where(over, measured / np.where(jobs > 0, jobs, 1.0), 1.0)[idx]
         jobs = np.bincount(idx, pj, minlength=keys.size)
-    unattributed = np.maximum(measured - jobs, 0.0)
-    return Reconciled(pj, keys, measured, jobs, unattributed)
+    unattributed = np.maximum(raw - jobs, 0.0)  # a subnormal measurement stays all unattributed
+    return Reconciled(pj, keys, raw, jobs, unattributed)
+
+
+def _flush(x: np.ndarray) -> np.ndarray:
+    """Negative to 0, and below 1e-300 J to 0 too: subnormal floats cannot keep the identity exact."""
+    return np.where(x > 1e-300, x, 0.0)
 
 
 def weighted_share(cls, job, i: int, node_cpus: int | None, cpu_share: float) -> float:
