@@ -31,6 +31,7 @@ COLUMNS = {
     "gpu_energy_j": "REAL",
     "intensity_kind": "TEXT",
     "forecast_energy_j": "REAL",
+    "rolled_up": "INTEGER",
 }
 """Column -> SQL type added to `jobs`; every one nullable."""
 
@@ -82,11 +83,12 @@ CREATE TABLE IF NOT EXISTS idle_spread (
     co2e_g     REAL NOT NULL,
     PRIMARY KEY (cluster, job_id, slot)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS jobs_without_details ON jobs (cluster, end_time) WHERE method IS NULL;
+CREATE INDEX IF NOT EXISTS jobs_not_rolled_up ON jobs (cluster, end_time) WHERE rolled_up IS NULL;
 """
 # `rollup` holds the report's per-day sums: a job enters them once, when its details are recorded
-# (method goes from NULL to set); counted jobs without details are summed from `jobs` directly (the
-# partial index finds them), so the report's totals always equal the ledger's sums.
+# (`rolled_up` goes from NULL to 1: carbond's own marker, whatever else fills `method`); counted jobs
+# not rolled up are summed from `jobs` directly (the partial index finds them), so the report's
+# totals always equal the ledger's sums.
 DAY = 86400
 
 
@@ -177,9 +179,9 @@ def record_details(state_dir_or_db: str | Path | sqlite3.Connection, cluster: st
         p = Path(state_dir_or_db)  # type: ignore[arg-type]
         db = connect(p.parent if p.name == FILENAME else p)
     names = [f.name for f in fields(Details)][1:]
-    sets = ", ".join(f"{n}=COALESCE(?, 'measured')" if n == "method" else f"{n}=?" for n in names)
-    q = (f"UPDATE jobs SET {sets} WHERE cluster=? AND job_id=? AND method IS NULL AND end_time IS NOT NULL "
-         f"AND state IN ({', '.join('?' * len(COUNTED))})")
+    sets = ", ".join(f"{n}=?" for n in names)
+    q = (f"UPDATE jobs SET {sets}, rolled_up=1 WHERE cluster=? AND job_id=? AND rolled_up IS NULL "
+         f"AND end_time IS NOT NULL AND state IN ({', '.join('?' * len(COUNTED))})")
     try:
         db.execute("BEGIN IMMEDIATE")
         n = 0

@@ -67,8 +67,8 @@ def totals(db: sqlite3.Connection, cluster: str, by: Sequence[str], start: float
            end: float | None = None) -> list[Line]:
     """One line per group (jobs that ended in [start, end)), sorted by group, plus unattributed energy."""
     cols = present(db)
-    rolled = bool(db.execute("SELECT 1 FROM sqlite_master WHERE name='rollup'").fetchone()) and all(
-        t is None or t % 86400 == 0 for t in (start, end))
+    rolled = "rolled_up" in cols and bool(db.execute("SELECT 1 FROM sqlite_master WHERE name='rollup'").fetchone()) \
+        and all(t is None or t % 86400 == 0 for t in (start, end))
     rows = _job_rows(db, cols, cluster, by, start, end, only_without_details=rolled)
     if rolled:
         rows += _rollup_rows(db, cluster, by, start, end)
@@ -112,7 +112,7 @@ def _job_rows(db, cols: set[str], cluster: str, by: Sequence[str], start, end, o
     keys = ["CAST(end_time / 86400 AS INTEGER)" if k in ("day", "month") else s for k, s in zip(by, keys, strict=True)]
     where, args = _range("end_time", cluster, start, end)
     if only_without_details:
-        where += " AND method IS NULL"
+        where += " AND rolled_up IS NULL"
     q = (f"SELECT {', '.join(keys)}, COUNT(*), SUM(energy_j), SUM(co2e_g), SUM({op}), SUM({emb}), "
          f"SUM(COALESCE({col('gpu_energy_j')}, 0.0)), SUM(energy_j * {cov}), "
          f"SUM(COALESCE({col('forecast_energy_j')}, 0.0)) FROM jobs "

@@ -180,3 +180,14 @@ def test_readme_commands_run_through_the_cli(tmp_path, capsys):
     assert "Energy: 0.48 kWh" in out and "Submit with: sbatch --begin=" in out
     assert main(["--config", str(conf), "report", "--by", "colour"]) == 1
     assert "valid: account, user" in capsys.readouterr().err
+
+
+def test_rollup_does_not_depend_on_who_fills_method(tmp_path):
+    ledger = Ledger(tmp_path, "c1")
+    ledger.record_many([Entry(str(i), ACCOUNTED, 3.6e6, 100.0, "p", "a", "u", T0 + i) for i in range(3)])
+    ledger.close()
+    db = connect(tmp_path)
+    db.execute("UPDATE jobs SET method='measured'")  # e.g. the daemon's own column, filled at insert
+    assert record_details(db, "c1", [Details("0", T0 - 60, 90.0, 10.0, "measured", 1.0, "cpu", 1, 0, 0.0)]) == 1
+    (line,) = totals(db, "c1", ["account"])
+    assert (line.jobs, line.energy_kwh, line.co2e_g, line.embodied_g) == (3, 3.0, 300.0, 10.0)
