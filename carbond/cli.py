@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--window", type=_hours, default=24.0, metavar="HOURS",
                     help="read sacct and account jobs by end time in windows of this many hours (default 24)")
 
+    from .subcommands import add_parsers
+
+    add_parsers(command)  # report, estimate, idle
+
     chk = command("check-config", "validate the config and exit")
     chk.add_argument("--print", dest="print_config", action="store_true",
                      help="also print the effective configuration (defaults filled in) as YAML; "
@@ -133,7 +137,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .show import show
 
         cfg, any_field = _show_config(args.config)
-        return show(cfg, args.job_ids, as_json=args.json, any_field=any_field)
+        return show(cfg, args.job_ids, as_json=args.json, any_field=any_field,
+                    full_config=lambda: config.load(args.config))
     cfg = config.load(args.config)
     if args.command == "check-config":
         if args.print_config:
@@ -151,6 +156,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return backfill(cfg, args.start, args.end, write=args.write, as_json=args.json, rewrite=args.rewrite,
                         window=args.window * 3600 or None)
+    if args.command in ("report", "estimate", "idle"):
+        from .subcommands import run
+
+        return run(args, cfg)
     raise AssertionError(args.command)
 
 

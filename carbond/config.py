@@ -26,6 +26,7 @@ DEFAULT_POWER_QUERY = 'amperageProbeReading{amperageProbeLocationName="System Bo
 PROVIDERS = ("uk-carbon-intensity", "electricitymaps", "prometheus", "csv", "constant")
 COMMENT_FIELDS = ("admin_comment", "system_comment", "comment")
 ATTRIBUTIONS = ("cpus", "exclusive")
+IDLE_POLICIES = ("report", "spread")
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,42 @@ class IntensityConfig:
 
 
 @dataclass(frozen=True)
+class TresWeights:
+    """Watts per allocated CPU, GPU and GB of memory: splits a node's power without per-GPU series."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+    mem_gb: float = 0.0
+
+
+@dataclass(frozen=True)
 class NodeClass:
     match: str
     cpus: int | None = None
     idle_watts: float | None = None
     max_watts: float | None = None
+    name: str | None = None
+    """Shown in reports and taken by `carbond estimate --nodes-class` (default: `match`)."""
+    gpus: int | None = None
+    mem_gb: float | None = None
+    weights: TresWeights | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.match
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    """Per-GPU power series in VictoriaMetrics (dcgm-exporter by default)."""
+
+    query: str = "DCGM_FI_DEV_POWER_USAGE"
+    node_label: str = "Hostname"
+    gpu_label: str = "gpu"
+    job_label: str | None = None
+    """A label naming the job on the series (dcgm-exporter's `hpc_job`), when GPUs are not mapped by index."""
+    unit_factor: float = 1.0
+    """Multiplies the samples into watts: 0.001 for `nvidia_gpu_power_usage_milliwatts`."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +158,9 @@ class Config:
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
     nodes: tuple[NodeClass, ...] = ()
     embodied: EmbodiedConfig = field(default_factory=EmbodiedConfig)
+    gpu: GpuConfig | None = None
+    idle: str = "report"
+    """report: energy no job carries stays unattributed; spread: it is shared among the node's jobs."""
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = ""
@@ -306,6 +341,10 @@ def _check(cfg: Config) -> list[str]:
         p.append(f"pue: must be at least 1.0, got {cfg.pue}")
     if cfg.attribution not in ATTRIBUTIONS:
         p.append(f"attribution: must be one of {', '.join(ATTRIBUTIONS)}, got {cfg.attribution!r}")
+    if cfg.idle not in IDLE_POLICIES:
+        p.append(f"idle: must be one of {', '.join(IDLE_POLICIES)}, got {cfg.idle!r}")
+    if cfg.gpu is not None and cfg.gpu.unit_factor <= 0:
+        p.append("gpu.unit_factor: must be positive")
     if cfg.max_gap <= 0:
         p.append("max_gap: must be positive")
     if cfg.embodied.g_per_node_hour < 0:
@@ -340,6 +379,8 @@ def _check(cfg: Config) -> list[str]:
             p.append(f"{key}.match: {exc}")
         if nc.cpus is not None and nc.cpus <= 0:
             p.append(f"{key}.cpus: must be positive")
+        if nc.weights is not None and min(nc.weights.cpu, nc.weights.gpu, nc.weights.mem_gb) < 0:
+            p.append(f"{key}.weights: must not be negative")
         if nc.idle_watts is not None and nc.max_watts is not None and nc.idle_watts > nc.max_watts:
             p.append(f"{key}: idle_watts ({nc.idle_watts}) exceeds max_watts ({nc.max_watts})")
     if cfg.slurm.comment_field not in COMMENT_FIELDS:

@@ -8,19 +8,27 @@ Two ways through, one arithmetic (`footprint.compute`, called per batch from `_b
   fetches only the node-time its jobs need (PowerCache carries every node's running integral
   across windows and drops samples no later job needs), so memory follows the window, not the
   span, and results come out window by window.
+
+Measured GPUs (carbond.gpus), when `gpu` is configured, enter through the traces and the rows
+only: a GPU node's trace becomes what it drew besides its GPUs, each GPU gets a trace of its
+own, and a job on such a node gets its CPU-share row plus one row per GPU it held
+(`GpuMap.expand`); `compute` then sums them like any other rows. Without per-GPU series, a node
+class's `weights` split the node's power by allocated TRES (attribution.tres_share).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 
+from .attribution import Weights, tres_share
 from .config import Config
 from .energy import Trace, build_trace
 from .footprint import Allocation, Batch, IntensityView, JobFootprint, JobMeta, compute
+from .gpus import SEP, GpuMap, gpu_traces
 from .jobs import BadLine, Job, JobTable, NodeNames
 from .powercache import PowerCache
 
@@ -48,10 +56,13 @@ class Engine:
     node_cpus: Callable[[str], int | None] | None = None
     """Extra source of node CPU counts (e.g. Slurm) for nodes the config does not describe."""
     _names: NodeNames = field(default_factory=NodeNames)
-    _props: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
-    """Per NodeNames index: CPUs, idle watts, max watts (NaN: unknown)."""
+    _props: np.ndarray = field(default_factory=lambda: np.zeros((0, _PROPS)))
+    """Per NodeNames index: CPUs, idle watts, max watts, TRES weight per CPU and per GPU, the class's
+    GPUs (NaN: unknown; the weights NaN when the class has none)."""
     cache: PowerCache | None = None
     """The streaming path's power (kept for its statistics)."""
+    gpu_power: PowerSource | None = None
+    """Per-GPU series (carbond.gpus.GpuClient) when `gpu` is configured."""
 
     def account(self, items: Iterable[Job | BadLine]) -> Iterator[JobFootprint]:
         """Footprints in input order; jobs that cannot be accounted get a status, never vanish."""
@@ -62,11 +73,11 @@ class Engine:
         """The input accounted in bounded batches, in input order (one fetch for the whole span)."""
         items = list(items)
         ready = [j for j in items if isinstance(j, Job) and _status(j) is None]
-        traces, view = self._inputs(ready) if ready else ({}, None)
+        traces, view, gmap = self._inputs(ready) if ready else ({}, None, None)
         for lo in range(0, len(items), BATCH):
             chunk = items[lo : lo + BATCH]
             table = JobTable.from_jobs([j for j in chunk if isinstance(j, Job)], self._names)
-            b = self._batch(table, traces.get, view)
+            b = self._batch(table, traces.get, view, gmap)
             it = iter(b.slots)
             slots = [next(it) if isinstance(x, Job) else _bad(x, self.cfg.pue) for x in chunk]
             yield Batch(slots, b.metas, b.acc, b.alloc, b.pue)
@@ -88,42 +99,61 @@ class Engine:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="carbond-prefetch") as pool:
             pending = pool.submit(self._prepare, table, view) if table is not None else None
             while table is not None and pending is not None:
-                traces, wview = pending.result()
+                traces, wview, gmap = pending.result()
                 following = next(it, None)
                 pending = pool.submit(self._prepare, following, view) if following is not None else None
                 for lo in range(0, len(table), BATCH):
                     part = table.take(np.arange(lo, min(lo + BATCH, len(table)))) if len(table) > BATCH else table
-                    yield self._batch(part, traces.get, wview)
+                    yield self._batch(part, traces.get, wview, gmap)
                 if table.bad:
                     yield Batch([_bad(b, self.cfg.pue) for b in table.bad], [], None, None, self.cfg.pue)
                 table = following
 
-    def _prepare(self, table: JobTable, view: IntensityView | None) -> tuple[dict[str, Trace | None], IntensityView | None]:
+    def _prepare(self, table: JobTable, view: IntensityView | None
+                 ) -> tuple[dict[str, Trace | None], IntensityView | None, GpuMap | None]:
         """Power (and intensity, unless the run has one view) of a window; earlier samples are freed.
 
         Runs in the prefetch thread, one window at a time: the only code that changes the cache.
-        The traces handed out are snapshots, so the window before keeps reading its own.
+        The traces handed out are snapshots, so the window before keeps reading its own. GPU series
+        are read per window (not cached) and the window's GPU nodes' traces rebuilt without them.
         """
         cache = self.cache
         assert cache is not None
         ok = _ready(table)
         if not ok.any():
-            return {}, None
+            return {}, None, None
         cache.drop_before(float(np.min(table.start[ok])) - self.cfg.max_gap)
         needs = self._needs(table, ok)
         cache.ensure(needs)
         wview = view or self._view(float(np.min(table.start[ok])), float(np.max(table.end[ok])))
-        return {n: cache.trace(n) for n in needs}, wview
+        traces, gmap = self._with_gpus({n: cache.trace(n) for n in needs}, needs)
+        return traces, wview, gmap
 
     # -- inputs ---------------------------------------------------------------------------------
-    def _inputs(self, jobs: list[Job]) -> tuple[dict[str, Trace], IntensityView]:
+    def _inputs(self, jobs: list[Job]) -> tuple[dict[str, Trace | None], IntensityView, GpuMap | None]:
         nodes = sorted({n for j in jobs for n in j.nodes})
         lo = min(j.start for j in jobs)  # type: ignore[type-var]
         hi = max(j.end for j in jobs)  # type: ignore[type-var]
         gap = self.cfg.max_gap
         raw = self.power.fetch_power(nodes, lo - gap, hi + gap)
-        traces = {n: build_trace(t, w, gap) for n, (t, w) in raw.items()}
-        return traces, self._view(lo, hi)
+        traces: dict[str, Trace | None] = {n: build_trace(t, w, gap) for n, (t, w) in raw.items()}
+        traces, gmap = self._with_gpus(traces, {n: (lo - gap, hi + gap) for n in nodes})
+        return traces, self._view(lo, hi), gmap
+
+    def _with_gpus(self, traces: dict[str, Trace | None], needs: dict[str, tuple[float, float]]
+                   ) -> tuple[dict[str, Trace | None], GpuMap | None]:
+        """Add each GPU's trace and make its node's trace the rest (no-op without `gpu`)."""
+        if self.gpu_power is None or not needs:
+            return traces, None
+        lo = min(a for a, _ in needs.values())
+        hi = max(b for _, b in needs.values())
+        gpu_raw = self.gpu_power.fetch_power(sorted(needs), lo, hi)
+        if not gpu_raw:
+            return traces, GpuMap()
+        gpu_nodes = {k.partition(SEP)[0] for k in gpu_raw}
+        node_raw = {n: (tr.t, tr.w) for n, tr in traces.items() if tr is not None and n in gpu_nodes}
+        extra, gmap = gpu_traces(node_raw, gpu_raw, self.cfg.max_gap)
+        return {**traces, **extra}, gmap
 
     def _view(self, lo: float, hi: float) -> IntensityView:
         table = self.intensity.lookup(lo, hi)
@@ -145,13 +175,24 @@ class Engine:
         names = table.names.names
         return {names[n]: (a - gap, b + gap) for n, a, b in zip(uniq.tolist(), lo.tolist(), hi.tolist(), strict=True)}
 
+    def allocation(self, jobs: list[Job], gmap: GpuMap | None = None) -> tuple[Allocation, list[JobMeta], list[str]]:
+        """The shares `compute` would use for `jobs` (carbond.idle closes half-hours with them):
+        the allocation of the jobs that can be attributed, their metas and the trace names."""
+        table = JobTable.from_jobs(jobs, self._names)
+        alloc, ok, names, _errors, _expanded = self._allocate(table, _ready(table), gmap)
+        return alloc, _metas(table, ok), names
+
     # -- one batch: allocation, then the arithmetic ------------------------------------------------
-    def _batch(self, table: JobTable, trace_of: TraceOf, view: IntensityView | None) -> Batch:
+    def _batch(self, table: JobTable, trace_of: TraceOf, view: IntensityView | None,
+               gmap: GpuMap | None = None) -> Batch:
         pue = self.cfg.pue
         status = _statuses(table)
-        alloc, ok, names, errors = self._allocate(table, status == 0)
+        alloc, ok, names, errors, expanded = self._allocate(table, status == 0, gmap)
         acc = None
         metas = _metas(table, ok)
+        for k, (rows, notes) in expanded.items():
+            m = metas[k]
+            metas[k] = replace(m, nodes=rows, warnings=list(m.warnings) + notes, gpu=any(SEP in r for r in rows))
         if ok.size and view is not None:
             acc = compute(alloc, [trace_of(n) for n in names], view, pue, self.cfg.embodied.g_per_node_hour)
         slots: list[int | JobFootprint] = []
@@ -167,8 +208,14 @@ class Engine:
                 k += 1
         return Batch(slots, metas, acc, alloc, pue)
 
-    def _allocate(self, table: JobTable, ready: np.ndarray) -> tuple[Allocation, np.ndarray, list[str], dict[int, str]]:
-        """The flattened job-node table of the ready jobs; a job whose shares cannot be known is an error."""
+    def _allocate(self, table: JobTable, ready: np.ndarray, gmap: GpuMap | None = None
+                  ) -> tuple[Allocation, np.ndarray, list[str], dict[int, str], dict[int, tuple[tuple[str, ...], list[str]]]]:
+        """The flattened job-node table of the ready jobs; a job whose shares cannot be known is an error.
+
+        Returns the allocation, the ready jobs' table indices, the trace name of each local node
+        index, the errors by table index, and per GPU job (position in the ready jobs) its row names
+        (`node`, `node/gpuN`) and notes.
+        """
         counts = np.diff(table.node_offsets)
         props = self._node_props(table.names)
         node = table.node
@@ -187,39 +234,120 @@ class Engine:
                                      "unknown (add it under `nodes` in the config)")
             ready = ready.copy()
             ready[list(errors)] = False
-        share = np.ones_like(load) if exclusive else load
+        gpu_node = self._gpu_rows(table, gmap)
+        share = np.ones_like(load) if exclusive else self._weighted(table, props, counts, load, gpu_node)
         fallback = np.where(np.isnan(idle) | np.isnan(peak), np.nan, share * idle + (peak - idle) * load)
         ok = np.flatnonzero(ready)
         rows = np.repeat(ready, counts)
-        local, inverse = np.unique(node[rows], return_inverse=True)
+        key, r_share, r_fb = node[rows], share[rows], fallback[rows]
+        row_job = np.repeat(np.arange(ok.size), counts[ok])
+        extra: list[str] = []
+        expanded: dict[int, tuple[tuple[str, ...], list[str]]] = {}
+        if gmap is not None and gpu_node[rows].any():
+            key, r_share, r_fb, row_job, extra, expanded = _expand_gpus(
+                table, ok, counts, (key, r_share, r_fb, row_job), load[rows], gpu_node[rows], gmap)
+        local, inverse = np.unique(key, return_inverse=True)
         alloc = Allocation(
             start=table.start[ok],
             end=table.end[ok],
-            row_job=np.repeat(np.arange(ok.size), counts[ok]),
+            row_job=row_job,
             row_node=inverse.astype(np.int64),
-            share=share[rows],
-            fallback_w=fallback[rows],
+            share=r_share,
+            fallback_w=r_fb,
         )
         names = table.names.names
-        return alloc, ok, [names[i] for i in local.tolist()], errors
+        n = len(names)
+        return alloc, ok, [names[i] if i < n else extra[i - n] for i in local.tolist()], errors, expanded
+
+    @staticmethod
+    def _gpu_rows(table: JobTable, gmap: GpuMap | None) -> np.ndarray:
+        """Per row: its node has measured GPU series."""
+        if gmap is None or not gmap.by_node:
+            return np.zeros(table.node.size, dtype=bool)
+        index = table.names.index
+        ids = [index[n] for n in gmap.by_node if n in index]
+        return np.isin(table.node, ids)
+
+    def _weighted(self, table: JobTable, props: np.ndarray, counts: np.ndarray, load: np.ndarray,
+                  gpu_node: np.ndarray) -> np.ndarray:
+        """Shares by the node class's TRES weights where it has some (and no measured GPUs), else `load`.
+
+        GPUs are spread evenly over a job's nodes (AllocTRES gives a total); memory is not in the
+        job record, so `weights.mem_gb` stays out on both sides (as attribution.weighted_share)."""
+        node = table.node
+        w_cpu, w_gpu, cls_gpus = props[node, 3], props[node, 4], props[node, 5]
+        has = ~np.isnan(w_cpu) & ~gpu_node
+        if not has.any():
+            return load
+        held = np.nan_to_num(table.row_cpus, nan=0.0)
+        gpus = np.repeat(table.gpus / np.maximum(1, counts), counts)
+        ncpu = np.nan_to_num(props[node, 0], nan=0.0)
+        zero = np.zeros(node.size)
+        weighted = tres_share(held * w_cpu, gpus * w_gpu, zero, ncpu * w_cpu, np.nan_to_num(cls_gpus) * w_gpu, zero,
+                              Weights(1.0, 1.0, 0.0))
+        return np.where(has & np.isfinite(weighted), weighted, load)
 
     def _node_props(self, names: NodeNames) -> np.ndarray:
         """CPUs, idle and max watts of every node named so far, each looked up once."""
         if names is not self._names:
-            self._names, self._props = names, np.zeros((0, 3))
+            self._names, self._props = names, np.zeros((0, _PROPS))
         have = self._props.shape[0]
         if have < len(names.names):
             extra = [self._node(n) for n in names.names[have:]]
-            self._props = np.vstack([self._props, np.array(extra, dtype=np.float64).reshape(-1, 3)])
+            self._props = np.vstack([self._props, np.array(extra, dtype=np.float64).reshape(-1, _PROPS)])
         return self._props
 
-    def _node(self, node: str) -> tuple[float, float, float]:
+    def _node(self, node: str) -> tuple[float, ...]:
         cls = self.cfg.node_class(node)
         cpus = cls.cpus if cls and cls.cpus else (self.node_cpus(node) if self.node_cpus else None)
         idle = cls.idle_watts if cls and cls.idle_watts is not None and cls.max_watts is not None else None
         peak = cls.max_watts if idle is not None else None
+        w = cls.weights if cls is not None else None
         return (np.nan if not cpus else float(cpus), np.nan if idle is None else float(idle),
-                np.nan if peak is None else float(peak))
+                np.nan if peak is None else float(peak), np.nan if w is None else float(w.cpu),
+                np.nan if w is None else float(w.gpu), float(cls.gpus or 0) if cls is not None else 0.0)
+
+
+_PROPS = 6
+
+
+@dataclass(frozen=True)
+class _GpuJob:
+    """What GpuMap.expand reads of a job."""
+
+    job_id: str
+    nodes: tuple[str, ...]
+    gpus: int
+    gpu_ids: object
+
+
+def _expand_gpus(table: JobTable, ok: np.ndarray, counts: np.ndarray, cols: tuple, load: np.ndarray,
+                 gpu_row: np.ndarray, gmap: GpuMap):
+    """The row columns with each GPU job's rows replaced by GpuMap.expand's (its node rows at their CPU
+    share of the rest, plus its GPUs); GPU traces get keys after the NodeNames indices."""
+    key, share, fb, row_job = cols
+    bounds = np.concatenate(([0], np.cumsum(counts[ok])))
+    n = len(table.names.names)
+    index = table.names.index
+    extra: dict[str, int] = {}
+    expanded: dict[int, tuple[tuple[str, ...], list[str]]] = {}
+    parts: list[tuple[np.ndarray, ...]] = []
+    prev = 0
+    for k in np.unique(row_job[gpu_row]).tolist():
+        a, b = int(bounds[k]), int(bounds[k + 1])
+        parts.append((key[prev:a], share[prev:a], fb[prev:a], row_job[prev:a]))
+        j = int(ok[k])
+        job = _GpuJob(str(table.job_id[j]), table.nodes_of(j), int(table.gpus[j]), table.gpu_ids.get(j))
+        names, rows, notes = gmap.expand(job, list(zip(share[a:b].tolist(), fb[a:b].tolist(), strict=True)),
+                                         load[a:b].tolist())
+        keys = [n + extra.setdefault(x, len(extra)) if SEP in x else index[x] for x in names]
+        parts.append((np.array(keys, dtype=np.int64), np.array([r[0] for r in rows], dtype=np.float64),
+                      np.array([r[1] for r in rows], dtype=np.float64), np.full(len(rows), k, dtype=np.int64)))
+        expanded[k] = (tuple(names), notes)
+        prev = b
+    parts.append((key[prev:], share[prev:], fb[prev:], row_job[prev:]))
+    key, share, fb, row_job = (np.concatenate(c) for c in zip(*parts, strict=True))
+    return key, share, fb, row_job, list(extra), expanded
 
 
 _STATUS = ("", "not-started", "running", "zero-length", "error:ends before it starts", "error:no nodes recorded")
@@ -331,4 +459,9 @@ def build_engine(cfg: Config, node_cpus: Callable[[str], int | None] | None = No
         logging.getLogger("carbond").warning("state_dir %s is not writable: intensity cache off", cfg.state_dir)
         cache = None
     source = IntensitySource(provider, cache, refresh_seconds=cfg.intensity.refresh_seconds)
-    return Engine(cfg, victoria, source, node_cpus), victoria
+    gpu_power = None
+    if cfg.gpu is not None:
+        from .gpus import GpuClient
+
+        gpu_power = GpuClient(cfg.victoriametrics, cfg.gpu)
+    return Engine(cfg, victoria, source, node_cpus, gpu_power=gpu_power), victoria

@@ -234,6 +234,9 @@ class JobFootprint:
             "nodes": [dict(zip(NodeEnergy._fields, n, strict=True)) for n in self.nodes],
             "periods": [dict(zip(Period._fields, p, strict=True)) for p in self.periods],
         }
+        gpu = [n.energy_kwh or 0.0 for n in self.nodes if "/gpu" in n.node]
+        if gpu:  # measured GPUs: their rows are named node/gpuN (see carbond.gpus)
+            d["gpu_energy_kwh"] = float(significant(np.array([sum(gpu)]))[0])
         if self.warnings:
             d["warnings"] = list(self.warnings)
         if self.error:
@@ -257,6 +260,8 @@ class JobMeta:
     account: str = ""
     user: str = ""
     warnings: list[str] = field(default_factory=list)
+    gpu: bool = False
+    """Some of `nodes` are GPU traces (`node/gpuN`): formatted by to_dict, not the bulk path."""
 
 
 SIGNIFICANT = 12
@@ -350,7 +355,7 @@ def footprints(acc: Accounting, alloc: Allocation, metas: Sequence[JobMeta], pue
 
 def is_plain(c: Columns, i: int, meta: JobMeta) -> bool:
     """Accounted without any note: the bulk writers may format it straight from the columns."""
-    return not (meta.warnings or c.stale[i] or c.forecast[i] or c.kwh[i] is None or c.op_g[i] is None)
+    return not (meta.warnings or meta.gpu or c.stale[i] or c.forecast[i] or c.kwh[i] is None or c.op_g[i] is None)
 
 
 @dataclass(frozen=True)

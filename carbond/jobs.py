@@ -192,6 +192,8 @@ class JobTable:
     names: NodeNames
     warnings: dict[int, tuple[str, ...]] = field(default_factory=dict)
     bad: list[BadLine] = field(default_factory=list)
+    gpu_ids: dict[int, object] = field(default_factory=dict)
+    """Job index -> the GPU indices it held (carbond.gpus), for the few jobs that record them."""
 
     def __len__(self) -> int:
         return int(self.start.size)
@@ -211,6 +213,7 @@ class JobTable:
             self.job_id[idx], self.start[idx], self.end[idx], offsets, self.node[rows], self.row_cpus[rows],
             self.gpus[idx], self.partition[idx], self.account[idx], self.user[idx], self.display_id[idx],
             self.names, {where[k]: w for k, w in self.warnings.items() if k in where},
+            gpu_ids={where[k]: g for k, g in self.gpu_ids.items() if k in where},
         )
 
     @classmethod
@@ -233,6 +236,7 @@ class JobTable:
             display_id=_strings([j.display_id for j in jobs]),
             names=names,
             warnings={i: j.warnings for i, j in enumerate(jobs) if j.warnings},
+            gpu_ids={i: g for i, j in enumerate(jobs) if (g := getattr(j, "gpu_ids", None))},
         )
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -427,6 +427,11 @@ class Ledger:
     def latest_end(self) -> float | None:
         with self._lock:
             return self._db.execute("SELECT MAX(end_time) FROM jobs WHERE cluster=?", (self.cluster,)).fetchone()[0]
+
+    def read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        """A read-only query under the ledger's lock (for tables other modules add: ledger_columns)."""
+        with self._lock:
+            return self._db.execute(sql, tuple(params)).fetchall()
 
     def summary(self) -> Summary:
         """Totals, outcomes, skipped writes and recovered jobs from the running totals: O(groups)."""

@@ -2,7 +2,7 @@
 
 Everything lives in a CollectorRegistry passed in (no global state), so tests and the daemon
 each have their own. Once a ledger is attached, the energy, emissions, jobs, skipped-write and
-recovered counters are read from it at scrape time (a custom collector, cached for a second), so
+recovered counters, GPU and unattributed energy are read from it at scrape time (a custom collector, cached for a second), so
 they always equal the ledger, whoever wrote it: the daemon, `backfill --write`, a re-queued dead
 letter. Without a ledger (tests, one-shot tools) they count in memory.
 """
@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily
 
 from .errors import ConfigError
 from .ledger import ACCOUNTED, DEAD, NOT_STARTED, SKIP_REASONS, ZERO_LENGTH, Entry, Ledger
+from .ledger_columns import metric_totals
 
 log = logging.getLogger("carbond.metrics")
 
@@ -56,6 +57,10 @@ class Metrics:
                                "Grid carbon intensity of the current half-hour.", registry=registry)
         self.latency = Histogram("carbond_processing_latency_seconds", "From job end to its token written.",
                                  buckets=LATENCY_BUCKETS, registry=registry)
+        # issue 8: running jobs (a gauge, set by the daemon); GPU and unattributed energy are totals (_Totals)
+        self.running_emissions = Gauge("carbond_running_jobs_emissions_grams",
+                                       "CO2e so far of the jobs running now.", ["cluster"], registry=registry)
+        self.running_emissions.labels(cluster=cluster).set(0.0)
         for target in TARGETS:
             self.last_success.labels(target=target)
         self.intensity.set(float("nan"))
@@ -85,6 +90,25 @@ class Metrics:
         key = (partition, account, user if self.per_user else "")
         j, g = self.totals.mem_sums.get(key, (0.0, 0.0))
         self.totals.mem_sums[key] = (j + joules, g + grams)
+
+    def add_gpu(self, partition: str, account: str, user: str, joules: float) -> None:
+        """Measured GPU energy of a recorded job (in memory; with a ledger attached the ledger is read)."""
+        if self.totals.ledger is not None:
+            self.totals.invalidate()
+            return
+        key = (partition, account, user if self.per_user else "")
+        self.totals.mem_gpu[key] = self.totals.mem_gpu.get(key, 0.0) + joules
+
+    def add_unattributed(self, partition: str, joules: float) -> None:
+        """A closed half-hour's unattributed energy (in memory; with a ledger attached the ledger is read,
+        so idle.resume_metrics and a re-closed range never count twice)."""
+        if self.totals.ledger is not None:
+            self.totals.invalidate()
+            return
+        self.totals.mem_unattributed[partition] = self.totals.mem_unattributed.get(partition, 0.0) + max(0.0, joules)
+
+    def set_running_emissions(self, grams: float) -> None:
+        self.running_emissions.labels(cluster=self.cluster).set(grams)
 
     def write_skipped(self, reason: str) -> None:
         """Count a field left alone (in memory; with a ledger attached its UNWRITABLE rows count)."""
@@ -150,6 +174,10 @@ class _Snapshot:
     jobs: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     recovered: int = 0
+    gpu: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    """(partition, account, user or "") -> measured GPU joules"""
+    unattributed: dict[str, float] = field(default_factory=dict)
+    """partition -> joules no job carries"""
 
 
 class _Totals:
@@ -162,6 +190,8 @@ class _Totals:
         self.mem_sums: dict[tuple[str, str, str], tuple[float, float]] = {}
         self.mem_jobs: dict[str, int] = {}
         self.mem_skipped: dict[str, int] = {}
+        self.mem_gpu: dict[tuple[str, str, str], float] = {}
+        self.mem_unattributed: dict[str, float] = {}
         self._snap: _Snapshot | None = None
         self._at = 0.0
         self._lock = threading.Lock()
@@ -171,7 +201,8 @@ class _Totals:
 
     def snapshot(self, max_age: float = SNAPSHOT_TTL) -> _Snapshot:
         if self.ledger is None:
-            return _Snapshot(dict(self.mem_sums), dict(self.mem_jobs), dict(self.mem_skipped), 0)
+            return _Snapshot(dict(self.mem_sums), dict(self.mem_jobs), dict(self.mem_skipped), 0,
+                             dict(self.mem_gpu), dict(self.mem_unattributed))
         with self._lock:
             now = time.monotonic()
             if self._snap is None or now - self._at > max_age:
@@ -192,7 +223,12 @@ class _Totals:
             key = (p, a, u if self.per_user else "")
             j, g = sums.get(key, (0.0, 0.0))
             sums[key] = (j + t.joules, g + t.grams)
-        return _Snapshot(sums, summary.outcomes, summary.skipped, summary.recovered)
+        gpu: dict[tuple[str, str, str], float] = {}
+        got_gpu, unattributed = metric_totals(ledger.read, ledger.cluster)
+        for (p, a, u), j in got_gpu.items():
+            key = (p, a, u if self.per_user else "")
+            gpu[key] = gpu.get(key, 0.0) + j
+        return _Snapshot(sums, summary.outcomes, summary.skipped, summary.recovered, gpu, unattributed)
 
     def describe(self) -> list:
         return []  # collected at scrape time only; nothing to check at registration
@@ -218,4 +254,13 @@ class _Totals:
         recovered = CounterMetricFamily("carbond_jobs_recovered",
                                         "Jobs found in slurmdbd without a spool record, then accounted.")
         recovered.add_metric([], snap.recovered)
-        yield from (energy, grams, jobs, skipped, recovered)
+        gpu = CounterMetricFamily("carbond_gpu_energy_joules", "Measured GPU energy of accounted jobs (no PUE).",
+                                  labels=labels)
+        for (p, a, u), j in sorted(snap.gpu.items()):
+            gpu.add_metric([self.cluster, p, a] + ([u] if self.per_user else []), j)
+        unattributed = CounterMetricFamily("carbond_unattributed_energy_joules",
+                                           "Node energy no job carries (idle, unallocated), per closed half-hour.",
+                                           labels=["cluster", "partition"])
+        for p, j in sorted(snap.unattributed.items()):
+            unattributed.add_metric([self.cluster, p], j)
+        yield from (energy, grams, jobs, skipped, recovered, gpu, unattributed)

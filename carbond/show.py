@@ -13,7 +13,7 @@ import os
 import re
 import sqlite3
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .config import Config
@@ -26,11 +26,13 @@ JOB_ID = re.compile(r"\d+(?:_\d+|\+\d+)?")
 
 
 def show(cfg: Config, job_ids: list[str], as_json: bool = False, out=None, any_field: bool = False,
-         slurm: SlurmIO | None = None) -> int:
+         slurm: SlurmIO | None = None, full_config: Callable[[], Config] | None = None) -> int:
     """Prints each job's footprint; exit 1 if any id is invalid, unknown or not accounted yet.
 
     An array's (or het job's) id shows every task (component). `any_field`: the token is looked
     for in every comment field (the site's config, which names the field, was not readable).
+    A running job's footprint so far needs VictoriaMetrics and the intensity source: `full_config`
+    loads the whole config only then (`cfg` itself when not given).
     """
     out = out or sys.stdout
     valid = [j for j in dict.fromkeys(job_ids) if JOB_ID.fullmatch(j)]
@@ -53,7 +55,9 @@ def show(cfg: Config, job_ids: list[str], as_json: bool = False, out=None, any_f
         else:
             final, why = _why_none(f)
         bad += not final
-        if as_json:
+        if values is None and f is not None and f.job.start is not None and f.job.end is None:
+            _running(_whole(cfg, full_config), label, f, out, as_json)
+        elif as_json:
             out.write(json.dumps({"job_id": label, "raw_id": f.job.job_id if f else None,
                                   "state": f.state if f else None, "footprint": values, "pue": pue,
                                   "error": why or None}) + "\n")
@@ -118,6 +122,31 @@ def _ledger_pues(cfg: Config, raw_ids: list[str]) -> dict[str, float]:
     finally:
         db.close()
     return {str(j): float(p) for j, p in rows if p is not None}
+
+
+def _whole(cfg: Config, full_config: Callable[[], Config] | None) -> Config | Exception:
+    """The whole config for a running job's footprint so far, or why it cannot be read."""
+    from .errors import CarbondError
+
+    try:
+        return full_config() if full_config else cfg
+    except CarbondError as exc:
+        return exc
+
+
+def _running(cfg: Config | Exception, label: str, f: JobFacts, out, as_json: bool) -> None:
+    """A running job: its footprint so far and projected to its time limit (carbond.running)."""
+    from .errors import CarbondError
+    from .running import show_running
+
+    try:
+        if isinstance(cfg, Exception):
+            raise cfg
+        show_running(cfg, f, out, as_json=as_json)
+    except CarbondError as exc:
+        out.write(json.dumps({"job_id": label, "raw_id": f.job.job_id, "state": f.state, "footprint": None,
+                              "error": str(exc)}) + "\n"
+                  if as_json else f"Job {label}: running (state {f.state}); footprint so far unavailable: {exc}\n")
 
 
 def _why_none(f: JobFacts) -> tuple[bool, str]:

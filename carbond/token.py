@@ -77,7 +77,14 @@ def token_values(fp: Any) -> dict[str, Any]:
         "cov": min(fp.coverage, 0.999) if fp.method != "measured" else None,
         # The PUE inside co2e_g, so `carbond show` reports the one the job was accounted with.
         "pue": getattr(fp, "pue", None),
+        # Measured GPU energy, kWh: only on jobs that held measured GPUs (carbond.gpus).
+        "gpu_kwh": _gpu_kwh(fp),
     }
+
+
+def _gpu_kwh(fp: Any) -> float | None:
+    gpu = [n.energy_kwh or 0.0 for n in getattr(fp, "nodes", ()) if "/gpu" in n.node]
+    return sum(gpu) if gpu else None
 
 
 def method_of(values: Mapping[str, Any]) -> str:

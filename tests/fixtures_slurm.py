@@ -131,7 +131,9 @@ class SlurmTestbed:
         extra["SLURM_TESTBED_USER"] = slurm_user
         proc = subprocess.run(  # noqa: S603 - fixed argument list, no shell
             [str(TESTBED), "start", str(directory)],
-            env={**_base_env({}), **extra},
+            # n3 gets 2 GRES GPUs on a cold start (test_gpu_testbed), host and Debian roots alike (the
+            # device files live under the testbed dir, which is bound into the root); "" leaves them out
+            env={**_base_env({"CARBOND_TESTBED_GPUS": os.environ.get("CARBOND_TESTBED_GPUS", "2")}), **extra},
             capture_output=True,
             text=True,
             timeout=timeout,

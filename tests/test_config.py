@@ -21,7 +21,8 @@ def test_example_config_is_valid_and_documents_every_key():
             yield prefix + f.name
             inner = f.type if isinstance(f.type, type) else None
             for cand in (config.VictoriaConfig, config.IntensityConfig, config.SlurmConfig, config.MetricsConfig,
-                         config.EmbodiedConfig, config.BasicAuth, config.NodeClass):
+                         config.EmbodiedConfig, config.BasicAuth, config.NodeClass, config.GpuConfig,
+                         config.TresWeights):
                 if f.type in (cand.__name__, f"{cand.__name__} | None", f"tuple[{cand.__name__}, ...]") or inner is cand:
                     yield from keys(cand, prefix + f.name + ".")
 

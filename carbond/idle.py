@@ -1,0 +1,249 @@
+"""Closing the books per node and half-hour: what the jobs carried, and the rest (idle, unallocated).
+
+For every power trace (a node, or a GPU of it: see carbond.gpus) and every UTC half-hour of a
+closed window, measured energy = jobs' measured energy + unattributed, exactly. A half-hour can
+be closed as soon as it is past: the share of a job still running is already fixed for it, so the
+jobs to close it with are all those that overlapped it (`sacct -S -E`, any state), each clipped to
+the window. The daemon closes each half-hour once, `settle_seconds` after its end, and records the
+rest with `ledger_columns.record_unattributed` and `Metrics.unattributed`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .attribution import reconcile
+from .energy import HALF_HOUR, Trace, split_half_hours, window
+from .footprint import Allocation
+from .gpus import SEP
+
+
+@dataclass(frozen=True)
+class IdleTable:
+    names: list[str]
+    """Trace names: nodes, and `node/gpuN` for measured GPUs."""
+    slots: np.ndarray
+    measured_j: np.ndarray
+    """(traces, slots) measured joules of each whole half-hour (NaN-free; 0 without samples)."""
+    jobs_j: np.ndarray
+    unattributed_j: np.ndarray
+    job_extra_j: np.ndarray
+    """Per job of the allocation: joules `idle: spread` adds (zeros under `report`)."""
+    extra_job: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """`idle: spread`, per (job, half-hour) it added to: the job index ..."""
+    extra_slot: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """... the half-hour ..."""
+    extra_j: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """... and the joules."""
+    spread: tuple = ()
+    """close_window under `idle: spread`: (Job, slot, joules, grams CO2e) per job and half-hour."""
+
+    def by_node(self) -> dict[tuple[str, int], float]:
+        """(physical node, slot) -> unattributed joules, a node's GPUs folded into it."""
+        out: dict[tuple[str, int], float] = {}
+        for i, name in enumerate(self.names):
+            node = name.split(SEP, 1)[0]
+            for k, slot in enumerate(self.slots.tolist()):
+                out[(node, slot)] = out.get((node, slot), 0.0) + float(self.unattributed_j[i, k])
+        return out
+
+
+def idle_table(alloc: Allocation, traces: Sequence[Trace | None], names: Sequence[str], lo: float, hi: float,
+               policy: str = "report") -> IdleTable:
+    """Reconcile every trace over the half-hours of [lo, hi) (slot-aligned) with the job rows in `alloc`."""
+    if lo % HALF_HOUR or hi % HALF_HOUR or hi <= lo:
+        raise ValueError("the window must be whole UTC half-hours")
+    lo, hi = int(lo), int(hi)
+    slots = np.arange(lo, hi, HALF_HOUR, dtype=np.int64)
+    n_t, n_s = len(names), slots.size
+    measured = np.zeros((n_t, n_s))
+    for i, tr in enumerate(traces):
+        if tr is not None:
+            measured[i] = window(tr, slots.astype(float), slots + float(HALF_HOUR))[0]
+    a = np.clip(alloc.start[alloc.row_job], lo, hi)
+    b = np.clip(alloc.end[alloc.row_job], lo, hi)
+    pieces = split_half_hours(a, b)
+    node = alloc.row_node[pieces.owner]
+    piece_j = np.zeros(node.size)
+    for i, tr in enumerate(traces):
+        sel = node == i
+        if tr is not None and sel.any():
+            piece_j[sel] = window(tr, pieces.start[sel], pieces.end[sel])[0]
+    piece_j *= alloc.share[pieces.owner]
+    weight = alloc.share[pieces.owner] * (pieces.end - pieces.start)
+    key = node * n_s + (pieces.slot - lo) // HALF_HOUR
+    r = reconcile(key, piece_j, weight, np.arange(n_t * n_s), measured.ravel(), policy)
+    added = r.piece_j - piece_j
+    job = alloc.row_job[pieces.owner]
+    extra = np.bincount(job, added, minlength=alloc.start.size)
+    js_key = job * n_s + (pieces.slot - lo) // HALF_HOUR
+    uniq, inv = np.unique(js_key, return_inverse=True)
+    js_j = np.bincount(inv, added, minlength=uniq.size)
+    keep = js_j > 0
+    return IdleTable(list(names), slots, measured, r.jobs_j.reshape(n_t, n_s), r.unattributed_j.reshape(n_t, n_s),
+                     extra, uniq[keep] // n_s, slots[uniq[keep] % n_s], js_j[keep])
+
+
+def clip_jobs(jobs: Sequence, lo: float, hi: float) -> list:
+    """The jobs' parts inside [lo, hi): running jobs run to `hi`; jobs outside it or never started drop out."""
+    out = []
+    for j in jobs:
+        if j.start is None or not j.nodes:
+            continue
+        end = hi if j.end is None else min(j.end, hi)
+        start = max(j.start, lo)
+        if end > start:
+            out.append(replace(j, start=start, end=end))
+    return out
+
+
+def close_window(engine, jobs: Sequence, lo: float, hi: float, policy: str = "report",
+                 all_nodes: Sequence[str] = ()) -> tuple[IdleTable, dict]:
+    """Close [lo, hi) with the jobs that overlapped it (a carbond.engine.Engine's inputs and shares);
+    `all_nodes` adds the nodes no job ran on (wholly idle).
+
+    Returns the table and node -> the partition most of its jobs ran in ('' without jobs)."""
+    from .engine import Engine
+    from .gpus import gpu_traces
+
+    assert isinstance(engine, Engine)
+    clipped = clip_jobs(jobs, lo, hi)
+    traces: dict[str, Trace] = {}
+    alloc, names, metas, view = None, [], [], None
+    if clipped:
+        traces, view, gmap = engine._inputs(clipped)
+        alloc, metas, names = engine.allocation(clipped, gmap)
+    nodes = sorted({n for j in clipped for n in j.nodes})
+    idle_nodes = [n for n in dict.fromkeys(all_nodes) if n not in set(nodes)]
+    if idle_nodes:
+        gap = engine.cfg.max_gap
+        raw = engine.power.fetch_power(idle_nodes, lo - gap, hi + gap)
+        gpu_raw = engine.gpu_power.fetch_power(idle_nodes, lo - gap, hi + gap) if engine.gpu_power else {}
+        traces.update(gpu_traces(raw, gpu_raw, gap)[0])
+    if alloc is None:
+        alloc = Allocation(*(np.zeros(0),) * 2, *(np.zeros(0, dtype=np.int64),) * 2, np.zeros(0), np.zeros(0))
+    every = list(names) + [n for n in list(traces) if n not in set(names)]
+    table = idle_table(alloc, [traces.get(n) for n in every], every, lo, hi, policy)
+    parts: dict[str, Counter] = {n: Counter() for n in nodes}
+    for j in clipped:
+        for n in j.nodes:
+            parts[n][j.partition] += 1
+    if table.extra_j.size and view is not None:  # `idle: spread`: what each job got, priced
+        by_id = {j.job_id: j for j in clipped}
+        intensity = view.at(table.extra_slot)[0]
+        table = replace(table, spread=tuple(
+            (by_id[metas[k].job_id], int(slot), float(e), float(e / 3.6e6 * i * engine.cfg.pue))
+            for k, slot, e, i in zip(table.extra_job.tolist(), table.extra_slot.tolist(), table.extra_j.tolist(),
+                                     intensity.tolist(), strict=True)))
+    return table, {n: c.most_common(1)[0][0] if c else "" for n, c in parts.items()}
+
+
+def _empty(lo: float, hi: float) -> IdleTable:
+    slots = np.arange(lo, hi, HALF_HOUR, dtype=np.int64)
+    z = np.zeros((0, slots.size))
+    return IdleTable([], slots, z, z, z, np.zeros(0))
+
+
+def ledger_rows(table: IdleTable, partitions: dict[str, str], node_class) -> list[tuple[str, int, str, str, float]]:
+    """(node, slot, partition, node class, joules) for ledger_columns.record_unattributed;
+    `node_class(node)` gives the class label."""
+    return [(node, slot, partitions.get(node, ""), node_class(node), joules)
+            for (node, slot), joules in sorted(table.by_node().items())]
+
+
+# ---- the daemon's and the command's entry points --------------------------------------------------
+
+
+def close_and_record(cfg, engine, slurm, lo: float, hi: float, db=None, metrics=None):
+    """Close [lo, hi) from sacct and record it: the one call the daemon makes per closed half-hour(s)
+    (with its engine, SlurmIO, an open ledger_columns.connect() and its Metrics). Returns the table
+    and the ledger rows; `db` None records nothing (a dry run)."""
+    from .ledger_columns import record_spread, record_unattributed
+
+    jobs = jobs_overlapping(slurm, lo, hi)
+    table, parts = close_window(engine, jobs, lo, hi, cfg.idle, sorted(slurm.node_cpus()))
+    rows = ledger_rows(table, parts, lambda n: _label(cfg, n))
+    if db is not None:
+        record_unattributed(db, cfg.cluster, rows)
+        if table.spread:
+            record_spread(db, cfg.cluster, [(j.job_id, slot, j.account, j.user, j.partition,
+                                             _label(cfg, j.nodes[0]), e, g) for j, slot, e, g in table.spread])
+        if metrics is not None:
+            for _node, _slot, partition, _cls, joules in rows:
+                metrics.add_unattributed(partition, joules)
+    return table, rows
+
+
+def _label(cfg, node: str) -> str:
+    c = cfg.node_class(node)
+    return c.label if c else ""
+
+
+def resume_metrics(db, cluster: str, metrics) -> None:
+    """Start carbond_unattributed_energy_joules_total at the ledger's sums (daemon start)."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name='unattributed_daily'").fetchone():
+        return
+    q = "SELECT partition, SUM(energy_j) FROM unattributed_daily WHERE cluster=? GROUP BY partition"
+    for partition, joules in db.execute(q, (cluster,)).fetchall():
+        metrics.add_unattributed(partition, joules)
+
+
+# ---- the command -------------------------------------------------------------------------------
+
+
+def jobs_overlapping(slurm, lo: float, hi: float) -> list:
+    """Every job (any state, running ones included) that held nodes during [lo, hi), from sacct."""
+    from .times import iso
+
+    facts = slurm._read(["-a", "-S", iso(lo - 1).replace("Z", ""), "-E", iso(hi + 1).replace("Z", "")])
+    return [f.job for f in facts.values() if f.job.start is not None and f.job.start < hi
+            and (f.job.end is None or f.job.end > lo)]
+
+
+def run(args, cfg, out=None) -> int:
+    """`carbond idle --start --end [--write] [--json]`: close the half-hours of a past range."""
+    import json
+    import math
+    import sys
+    import time
+
+    from .engine import build_engine
+    from .errors import JobInputError
+    from .ledger_columns import connect
+    from .slurm import SlurmIO, node_cpu_lookup
+    from .times import iso, parse_time
+
+    out = out or sys.stdout
+    lo = math.floor(parse_time(args.start)[0] / HALF_HOUR) * HALF_HOUR
+    hi = math.ceil(parse_time(args.end)[0] / HALF_HOUR) * HALF_HOUR
+    if hi > time.time() - cfg.settle_seconds:
+        raise JobInputError("--end must be in the past (settle_seconds before now): a half-hour closes once it is over")
+    slurm = SlurmIO(cfg.slurm, cluster=cfg.cluster or None)
+    engine, _ = build_engine(cfg, node_cpus=node_cpu_lookup(slurm))
+    db = connect(cfg.state_dir) if args.write else None
+    try:
+        table, rows = close_and_record(cfg, engine, slurm, lo, hi, db)
+    finally:
+        if db is not None:
+            db.close()
+    per_node: dict[str, list[float]] = {}
+    for i, name in enumerate(table.names):
+        acc = per_node.setdefault(name.split(SEP, 1)[0], [0.0, 0.0, 0.0])
+        acc[0] += table.measured_j[i].sum()
+        acc[1] += table.jobs_j[i].sum()
+        acc[2] += table.unattributed_j[i].sum()
+    if args.json:
+        for node, (m, j, u) in sorted(per_node.items()):
+            out.write(json.dumps({"node": node, "start": iso(lo), "end": iso(hi), "measured_kwh": m / 3.6e6,
+                                  "jobs_kwh": j / 3.6e6, "unattributed_kwh": u / 3.6e6, "policy": cfg.idle}) + "\n")
+    else:
+        out.write(f"{'node':<16} {'measured kWh':>13} {'jobs kWh':>10} {'unattributed kWh':>17}\n")
+        for node, (m, j, u) in sorted(per_node.items()):
+            out.write(f"{node:<16} {m / 3.6e6:>13.4g} {j / 3.6e6:>10.4g} {u / 3.6e6:>17.4g}\n")
+    if args.write:
+        print(f"carbond: {len(rows)} node half-hour(s) recorded in the ledger", file=sys.stderr)
+    return 0

@@ -1,0 +1,108 @@
+"""Measured GPUs end to end against a real VictoriaMetrics loaded with dcgm-exporter-shaped series,
+and TRES weights through the engine."""
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from test_footprint import MIDNIGHT, FakeIntensity, FakePower
+
+from carbond.config import GpuConfig, VictoriaConfig, from_mapping
+from carbond.engine import Engine
+from carbond.gpus import GpuClient, rest_power
+from carbond.jobs import Job
+from carbond.token import format_token
+from carbond.victoria import VictoriaClient
+
+HOUR = 3600.0
+KWH = 3.6e6
+GPU_W = [250.0, 50.0, 50.0, 50.0]
+
+
+@dataclass(frozen=True)
+class GJob(Job):
+    """A Job with the GPU indices the epilog recorded (SLURM_JOB_GPUS)."""
+
+    gpu_ids: str = ""
+
+
+def load(vm, node, metric="DCGM_FI_DEV_POWER_USAGE", factor=1.0, job=None, extra=None):
+    t = np.arange(MIDNIGHT - 600, MIDNIGHT + HOUR + 601, 15.0)
+    vm.import_series(node, t, np.full(t.size, 1000.0))
+    lines = []
+    for i, w in enumerate(GPU_W):
+        labels = {"__name__": metric, "gpu": str(i), "UUID": f"GPU-{node}-{i}", "Hostname": node, **(extra or {})}
+        if job and i == 0:
+            labels["hpc_job"] = job
+        lines.append(json.dumps({"metric": labels, "values": [w / factor] * t.size,
+                                 "timestamps": [int(x * 1000) for x in t]}))
+    vm.import_lines(lines)
+    vm.flush()
+
+
+def engine(vm, node, gpu: GpuConfig | None = None, **cfg):
+    c = from_mapping({"nodes": [{"match": node, "name": "gpu", "cpus": 64, "gpus": 4}], **cfg})
+    vc = VictoriaConfig(url=vm.url)
+    gpu = gpu or GpuConfig()
+    return Engine(c, VictoriaClient(vc), FakeIntensity(100), gpu_power=GpuClient(vc, gpu))
+
+
+def test_gpu_job_gets_its_gpu_plus_cpu_share_of_the_rest(vm):
+    node = vm.node("g")
+    load(vm, node)
+    eng = engine(vm, node)
+    job = GJob("77", MIDNIGHT, MIDNIGHT + HOUR, (node,), (8.0,), gpus=1, gpu_ids="0")
+    (fp,) = eng.account([job])
+    assert fp.status == "ok", fp.error
+    # 250 W (GPU 0) + 8/64 x (1000 - 400) W = 325 W for an hour
+    assert fp.energy_kwh == pytest.approx(0.325, rel=1e-9)
+    d = fp.to_dict()
+    assert d["gpu_energy_kwh"] == pytest.approx(0.25, rel=1e-9)
+    assert [n["node"] for n in d["nodes"]] == [node, f"{node}/gpu0"]
+    token = format_token(fp)
+    assert "gpu_kwh=0.25" in token and token == token.lower() and len(token) < 70  # with pue=1 (h4)
+    cpu_only = Engine(eng.cfg, eng.power, eng.intensity).account([job])
+    assert list(cpu_only)[0].energy_kwh == pytest.approx(0.125, rel=1e-9)  # what carbond did before: 1/8 of the node
+
+
+def test_job_label_on_the_series_maps_the_gpu(vm):
+    node = vm.node("g")
+    load(vm, node, job="78")
+    eng = engine(vm, node, GpuConfig(job_label="hpc_job"))
+    (fp,) = eng.account([Job("78", MIDNIGHT, MIDNIGHT + HOUR, (node,), (8.0,), gpus=1)])
+    assert fp.energy_kwh == pytest.approx(0.325, rel=1e-9)
+    assert fp.to_dict()["gpu_energy_kwh"] == pytest.approx(0.25, rel=1e-9)
+
+
+def test_milliwatt_series_with_a_unit_factor(vm):
+    node = vm.node("g")
+    load(vm, node, metric="nvidia_gpu_power_usage_milliwatts", factor=0.001)
+    eng = engine(vm, node, GpuConfig(query="nvidia_gpu_power_usage_milliwatts", unit_factor=0.001))
+    (fp,) = eng.account([GJob("79", MIDNIGHT, MIDNIGHT + HOUR, (node,), (8.0,), gpus=1, gpu_ids="0")])
+    assert fp.energy_kwh == pytest.approx(0.325, rel=1e-9)
+
+
+def test_gpu_count_without_indices_takes_its_fraction_of_all_gpus_and_says_so(vm):
+    node = vm.node("g")
+    load(vm, node)
+    (fp,) = engine(vm, node).account([Job("80", MIDNIGHT, MIDNIGHT + HOUR, (node,), (8.0,), gpus=1)])
+    # 1/4 of the 400 W of all GPUs + 8/64 x 600 W = 175 W
+    assert fp.energy_kwh == pytest.approx(0.175, rel=1e-9)
+    assert any("GPU indices unknown" in w for w in fp.warnings)
+
+
+def test_rest_power_interpolates_gpus_onto_the_node_grid():
+    t = np.array([0.0, 10.0, 20.0])
+    rest = rest_power(t, np.array([500.0, 500.0, 100.0]), [(np.array([0.0, 20.0]), np.array([100.0, 300.0]))])
+    assert rest.tolist() == [400.0, 300.0, 0.0]
+
+
+def test_tres_weights_split_the_node_without_gpu_series():
+    cfg = from_mapping({"nodes": [{"match": "w1", "cpus": 64, "gpus": 4, "weights": {"cpu": 5, "gpu": 250}}]})
+    power = FakePower({"w1": (MIDNIGHT - 600, MIDNIGHT + HOUR + 600, 1000)})
+    job = Job("81", MIDNIGHT, MIDNIGHT + HOUR, ("w1",), (8.0,), gpus=1)
+    (fp,) = Engine(cfg, power, FakeIntensity(100)).account([job])
+    # (8 x 5 + 1 x 250) / (64 x 5 + 4 x 250) = 290 / 1320 of 1000 W
+    assert fp.nodes[0].share == pytest.approx(290 / 1320)
+    assert fp.energy_kwh == pytest.approx(1000 * 290 / 1320 / 1000, rel=1e-9)
