@@ -17,6 +17,13 @@ A record is dead-lettered for a reason of its own only after `slurm.retry_second
 first time carbond tried it. The watchdog is fed from progress stamps (every Slurm call that
 returns, every pass), not from the loop, so a slow sacctmgr never gets the daemon killed while
 it progresses, and a hung one (bounded by slurm.timeout) never blocks READY or /metrics.
+
+Beside the records, each inside the same boundary (a failure is counted and retried, never
+fatal): the breakdown of newly counted jobs into the ledger (`ledger_columns.after_record`, for
+`carbond report`), each UTC half-hour closed once settle_seconds after it ends (`idle.Closer`:
+node energy = jobs + unattributed), the running jobs' emissions gauge (`running.RunningGauge`),
+and, with `slurm.write_energy_tres` on Slurm 25.11+, each measured job's energy in its TRES
+after its token is written.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import sdnotify
@@ -39,16 +47,20 @@ from .config import WATCHDOG_SECONDS, Config
 from .engine import Engine, build_engine
 from .errors import CarbondError, ConfigError, IntensityUnavailable, SlurmError, VictoriaError
 from .footprint import JobFootprint
+from .idle import Closer
 from .instance_lock import InstanceLock
 from .jobs import Job
 from .ledger import COUNTED, PENDING_WRITE, RECOVERED, UNWRITABLE, Entry, Ledger, LedgerError
+from .ledger_columns import after_record
 from .metrics import Metrics, serve
 from .publish import WRITTEN, Publisher
 from .reconcile import Reconciler
+from .running import RunningGauge
 from .runs import combine, pieces
-from .slurm import JobFacts, Run, SlurmCommandError, SlurmIO, node_cpu_lookup
+from .slurm import JobFacts, Run, SlurmCommandError, SlurmIO, SlurmUnsupported, node_cpu_lookup
 from .spool import Spool, SpoolRecord
 from .suspend import SuspendWatch
+from .token import parse
 from .victoria import VictoriaClient
 
 log = logging.getLogger("carbond.daemon")
@@ -115,6 +127,12 @@ class Daemon:
     suspends: SuspendWatch | None = None
     recovered: dict[str, SpoolRecord] = field(default_factory=dict)
     """Jobs reconciliation found without a spool record, waiting to be accounted."""
+    details: Callable[[list[tuple[Job, JobFootprint]], list[bool]], Any] | None = None
+    """After the ledger records footprints: (pairs, new flags) -> ledger_columns.after_record."""
+    closer: Closer | None = None
+    running: RunningGauge | None = None
+    _energy_tres: bool | None = None
+    """slurm.write_energy_tres: None until sacctmgr's version is known, then whether it can."""
     _intensity_at: float = 0.0
     _notified_at: float = 0.0
     _suspend_at: float = 0.0
@@ -142,6 +160,10 @@ class Daemon:
             self._guard("slurm", self.suspends.poll)
         if self.reconciler is not None and self.reconciler.due():
             self._guard("slurm", self._reconcile)
+        if self.closer is not None and not self.stop.is_set():
+            self._guard("internal", self.closer.run)
+        if self.running is not None and not self.stop.is_set():
+            self._guard("internal", self.running.run)
         return done or 0
 
     def _step(self) -> int:
@@ -241,13 +263,20 @@ class Daemon:
             by_origin.setdefault(RECOVERED if _recovered(item[0]) else "", []).append(item)
         out = []
         for origin, items in by_origin.items():
-            entries = self.publisher.record([(f.job, fp) for _, f, fp in items], origin=origin)
+            pairs = [(f.job, fp) for _, f, fp in items]
+            entries = self.publisher.record(pairs, origin=origin, on_recorded=self._recorded)
             for (rec, f, _), entry in zip(items, entries, strict=True):
                 if entry.state == PENDING_WRITE:
                     out.append((rec, f))
                 else:
                     self._ack(rec)
         return out
+
+    def _recorded(self, pairs: list[tuple[Job, JobFootprint]], new: list[bool]) -> None:
+        """The counted jobs' breakdown (GPU energy, method, ...) into the ledger: contained, so a failure
+        here never holds back the token (the report then sums those jobs without their breakdown)."""
+        if self.details is not None and any(new):
+            self._guard("ledger", lambda: self.details(pairs, new))  # type: ignore[misc]
 
     def _suspends_of(self, job_id: str, runs: dict[str, list[Run]]) -> list[tuple[float, float | None]]:
         if not any(r.suspended > 0 for r in runs.get(job_id, ())):
@@ -272,17 +301,39 @@ class Daemon:
         items = [(entries[r.job_id_key], f) for r, f in pairs if r.job_id_key in entries]
         results = self.publisher.write(items, cancel=self.stop.is_set)
         done = 0
-        for rec, _ in pairs:
+        for rec, facts in pairs:
             res = results.get(rec.job_id_key)
             if res == WRITTEN or (isinstance(res, str) and res.startswith("skipped:")):
                 self._ack(rec)
                 done += 1
+                if res == WRITTEN and self.cfg.slurm.write_energy_tres and not self.stop.is_set():
+                    self._guard("slurm", partial(self._write_energy, entries.get(rec.job_id_key), facts))
             elif isinstance(res, SlurmError) and not getattr(res, "retryable", True):
                 self._give_up(rec, f"sacctmgr refused the write: {short(res)}", unwritable="refused")
             else:
                 self._retry(rec, f"token not written: {short(res) if res is not None else 'no result'}",
                             unwritable="gave-up", ages=not _outage_error(res))
         return done
+
+    def _write_energy(self, entry: Entry | None, facts: JobFacts) -> None:
+        """slurm.write_energy_tres: the job's measured IT energy (joules, no PUE) into its energy TRES.
+
+        Best effort after the token: only fully measured jobs; Slurm before 25.11 is found out once
+        (sacctmgr's version, asked at the first such write) and warned about once."""
+        if entry is None or not entry.counted or (parse(entry.token or "") or {}).get("cov") is not None:
+            return
+        if self._energy_tres is None:
+            self._energy_tres = self.slurm.supports_energy_tres()
+            if not self._energy_tres:
+                log.warning("slurm.write_energy_tres: this Slurm cannot set a job's TRES (25.11+ can); "
+                            "energy stays in the token and the ledger only")
+        if not self._energy_tres:
+            return
+        try:
+            self.slurm.write_energy_tres(facts, entry.energy_j)
+        except SlurmUnsupported as exc:
+            self._energy_tres = False
+            log.warning("slurm.write_energy_tres: refused by sacctmgr (%s); not tried again", short(exc))
 
     def _reconcile(self) -> None:
         assert self.reconciler is not None
@@ -471,8 +522,8 @@ def with_record(job: Job, rec: SpoolRecord) -> Job:
     Once slurmdbd has a partition and as many nodes as the record, slurmdbd wins for nodes, CPUs,
     user, account and partition (a requeued job's record names the first run's nodes; slurmdbd
     the last); the record then only gives exact CPUs per node when it names the same nodes.
-    Array ids always come from the record: `sacctmgr ... where jobid=<raw id of task 1>` would
-    rewrite every task of the array, while `1234_1` hits one.
+    Array and het ids always come from the record: `sacctmgr ... where jobid=<raw id of task 1>`
+    would rewrite every task of the array, while `1234_1` hits one (`1234+1`: one het component).
     """
     try:
         hosts, cpus = rec.hosts(), rec.cpus()
@@ -496,8 +547,13 @@ def with_record(job: Job, rec: SpoolRecord) -> Job:
         for key in ("partition", "account", "user"):
             if getattr(rec, key):
                 changes[key] = getattr(rec, key)
-    if rec.array_job_id:
+    if rec.array_job_id or rec.het_job_id:
         changes["display_id"] = rec.display_id
+    # v2 records (Slurm 23.02+) carry the epilog's start/end: hints only where sacct has none
+    if job.start is None and rec.start_time is not None:
+        changes["start"] = float(rec.start_time)
+    if job.end is None and rec.end_time is not None and (job.start is not None or "start" in changes):
+        changes["end"] = float(rec.end_time)
     return replace(job, **changes)
 
 
@@ -531,6 +587,9 @@ def build(cfg: Config, registry: CollectorRegistry | None = None, progress: Prog
                                        cfg.slurm.reconcile_lag_seconds)
     if cfg.slurm.suspend_poll_seconds > 0:
         daemon.suspends = SuspendWatch(slurm, ledger, clock)
+    daemon.details = lambda pairs, new: after_record(cfg.state_dir, cfg, pairs, new, metrics)
+    daemon.closer = Closer(cfg, engine, slurm, metrics, clock)
+    daemon.running = RunningGauge(engine, slurm, metrics, clock)
     return daemon
 
 
@@ -557,6 +616,8 @@ def run(cfg: Config) -> int:
     finally:
         server.shutdown()
         server.server_close()
+        if daemon.closer is not None:
+            daemon.closer.close()
         daemon.ledger.close()
         lock.release()
     log.info("carbond stopped")

@@ -192,6 +192,63 @@ def resume_metrics(db, cluster: str, metrics) -> None:
         metrics.add_unattributed(partition, joules)
 
 
+MAX_SLOTS = 4
+"""Half-hours one Closer.run closes at most: a pass stays short after a long stop (it catches up)."""
+RETRY_SECONDS = 60.0
+
+
+@dataclass
+class Closer:
+    """The daemon's closing of the books: each UTC half-hour once, `settle_seconds` after it ends.
+
+    It resumes after the newest half-hour the ledger holds; on a ledger without any it starts at
+    the current one (past ranges are `carbond idle --write`'s). A failed close (Slurm or
+    VictoriaMetrics down) is tried again RETRY_SECONDS later; the daemon calls `run` inside its
+    error boundary, every pass (cheap when nothing is due).
+    """
+
+    cfg: object
+    engine: object
+    slurm: object
+    metrics: object
+    clock: object
+    next_slot: float | None = None
+    not_before: float = 0.0
+    _db: object = None
+
+    def run(self) -> int:
+        """Close what is due (at most MAX_SLOTS half-hours); returns how many were closed."""
+        import math
+
+        from .ledger_columns import connect
+
+        now = self.clock()
+        if now < self.not_before:
+            return 0
+        self.not_before = now + RETRY_SECONDS  # until this attempt succeeds
+        if self._db is None:
+            self._db = connect(self.cfg.state_dir)
+        hi = math.floor((now - self.cfg.settle_seconds) / HALF_HOUR) * HALF_HOUR
+        if self.next_slot is None:
+            resume_metrics(self._db, self.cfg.cluster, self.metrics)
+            last = self._db.execute("SELECT MAX(slot) FROM unattributed WHERE cluster=?",
+                                    (self.cfg.cluster,)).fetchone()[0]
+            self.next_slot = float(last + HALF_HOUR if last is not None else hi)
+        if hi <= self.next_slot:
+            self.not_before = self.next_slot + HALF_HOUR + self.cfg.settle_seconds
+            return 0
+        lo, hi = self.next_slot, min(hi, self.next_slot + MAX_SLOTS * HALF_HOUR)
+        close_and_record(self.cfg, self.engine, self.slurm, lo, hi, self._db, self.metrics)
+        self.next_slot = hi
+        self.not_before = 0.0
+        return int((hi - lo) // HALF_HOUR)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
 # ---- the command -------------------------------------------------------------------------------
 
 

@@ -43,13 +43,19 @@ class Publisher:
                 return True  # asked again at the next write
         return self.lowercases
 
-    def record(self, pairs: Sequence[tuple[Job, JobFootprint]], write: bool = True, origin: str = "") -> list[Entry]:
-        """Ledger entries for final footprints; new ones are counted in the metrics."""
+    def record(self, pairs: Sequence[tuple[Job, JobFootprint]], write: bool = True, origin: str = "",
+               on_recorded: Callable[[list[tuple[Job, JobFootprint]], list[bool]], None] | None = None
+               ) -> list[Entry]:
+        """Ledger entries for final footprints; new ones are counted in the metrics.
+
+        `on_recorded(pairs, new)` runs once they are in the ledger (the daemon: their breakdown)."""
         entries = [replace(Entry.from_footprint(job, fp, format_token(fp) if write and fp.status == "ok" else None),
                            origin=origin) for job, fp in pairs]
         new = self.ledger.record_many(entries)
         if self.metrics:
             self.metrics.recorded(entries, new)
+        if on_recorded is not None:
+            on_recorded(list(pairs), list(new))
         return entries
 
     def write(self, items: Sequence[tuple[Entry, JobFacts]], cancel: Callable[[], bool] | None = None

@@ -138,3 +138,27 @@ def running_emissions(engine, jobs: Sequence, now: float, newest) -> float:
     ready = [replace(j, end=min([now] + [seen.get(n, now) for n in j.nodes])) for j in started]
     ready = [j for j in ready if j.end > j.start]
     return sum(fp.co2e_g for fp in engine.account(ready) if fp.status == "ok" and fp.co2e_g)
+
+
+@dataclass
+class RunningGauge:
+    """The daemon's carbond_running_jobs_emissions_grams: every EVERY seconds, the jobs running now
+    (one `squeue`-free sacct call for RUNNING jobs) accounted so far in one engine pass."""
+
+    engine: object
+    slurm: object
+    metrics: object
+    clock: Callable[[], float]
+    every: float = 300.0
+    at: float = float("-inf")
+
+    def run(self) -> float | None:
+        now = self.clock()
+        if now - self.at < self.every:
+            return None
+        self.at = now  # a failure waits for the next turn too
+        facts = self.slurm._read(["-a", "-s", "RUNNING"])
+        jobs = [f.job for f in facts.values() if f.job.start is not None and f.job.end is None]
+        grams = running_emissions(self.engine, jobs, now, self.engine.power.latest_sample)
+        self.metrics.set_running_emissions(grams)
+        return grams
