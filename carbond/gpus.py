@@ -130,7 +130,7 @@ def gpu_traces(node_raw: Mapping[str, tuple[np.ndarray, np.ndarray]],
     gmap = GpuMap()
     by_node: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     traces: dict[str, Trace] = {}
-    for key, (t, w) in gpu_raw.items():
+    for key, (t, w) in sorted(gpu_raw.items(), key=lambda kv: _order(kv[0])):  # whatever order VM answered in
         node, _, tail = key.partition(SEP)
         idx, _, job = tail.partition("@")
         gmap.by_node.setdefault(node, []).append((idx, job or None, key))
@@ -141,6 +141,12 @@ def gpu_traces(node_raw: Mapping[str, tuple[np.ndarray, np.ndarray]],
             w = rest_power(np.asarray(t, float), w, by_node[node])
         traces[node] = build_trace(t, w, max_gap)
     return traces, gmap
+
+
+def _order(key: str) -> tuple:
+    node, _, tail = key.partition(SEP)
+    idx, _, job = tail.partition("@")
+    return (node, int(idx) if idx.isdigit() else 1 << 30, idx, job)
 
 
 def gpu_energy_kwh(nodes) -> float:

@@ -106,3 +106,38 @@ def test_tres_weights_split_the_node_without_gpu_series():
     # (8 x 5 + 1 x 250) / (64 x 5 + 4 x 250) = 290 / 1320 of 1000 W
     assert fp.nodes[0].share == pytest.approx(290 / 1320)
     assert fp.energy_kwh == pytest.approx(1000 * 290 / 1320 / 1000, rel=1e-9)
+
+
+def test_streamed_and_batched_gpu_jobs_agree_and_cpu_jobs_stay_columnar(vm):
+    """Engine.stream (bulk: windows, PowerCache, GPU series per window) gives what Engine.account gives,
+    GPU jobs mixed with CPU jobs on the same node and on a node without GPUs, across window edges."""
+    from carbond.jobs import JobTable, NodeNames
+
+    node, plain = vm.node("g"), vm.node("c")
+    load(vm, node)
+    t = np.arange(MIDNIGHT - 600, MIDNIGHT + HOUR + 601, 15.0)
+    vm.import_series(plain, t, np.full(t.size, 300.0))
+    vm.flush()
+    cfg = from_mapping({"nodes": [{"match": node, "name": "gpu", "cpus": 64, "gpus": 4},
+                                  {"match": plain, "name": "cpu", "cpus": 64}]})
+    vc = VictoriaConfig(url=vm.url)
+    eng = Engine(cfg, VictoriaClient(vc), FakeIntensity(100), gpu_power=GpuClient(vc, GpuConfig()))
+    jobs = [GJob("90", MIDNIGHT, MIDNIGHT + HOUR, (node,), (8.0,), gpus=1, gpu_ids="0"),
+            Job("91", MIDNIGHT + 60, MIDNIGHT + 1800, (plain,), (16.0,)),
+            Job("92", MIDNIGHT + 900, MIDNIGHT + 2700, (node,), (16.0,)),
+            GJob("93", MIDNIGHT + 1200, MIDNIGHT + HOUR, (node, plain), (8.0, 8.0), gpus=2, gpu_ids="1,2")]
+    batched = {fp.job_id: fp for fp in eng.account(jobs)}
+    assert batched["90"].energy_kwh == pytest.approx(0.325, rel=1e-9)
+    assert batched["92"].to_dict().get("gpu_energy_kwh") is None  # no GPU held: only its CPU share of the rest
+    assert batched["92"].energy_kwh == pytest.approx(16 / 64 * 600 * 1800 / KWH, rel=1e-9)
+    assert batched["93"].to_dict()["gpu_energy_kwh"] == pytest.approx(100 * 2400 / KWH, rel=1e-9)
+    names = NodeNames()
+    windows = [JobTable.from_jobs(jobs[:2], names), JobTable.from_jobs(jobs[2:], names)]
+    streamed = {fp.job_id: fp for b in Engine(eng.cfg, eng.power, eng.intensity, gpu_power=eng.gpu_power)
+                .stream(windows, align=900.0) for fp in b.footprints()}
+    for jid, fp in batched.items():
+        s = streamed[jid]
+        assert s.status == fp.status == "ok"
+        assert s.energy_kwh == pytest.approx(fp.energy_kwh, rel=1e-9)
+        assert s.co2e_g == pytest.approx(fp.co2e_g, rel=1e-9)
+        assert [n.node for n in s.nodes] == [n.node for n in fp.nodes]

@@ -193,3 +193,55 @@ def test_serve_real_http_and_promtool(filled_ledger):
     assert 'carbond_energy_joules_total{account="a",cluster="c1",partition="cpu"} 1500.0' in text
     assert 'carbond_jobs_total{outcome="accounted"} 3.0' in text
     promtool_check(body)
+
+
+def test_gpu_and_unattributed_energy_equal_the_ledger_whoever_wrote_it(tmp_path):
+    """Issue 8's totals follow h1's rule: read from the ledger at scrape time, so the daemon's own
+    add_gpu/add_unattributed (and idle.resume_metrics at start) never count twice, and another
+    writer (`carbond idle --write`, a backfill) shows without a restart."""
+    from carbond.config import from_mapping
+    from carbond.footprint import JobFootprint, NodeEnergy
+    from carbond.idle import resume_metrics
+    from carbond.jobs import Job
+    from carbond.ledger_columns import after_record, connect, record_unattributed
+
+    cfg = from_mapping({"cluster": "c1", "state_dir": str(tmp_path)})
+    reg = CollectorRegistry()
+    m = Metrics(reg, "c1")
+    job = Job("1", 0.0, 3600.0, ("g1",), (8.0,), gpus=1, partition="gpu", account="a", user="u")
+    fp = JobFootprint("1", "ok", energy_kwh=0.325, co2e_g=32.5, pue=1.0, method="measured", coverage=1.0,
+                      nodes=(NodeEnergy("g1", 0.075, 0.125), NodeEnergy("g1/gpu0", 0.25, 1.0)))
+    with Ledger(tmp_path, "c1") as led:
+        m.resume(led)
+        entries = [Entry.from_footprint(job, fp)]
+        new = led.record_many(entries)
+        m.recorded(entries, new)
+        after_record(tmp_path, cfg, [(job, fp)], new, m)
+        after_record(tmp_path, cfg, [(job, fp)], [False], m)  # a repeat: not new, nothing added
+        db = connect(tmp_path)
+        record_unattributed(db, "c1", [("g1", 0, "gpu", "", 1000.0), ("n1", 0, "cpu", "", 500.0)])
+        m.add_unattributed("gpu", 1000.0)  # what close_and_record does after recording
+        resume_metrics(db, "c1", m)  # and a daemon start
+        m.totals.invalidate()
+        gpu = value(reg, "carbond_gpu_energy_joules_total", cluster="c1", partition="gpu", account="a")
+        assert gpu == pytest.approx(0.25 * 3.6e6)
+        assert value(reg, "carbond_unattributed_energy_joules_total", cluster="c1", partition="gpu") == 1000.0
+        assert value(reg, "carbond_unattributed_energy_joules_total", cluster="c1", partition="cpu") == 500.0
+        # another writer closes a range again (a re-run replaces its rows): the metric follows the ledger
+        record_unattributed(db, "c1", [("n1", 0, "cpu", "", 700.0)])
+        db.close()
+        m.totals.invalidate()
+        assert value(reg, "carbond_unattributed_energy_joules_total", cluster="c1", partition="cpu") == 700.0
+        restarted = CollectorRegistry()
+        Metrics(restarted, "c1").resume(led)
+        assert value(restarted, "carbond_gpu_energy_joules_total", cluster="c1", partition="gpu", account="a") == gpu
+
+
+def test_gpu_and_unattributed_count_in_memory_without_a_ledger():
+    reg = CollectorRegistry()
+    m = Metrics(reg, "c1")
+    m.add_gpu("gpu", "a", "u", 5.0)
+    m.add_gpu("gpu", "a", "v", 7.0)
+    m.add_unattributed("cpu", 3.0)
+    assert value(reg, "carbond_gpu_energy_joules_total", cluster="c1", partition="gpu", account="a") == 12.0
+    assert value(reg, "carbond_unattributed_energy_joules_total", cluster="c1", partition="cpu") == 3.0
