@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TextIO
 
 from .config import Config
@@ -23,6 +24,7 @@ from .engine import WINDOW, Engine, build_engine, one_malloc_arena
 from .footprint import JobFootprint
 from .jobs import JobTable
 from .ledger import PENDING_WRITE, UNWRITABLE, Ledger
+from .ledger_columns import after_record
 from .publish import WRITTEN, Publisher
 from .report import write_json, write_table
 from .slurm import JobFacts, SlurmIO, node_cpu_lookup
@@ -100,7 +102,8 @@ def backfill(cfg: Config, start: str, end: str, write: bool = False, as_json: bo
         publisher = Publisher(ledger, slurm, None, cfg.slurm.comment_field, slurm.lowercases()) if write else None
         pending: deque[JobFacts] = deque()
         tables = _windows(slurm, ledger, cfg, lo, hi, window, pending, tally, publisher if rewrite else None)
-        fps = _accounted(engine.stream(tables, align=window), pending, publisher, tally, progress)
+        fps = _accounted(engine.stream(tables, align=window), pending, publisher, tally, progress,
+                         details=partial(after_record, cfg.state_dir, cfg))
         try:
             (write_json if as_json else write_table)(fps, out)
         finally:
@@ -150,7 +153,7 @@ def _republish(ledger: Ledger, publisher: Publisher, facts: list[JobFacts], tall
 
 
 def _accounted(batches, pending: deque[JobFacts], publisher: Publisher | None, tally: Tally,
-               progress: Progress) -> Iterator[JobFootprint]:
+               progress: Progress, details=None) -> Iterator[JobFootprint]:
     """Footprints in window order; with a publisher, each batch is recorded and written before the next."""
     done = 0
     for batch in batches:
@@ -162,7 +165,8 @@ def _accounted(batches, pending: deque[JobFacts], publisher: Publisher | None, t
             room = 5 - len(tally.examples)
             tally.examples += [f"would write to {f.job.label}: {format_token(fp)}" for f, fp in ok[:max(room, 0)]]
         elif ok:
-            entries = publisher.record([(f.job, fp) for f, fp in ok])
+            # details: the breakdown `carbond report` reads (GPU energy, method...), as the daemon records it
+            entries = publisher.record([(f.job, fp) for f, fp in ok], on_recorded=details)
             due = [(publisher.ledger.get(e.job_id) or e, f) for e, (f, _) in zip(entries, ok, strict=True) if e.token]
             _count(publisher.write(due), tally)
         yield from fps

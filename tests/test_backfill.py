@@ -87,6 +87,10 @@ def test_interrupted_backfill_resumes_with_no_job_twice_and_none_lost(cfg):
     with Ledger(cfg.state_dir, "c") as ledger:
         assert ledger.state_counts() == {"written": 30}
     assert set(first).isdisjoint(rows(out)) and len(rows(out)) == 30 - len(first)  # not accounted again
+    # and their breakdown for `carbond report`, as the daemon records it: every job once in the rollup
+    with Ledger(cfg.state_dir, "c") as ledger:
+        assert ledger.read("SELECT COUNT(*), SUM(rolled_up) FROM jobs") == [(30, 30)]
+        assert ledger.read("SELECT SUM(jobs) FROM rollup") == [(30,)]
 
 
 def test_results_stream_in_window_order_with_a_summary(cfg, capsys):
