@@ -149,3 +149,28 @@ def test_any_field_finds_the_token_wherever_the_site_put_it():
 def test_an_unknown_id_is_said_to_be_unknown():
     code, out = run_show(["5", "7"], task("7", "7"))
     assert code == 1 and out.startswith("Job 5: not found in Slurm's accounting.\nJob ID: 7\n")
+
+
+def test_a_running_job_needs_the_whole_config_and_says_why_when_it_cannot_read_it():
+    from carbond.errors import ConfigError
+
+    running = JobFacts(Job("300", 0.0, None, ("n1",), (1.0,), display_id="300"), "RUNNING")
+    asked = []
+
+    def unreadable():
+        asked.append(True)
+        raise ConfigError(["cannot read the file: Permission denied"], "/etc/carbond/carbond.yaml")
+
+    out = io.StringIO()
+    code = show(Config(), ["300"], out=out, slurm=Sacct(running), full_config=unreadable)
+    assert code == 1 and asked == [True]
+    assert out.getvalue().startswith("Job 300: running (state RUNNING); footprint so far unavailable:")
+    assert "Permission denied" in out.getvalue()
+    out = io.StringIO()
+    show(Config(), ["300"], as_json=True, out=out, slurm=Sacct(running), full_config=unreadable)
+    d = json.loads(out.getvalue())
+    assert d["job_id"] == "300" and d["state"] == "RUNNING" and d["footprint"] is None and "Permission" in d["error"]
+    # a finished job never loads the whole config
+    asked.clear()
+    run = show(Config(), ["100_3"], out=io.StringIO(), slurm=Sacct(*ARRAY), full_config=unreadable)
+    assert run == 0 and asked == []
