@@ -53,6 +53,17 @@ def test_shared_single_cpu_job_gets_a_measured_token(stack, slurm):
                           env=stack.env(), capture_output=True, text=True, check=False)
     assert show.returncode == 0, show.stderr
     assert "Carbon footprint:" in show.stdout and "petrol car" in show.stdout
+    # the daemon's issue-8 work ran beside it without a contained error: the job's breakdown is in the
+    # ledger for `carbond report`, the running gauge and the GPU/unattributed totals are exported
+    import sqlite3
+
+    with sqlite3.connect(stack.state_dir / "ledger.sqlite") as db:
+        assert db.execute("SELECT rolled_up, method FROM jobs WHERE job_id=?", (job,)).fetchone() == (1, "measured")
+    m = stack.metrics()
+    names = {n for n, _ in m}
+    assert "carbond_running_jobs_emissions_grams" in names
+    errors = {labels: v for (n, labels), v in m.items() if n == "carbond_loop_errors_total" and v}
+    assert errors == {}, (errors, stack.log.read_text()[-3000:])
 
 
 def test_multi_node_job_counts_every_node(stack, slurm):
