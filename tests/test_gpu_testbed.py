@@ -18,6 +18,8 @@ from carbond.idle import close_window
 from carbond.slurm import SlurmIO
 from carbond.victoria import VictoriaClient
 
+pytestmark = [pytest.mark.slurm, pytest.mark.vm]  # every Slurm series (make test-series)
+
 GPU_W = (250.0, 50.0)
 NODE_W = 1000.0
 
@@ -37,7 +39,7 @@ def test_gpu_job_energy_from_its_gpu_series_plus_cpu_share(slurm, vm):
     slurm.wait_sacct(jid, ["End"], lambda r: r["End"] not in ("", "Unknown"))
     held = (slurm.dir / "jobs" / f"gpus-{jid}.txt").read_text().strip()
     assert held in ("0", "1")  # Slurm handed the job a real GPU index
-    io = SlurmIO(SlurmConfig(sacct="/usr/bin/sacct", sacctmgr="/usr/bin/sacctmgr"), env=slurm.env)
+    io = SlurmIO(SlurmConfig(sacct=slurm.bin("sacct"), sacctmgr=slurm.bin("sacctmgr")), env=slurm.env)
     job = next(iter(io.read_jobs([jid]).values())).job
     assert job.nodes == ("n3",) and job.gpus == 1 and job.cpus == (1.0,)
 
@@ -89,7 +91,7 @@ def test_mixed_jobs_close_every_node_and_half_hour(slurm, vm, tmp_path):
     for jid in ids:
         slurm.wait_state(jid, "COMPLETED", timeout=120)
         slurm.wait_sacct(jid, ["End"], lambda r: r["End"] not in ("", "Unknown"))
-    io = SlurmIO(SlurmConfig(sacct="/usr/bin/sacct", sacctmgr="/usr/bin/sacctmgr"), env=slurm.env)
+    io = SlurmIO(SlurmConfig(sacct=slurm.bin("sacct"), sacctmgr=slurm.bin("sacctmgr")), env=slurm.env)
     last_end = max(f.job.end for f in io.read_jobs(ids).values())
     while time.time() < last_end + 6:  # power samples (every 5 s) must reach past every job's end
         time.sleep(0.2)

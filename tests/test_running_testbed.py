@@ -12,6 +12,8 @@ import pytest
 from carbond.config import from_mapping
 from carbond.show import show
 
+pytestmark = [pytest.mark.slurm, pytest.mark.vm]  # every Slurm series (make test-series)
+
 
 def test_show_running_job_so_far_and_projected(slurm, vm, monkeypatch, tmp_path):
     jid = slurm.sbatch(["-n", "1", "-c", "1", "--time=5", "-o", f"run-{uuid.uuid4().hex}-%j.out"],
@@ -35,7 +37,7 @@ def test_show_running_job_so_far_and_projected(slurm, vm, monkeypatch, tmp_path)
             "victoriametrics": {"url": vm.url, "query": f'carbond_running_e2e{{suite="{suite}"}}', "node_label": "node"},
             "intensity": {"provider": "constant", "value": 100},
             "nodes": [{"match": "n[1-3]", "cpus": 2}],
-            "slurm": {"sacct": "/usr/bin/sacct", "sacctmgr": "/usr/bin/sacctmgr"},
+            "slurm": {"sacct": slurm.bin("sacct"), "sacctmgr": slurm.bin("sacctmgr")},
         })
         monkeypatch.setenv("SLURM_CONF", slurm.env["SLURM_CONF"])
         buf = io.StringIO()
