@@ -315,6 +315,28 @@ def test_active_only_after_ready(installed) -> None:
     assert last_start >= 0 and journal.find("Started carbond", last_start) > last_start, journal
 
 
+def test_a_second_daemon_refuses_with_the_documented_line(installed) -> None:
+    """The instance lock under the real unit: the service (user carbond, UMask=0027) could create
+    both lock files; a second `carbond run` prints the line docs/operations.md quotes, exits 1,
+    and the running service is untouched."""
+    b, facts = installed
+    pid = b.active_pid()
+    assert pid
+    modes = b.sh("stat -c '%a %U:%G %n' /var/lib/carbond/carbond.lock /var/spool/carbond/.carbond.lock").stdout
+    assert modes.splitlines() == ["640 carbond:carbond /var/lib/carbond/carbond.lock",
+                                  "640 carbond:carbond /var/spool/carbond/.carbond.lock"], modes
+    second = b.sh("timeout 60 runuser -u carbond -- /opt/carbond/venv/bin/carbond"
+                  " --config /etc/carbond/carbond.yaml run", check=False, timeout=90)
+    assert second.returncode == 1, second
+    doc = (REPO / "docs" / "operations.md").read_text()
+    quoted = re.search(r"^    (carbond: another carbond \(pid \d+\) .*)$", doc, flags=re.M)
+    assert quoted, "docs/operations.md must quote what a second instance prints"
+    expected = re.sub(r"\(pid \d+\)", f"(pid {pid})", quoted.group(1))
+    assert expected in second.stderr.splitlines(), second.stderr
+    assert b.active_pid() == pid
+    steady(b, facts)
+
+
 def test_tmpfiles_spool_owner_and_mode(installed) -> None:
     b, _ = installed
     b.sh("chmod 0755 /var/spool/carbond && chown root:root /var/spool/carbond && rm -rf /var/spool/carbond/dead")
