@@ -28,7 +28,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -113,6 +113,8 @@ class Daemon:
     progress: Progress = field(default_factory=Progress)
     reconciler: Reconciler | None = None
     suspends: SuspendWatch | None = None
+    watchdog: float | None = None
+    """systemd's WatchdogSec for this process (from WATCHDOG_USEC); None: the unit's shipped value."""
     recovered: dict[str, SpoolRecord] = field(default_factory=dict)
     """Jobs reconciliation found without a spool record, waiting to be accounted."""
     _intensity_at: float = 0.0
@@ -399,8 +401,9 @@ class Daemon:
 
     def _heartbeat(self) -> None:
         """WATCHDOG=1 while the daemon progresses (a pass, or any Slurm call returning), and STATUS."""
-        while not self.stop.wait(HEALTH_EVERY):
-            if self.progress.fresh(WATCHDOG_SECONDS / 2):
+        period = self.watchdog or WATCHDOG_SECONDS
+        while not self.stop.wait(min(HEALTH_EVERY, period / 4)):
+            if self.progress.fresh(period / 2):
                 self.notify("WATCHDOG=1")
             try:
                 jobs, grams = self.metrics.accounted()
@@ -542,12 +545,27 @@ def _notifier() -> Callable[[str], None]:
     return notifier.notify
 
 
+def watchdog_seconds(env: Mapping[str, str] = os.environ) -> float | None:
+    """WatchdogSec as systemd passed it to this process (a drop-in may change the unit's 60 s)."""
+    if env.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+        return None
+    try:
+        usec = int(env.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    return usec / 1e6 if usec > 0 else None
+
+
 def run(cfg: Config) -> int:
     """Entry point of `carbond run` (systemd Type=notify): lock, /metrics, READY=1, then the loop."""
     lock = InstanceLock(cfg.state_dir, cfg.spool_dir).acquire()
     registry = CollectorRegistry()
     daemon = build(cfg, registry)
     daemon.notify = _notifier()
+    daemon.watchdog = watchdog_seconds()
+    if daemon.watchdog is not None and cfg.slurm.timeout >= daemon.watchdog / 2:
+        log.warning("slurm.timeout (%g s) is not below half of this unit's WatchdogSec (%g s): one slow Slurm "
+                    "call can get the daemon restarted; lower slurm.timeout", cfg.slurm.timeout, daemon.watchdog)
     server = serve(cfg.metrics.listen, registry)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stop.set())

@@ -297,6 +297,40 @@ def test_watchdog_is_fed_from_progress_not_from_the_loop(tmp_path):
     assert not r.daemon.progress.fresh(30)
 
 
+def test_watchdog_period_is_the_one_systemd_passed():
+    """A drop-in may shorten WatchdogSec: the heartbeat follows WATCHDOG_USEC, not the shipped 60 s."""
+    from carbond.daemon import watchdog_seconds
+
+    me = str(os.getpid())
+    assert watchdog_seconds({"WATCHDOG_USEC": "5000000", "WATCHDOG_PID": me}) == 5.0
+    assert watchdog_seconds({"WATCHDOG_USEC": "5000000"}) == 5.0
+    assert watchdog_seconds({"WATCHDOG_USEC": "5000000", "WATCHDOG_PID": "1"}) is None  # meant for another
+    assert watchdog_seconds({}) is None
+    assert watchdog_seconds({"WATCHDOG_USEC": "0"}) is None
+
+
+def test_a_hung_loop_stops_the_heartbeat_within_half_the_watchdog(tmp_path):
+    """With WatchdogSec=1 (a drop-in), the heartbeat stops feeding 0.5 s after the last progress."""
+    import threading
+    import time
+
+    r = rig(tmp_path)
+    sent: list[str] = []
+    r.daemon.notify = sent.append
+    r.daemon.watchdog = 1.0
+    r.daemon.progress.clock = time.monotonic
+    r.daemon.progress.touch()
+    beat = threading.Thread(target=r.daemon._heartbeat)
+    beat.start()
+    time.sleep(0.4)
+    fed = sent.count("WATCHDOG=1")
+    time.sleep(1.2)  # no progress at all: a hung loop
+    r.daemon.stop.set()
+    beat.join(5)
+    assert fed >= 1
+    assert sent.count("WATCHDOG=1") <= fed + 2  # at most the pings before 0.5 s of silence passed
+
+
 def test_a_second_daemon_on_the_same_spool_refuses(tmp_path):
     with InstanceLock(tmp_path / "state", tmp_path / "spool"):
         with pytest.raises(AlreadyRunning, match="another carbond .* already running"):
