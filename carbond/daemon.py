@@ -46,7 +46,7 @@ from .metrics import Metrics, serve
 from .publish import WRITTEN, Publisher
 from .reconcile import Reconciler
 from .runs import combine, pieces
-from .slurm import JobFacts, Run, SlurmCommandError, SlurmIO, node_cpu_lookup
+from .slurm import JobFacts, JobNotInDatabase, Run, SlurmCommandError, SlurmIO, node_cpu_lookup
 from .spool import Spool, SpoolRecord
 from .suspend import SuspendWatch
 from .victoria import VictoriaClient
@@ -449,7 +449,13 @@ def error_kind(exc: BaseException) -> str:
 
 
 def _outage_error(exc: object) -> bool:
-    """A Slurm command that failed to run or answer (not one that answered with something unusable)."""
+    """A Slurm command that failed to run or answer (not one that answered with something unusable).
+
+    "Not in the database" is an answer about this job, not an outage: it ages the record, so a job
+    slurmdbd never learns of is given up on (and can be re-queued) instead of retried for ever.
+    """
+    if isinstance(exc, JobNotInDatabase):
+        return False
     if isinstance(exc, SlurmCommandError):
         return exc.returncode != 0 or "timed out" in str(exc)
     return isinstance(exc, SlurmError) and "stopping" in str(exc)

@@ -122,6 +122,18 @@ def test_a_job_slurmdbd_never_learns_of_is_dead_lettered_after_retry_seconds_fro
     assert r.dead() == ["404.job"] and r.ledger.get("404").state == L.DEAD
 
 
+def test_a_write_slurmdbd_keeps_answering_not_in_the_database_gives_up_after_retry_seconds(tmp_path):
+    r = rig(tmp_path, retry=300)
+    r.slurm.add(job("405"))
+    r.record("405")
+    r.slurm.not_in_db = {"405"}
+    r.run(4, advance=60)
+    assert r.dead() == [] and r.ledger.get("405").state == L.PENDING_WRITE
+    r.run(3, advance=60)  # an answer about this job, not an outage: it ages, then gives up
+    assert r.dead() == ["405.job"] and r.ledger.get("405").state == L.UNWRITABLE
+    assert r.value("carbond_writes_skipped_total", reason="gave-up") == 1 and accounted(r) == 1
+
+
 def test_records_in_backoff_never_hold_back_a_newer_one(tmp_path):
     r = rig(tmp_path)
     for i in range(1500):  # slurmdbd never hears of these
