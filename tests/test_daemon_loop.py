@@ -378,13 +378,15 @@ def test_build_runs_no_slurm_command(tmp_path):
     d.ledger.close()
 
 
-def test_check_config_keeps_slurm_calls_under_half_the_watchdog():
-    from carbond.config import from_mapping
+@pytest.mark.parametrize("section", ["slurm", "victoriametrics", "intensity"])
+def test_check_config_keeps_every_blocking_call_under_half_the_watchdog(section):
+    from carbond.config import Config, from_mapping
     from carbond.errors import ConfigError
 
-    assert from_mapping({"slurm": {"timeout": 29}}).slurm.timeout == 29
-    with pytest.raises(ConfigError, match=r"slurm.timeout: must be above 0 and below WatchdogSec/2 = 30 s"):
-        from_mapping({"slurm": {"timeout": 30}})
+    assert getattr(Config(), section).timeout < 30  # the defaults pass
+    assert getattr(from_mapping({section: {"timeout": 29}}), section).timeout == 29
+    with pytest.raises(ConfigError, match=rf"{section}.timeout: must be above 0 and below WatchdogSec/2 = 30 s"):
+        from_mapping({section: {"timeout": 30}})
 
 
 def test_a_csv_file_broken_at_run_time_is_unavailable_not_a_config_error(tmp_path):
