@@ -49,7 +49,7 @@ class VictoriaConfig:
     basic_auth: BasicAuth | None = None
     tenant: str | None = None
     ca_file: str | None = None
-    timeout: float = 60.0
+    timeout: float = 20.0
     chunk_seconds: int = 86400
     """Longest time span one export request covers; longer windows are split."""
     max_nodes_per_request: int = 500
@@ -66,7 +66,7 @@ class IntensityConfig:
     query: str | None = None
     path: str | None = None
     value: float | None = None
-    timeout: float = 30.0
+    timeout: float = 20.0
     refresh_seconds: int = 1800
     """A provisional (forecast or under-a-day-old) cache entry is re-fetched at most this often."""
 
@@ -354,8 +354,6 @@ def _check(cfg: Config) -> list[str]:
         p.append(f"victoriametrics.url: must start with http:// or https://, got {vm.url!r}")
     if vm.chunk_seconds < 60:
         p.append("victoriametrics.chunk_seconds: must be at least 60")
-    if vm.timeout <= 0:
-        p.append("victoriametrics.timeout: must be positive")
     if vm.scale <= 0:
         p.append("victoriametrics.scale: must be positive (watts per unit of the series)")
     if vm.node_regex is not None:
@@ -387,9 +385,13 @@ def _check(cfg: Config) -> list[str]:
         p.append(f"slurm.comment_field: must be one of {', '.join(COMMENT_FIELDS)}, got {cfg.slurm.comment_field!r}")
     if cfg.slurm.concurrency < 1:
         p.append("slurm.concurrency: must be at least 1")
-    if not 0 < cfg.slurm.timeout < WATCHDOG_SECONDS / 2:
-        p.append(f"slurm.timeout: must be above 0 and below WatchdogSec/2 = {WATCHDOG_SECONDS / 2:g} s "
-                 f"(systemd/carbond.service has WatchdogSec={WATCHDOG_SECONDS:g}), got {cfg.slurm.timeout:g}")
+    # One blocking call must return within half the watchdog, or systemd kills a daemon that was
+    # only waiting on a slow service: every timeout of a call the loop makes is bounded alike.
+    for key, value in (("slurm.timeout", cfg.slurm.timeout), ("victoriametrics.timeout", cfg.victoriametrics.timeout),
+                       ("intensity.timeout", cfg.intensity.timeout)):
+        if not 0 < value < WATCHDOG_SECONDS / 2:
+            p.append(f"{key}: must be above 0 and below WatchdogSec/2 = {WATCHDOG_SECONDS / 2:g} s "
+                     f"(systemd/carbond.service has WatchdogSec={WATCHDOG_SECONDS:g}), got {value:g}")
     if cfg.slurm.retry_seconds < 1:
         p.append("slurm.retry_seconds: must be at least 1")
     for key in ("reconcile_seconds", "reconcile_lag_seconds", "suspend_poll_seconds"):

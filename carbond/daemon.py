@@ -35,7 +35,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -57,7 +57,7 @@ from .publish import WRITTEN, Publisher
 from .reconcile import Reconciler
 from .running import RunningGauge
 from .runs import combine, pieces
-from .slurm import JobFacts, Run, SlurmCommandError, SlurmIO, SlurmUnsupported, node_cpu_lookup
+from .slurm import JobFacts, JobNotInDatabase, Run, SlurmCommandError, SlurmIO, SlurmUnsupported, node_cpu_lookup
 from .spool import Spool, SpoolRecord
 from .suspend import SuspendWatch
 from .token import parse
@@ -125,6 +125,8 @@ class Daemon:
     progress: Progress = field(default_factory=Progress)
     reconciler: Reconciler | None = None
     suspends: SuspendWatch | None = None
+    watchdog: float | None = None
+    """systemd's WatchdogSec for this process (from WATCHDOG_USEC); None: the unit's shipped value."""
     recovered: dict[str, SpoolRecord] = field(default_factory=dict)
     """Jobs reconciliation found without a spool record, waiting to be accounted."""
     details: Callable[[list[tuple[Job, JobFootprint]], list[bool]], Any] | None = None
@@ -450,8 +452,9 @@ class Daemon:
 
     def _heartbeat(self) -> None:
         """WATCHDOG=1 while the daemon progresses (a pass, or any Slurm call returning), and STATUS."""
-        while not self.stop.wait(HEALTH_EVERY):
-            if self.progress.fresh(WATCHDOG_SECONDS / 2):
+        period = self.watchdog or WATCHDOG_SECONDS
+        while not self.stop.wait(min(HEALTH_EVERY, period / 4)):
+            if self.progress.fresh(period / 2):
                 self.notify("WATCHDOG=1")
             try:
                 jobs, grams = self.metrics.accounted()
@@ -497,7 +500,13 @@ def error_kind(exc: BaseException) -> str:
 
 
 def _outage_error(exc: object) -> bool:
-    """A Slurm command that failed to run or answer (not one that answered with something unusable)."""
+    """A Slurm command that failed to run or answer (not one that answered with something unusable).
+
+    "Not in the database" is an answer about this job, not an outage: it ages the record, so a job
+    slurmdbd never learns of is given up on (and can be re-queued) instead of retried for ever.
+    """
+    if isinstance(exc, JobNotInDatabase):
+        return False
     if isinstance(exc, SlurmCommandError):
         return exc.returncode != 0 or "timed out" in str(exc)
     return isinstance(exc, SlurmError) and "stopping" in str(exc)
@@ -601,12 +610,27 @@ def _notifier() -> Callable[[str], None]:
     return notifier.notify
 
 
+def watchdog_seconds(env: Mapping[str, str] = os.environ) -> float | None:
+    """WatchdogSec as systemd passed it to this process (a drop-in may change the unit's 60 s)."""
+    if env.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+        return None
+    try:
+        usec = int(env.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    return usec / 1e6 if usec > 0 else None
+
+
 def run(cfg: Config) -> int:
     """Entry point of `carbond run` (systemd Type=notify): lock, /metrics, READY=1, then the loop."""
     lock = InstanceLock(cfg.state_dir, cfg.spool_dir).acquire()
     registry = CollectorRegistry()
     daemon = build(cfg, registry)
     daemon.notify = _notifier()
+    daemon.watchdog = watchdog_seconds()
+    if daemon.watchdog is not None and cfg.slurm.timeout >= daemon.watchdog / 2:
+        log.warning("slurm.timeout (%g s) is not below half of this unit's WatchdogSec (%g s): one slow Slurm "
+                    "call can get the daemon restarted; lower slurm.timeout", cfg.slurm.timeout, daemon.watchdog)
     server = serve(cfg.metrics.listen, registry)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stop.set())

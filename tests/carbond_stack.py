@@ -87,13 +87,37 @@ class CarbondStack:
         env["NOTIFY_SOCKET"] = self.notify_path
         return env
 
-    def start_feeder(self, interval: float = 1.0, node_intervals: dict[str, float] | None = None) -> None:
+    def start_feeder(self, interval: float = 1.0, node_intervals: dict[str, float] | None = None,
+                     nodes: tuple[str, ...] = ("n1", "n2", "n3"), timeout: float = 60.0) -> None:
+        """Start the power feeder and return once every node has a sample from it.
+
+        A job that starts before its node's first sample is honestly `mixed` (nothing is known
+        before that sample): on a loaded host the feeder's first sample (Python start-up,
+        `scontrol show node`, import, flush) came after the first test job's start.
+        """
         per_node = [f"--node-interval={n}={s:g}" for n, s in (node_intervals or {}).items()]
+        since = time.time()
         self.feeder = subprocess.Popen(  # noqa: S603
             [sys.executable, str(REPO / "scripts" / "power-feeder"), "--url", self.vm_url, "--interval", str(interval),
              *per_node],
             env=self.slurm.env, stdout=subprocess.DEVNULL, stderr=open(self.dir / "feeder.log", "ab"),
         )
+        deadline = time.monotonic() + timeout
+        while (missing := [n for n in nodes if self.last_sample(n) < since]):
+            if self.feeder.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"power feeder wrote no sample for {missing} within {timeout:g} s "
+                                   f"(exit {self.feeder.poll()}): {(self.dir / 'feeder.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def last_sample(self, node: str) -> float:
+        """Time of the node's newest power sample in VictoriaMetrics (0 if none in the last hour)."""
+        now = time.time()
+        r = requests.get(f"{self.vm_url}/api/v1/query", timeout=10, params={
+            "query": f'tlast_over_time(amperageProbeReading{{alias="{node}"}}[3600s])',
+            "time": f"{now + 60:.0f}", "nocache": "1"})
+        r.raise_for_status()
+        result = r.json()["data"]["result"]
+        return max((float(x["value"][1]) for x in result), default=0.0)
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the daemon and wait for READY=1 on the notify socket."""

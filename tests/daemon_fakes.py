@@ -19,7 +19,7 @@ from carbond.jobs import Job
 from carbond.ledger import Ledger
 from carbond.metrics import Metrics
 from carbond.publish import Publisher
-from carbond.slurm import JobFacts, Run, SlurmCommandError
+from carbond.slurm import JobFacts, JobNotInDatabase, Run, SlurmCommandError
 from carbond.spool import Spool
 
 T0 = 1_800_000_000.0
@@ -57,6 +57,8 @@ class FakeSlurm:
     down: bool = False
     refuse: set[str] = field(default_factory=set)
     fail_writes: set[str] = field(default_factory=set)
+    not_in_db: set[str] = field(default_factory=set)
+    """Job ids whose write sacctmgr answers with "not in the database" (read fine, write misses)."""
     crash_after: int | None = None
     """Raise after this many writes (a kill mid-batch), after on_done for each that returned."""
     suspended: set[str] = field(default_factory=set)
@@ -102,6 +104,8 @@ class FakeSlurm:
                                         "Access/permission denied", retryable=False)
             elif raw in self.fail_writes:
                 err = SlurmCommandError(["sacctmgr"], 1, "Nothing modified")
+            elif raw in self.not_in_db:
+                err = JobNotInDatabase(["sacctmgr"], 1, "Request didn't affect anything", "not in slurmdbd")
             else:
                 err = None
                 with self.lock:

@@ -122,6 +122,18 @@ def test_a_job_slurmdbd_never_learns_of_is_dead_lettered_after_retry_seconds_fro
     assert r.dead() == ["404.job"] and r.ledger.get("404").state == L.DEAD
 
 
+def test_a_write_slurmdbd_keeps_answering_not_in_the_database_gives_up_after_retry_seconds(tmp_path):
+    r = rig(tmp_path, retry=300)
+    r.slurm.add(job("405"))
+    r.record("405")
+    r.slurm.not_in_db = {"405"}
+    r.run(4, advance=60)
+    assert r.dead() == [] and r.ledger.get("405").state == L.PENDING_WRITE
+    r.run(3, advance=60)  # an answer about this job, not an outage: it ages, then gives up
+    assert r.dead() == ["405.job"] and r.ledger.get("405").state == L.UNWRITABLE
+    assert r.value("carbond_writes_skipped_total", reason="gave-up") == 1 and accounted(r) == 1
+
+
 def test_records_in_backoff_never_hold_back_a_newer_one(tmp_path):
     r = rig(tmp_path)
     for i in range(1500):  # slurmdbd never hears of these
@@ -297,6 +309,40 @@ def test_watchdog_is_fed_from_progress_not_from_the_loop(tmp_path):
     assert not r.daemon.progress.fresh(30)
 
 
+def test_watchdog_period_is_the_one_systemd_passed():
+    """A drop-in may shorten WatchdogSec: the heartbeat follows WATCHDOG_USEC, not the shipped 60 s."""
+    from carbond.daemon import watchdog_seconds
+
+    me = str(os.getpid())
+    assert watchdog_seconds({"WATCHDOG_USEC": "5000000", "WATCHDOG_PID": me}) == 5.0
+    assert watchdog_seconds({"WATCHDOG_USEC": "5000000"}) == 5.0
+    assert watchdog_seconds({"WATCHDOG_USEC": "5000000", "WATCHDOG_PID": "1"}) is None  # meant for another
+    assert watchdog_seconds({}) is None
+    assert watchdog_seconds({"WATCHDOG_USEC": "0"}) is None
+
+
+def test_a_hung_loop_stops_the_heartbeat_within_half_the_watchdog(tmp_path):
+    """With WatchdogSec=1 (a drop-in), the heartbeat stops feeding 0.5 s after the last progress."""
+    import threading
+    import time
+
+    r = rig(tmp_path)
+    sent: list[str] = []
+    r.daemon.notify = sent.append
+    r.daemon.watchdog = 1.0
+    r.daemon.progress.clock = time.monotonic
+    r.daemon.progress.touch()
+    beat = threading.Thread(target=r.daemon._heartbeat)
+    beat.start()
+    time.sleep(0.4)
+    fed = sent.count("WATCHDOG=1")
+    time.sleep(1.2)  # no progress at all: a hung loop
+    r.daemon.stop.set()
+    beat.join(5)
+    assert fed >= 1
+    assert sent.count("WATCHDOG=1") <= fed + 2  # at most the pings before 0.5 s of silence passed
+
+
 def test_a_second_daemon_on_the_same_spool_refuses(tmp_path):
     with InstanceLock(tmp_path / "state", tmp_path / "spool"):
         with pytest.raises(AlreadyRunning, match="another carbond .* already running"):
@@ -332,13 +378,15 @@ def test_build_runs_no_slurm_command(tmp_path):
     d.ledger.close()
 
 
-def test_check_config_keeps_slurm_calls_under_half_the_watchdog():
-    from carbond.config import from_mapping
+@pytest.mark.parametrize("section", ["slurm", "victoriametrics", "intensity"])
+def test_check_config_keeps_every_blocking_call_under_half_the_watchdog(section):
+    from carbond.config import Config, from_mapping
     from carbond.errors import ConfigError
 
-    assert from_mapping({"slurm": {"timeout": 29}}).slurm.timeout == 29
-    with pytest.raises(ConfigError, match=r"slurm.timeout: must be above 0 and below WatchdogSec/2 = 30 s"):
-        from_mapping({"slurm": {"timeout": 30}})
+    assert getattr(Config(), section).timeout < 30  # the defaults pass
+    assert getattr(from_mapping({section: {"timeout": 29}}), section).timeout == 29
+    with pytest.raises(ConfigError, match=rf"{section}.timeout: must be above 0 and below WatchdogSec/2 = 30 s"):
+        from_mapping({section: {"timeout": 30}})
 
 
 def test_a_csv_file_broken_at_run_time_is_unavailable_not_a_config_error(tmp_path):
