@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from .errors import JobInputError
-from .ledger import COUNTED
+from .ledger import COUNTED, columns_of
 
 if TYPE_CHECKING:
     import numpy as np
@@ -153,7 +153,7 @@ def learned_model(db: sqlite3.Connection | None, cluster: str, node_class: str |
 
     if db is None:
         return None, 0
-    cols = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+    cols = columns_of(db)
     if not {"start_time", "cpus", "gpus", "coverage"} <= cols:
         return None, 0
     where = "node_class=?" if node_class else "partition=?"

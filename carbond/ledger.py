@@ -167,6 +167,30 @@ class LedgerError(CarbondError):
     """The ledger cannot be opened or used; names the file."""
 
 
+def columns_of(db: sqlite3.Connection) -> set[str]:
+    """The jobs table's columns (empty before it exists): what a ledger of any release has."""
+    return {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+
+
+def add_columns(db: sqlite3.Connection, columns: Iterable[tuple[str, str]]) -> list[str]:
+    """ALTER TABLE jobs ADD COLUMN for each (name, declaration) the ledger lacks; the names added.
+
+    Another process may add the same column meanwhile (its own migration): that is no error.
+    """
+    have = columns_of(db)
+    added = []
+    for name, decl in columns:
+        if name in have:
+            continue
+        try:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+            added.append(name)
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):
+                raise
+    return added
+
+
 @dataclass(frozen=True)
 class Entry:
     """One job's outcome. Energy and CO2e are zero for states that are not COUNTED."""
@@ -267,10 +291,7 @@ class Ledger:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-            for name, decl in _MIGRATIONS:
-                if name not in have:
-                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+            add_columns(db, _MIGRATIONS)
             fresh = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='sums'").fetchone() is None
             for statement in _split(_summary_sql()):
                 db.execute(statement)

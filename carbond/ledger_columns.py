@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
-from .ledger import COUNTED, FILENAME, LedgerError
+from .ledger import COUNTED, FILENAME, LedgerError, add_columns, columns_of
 
 COLUMNS = {
     "start_time": "REAL",
@@ -94,19 +94,9 @@ DAY = 86400
 
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Add the missing columns and the unattributed table; the columns added (none: up to date)."""
-    have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-    if not have:
+    if not columns_of(db):
         raise LedgerError("the ledger has no jobs table yet (open it with carbond.ledger.Ledger first)")
-    added = []
-    for name, sqltype in COLUMNS.items():
-        if name in have:
-            continue
-        try:
-            db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {sqltype}")
-            added.append(name)
-        except sqlite3.OperationalError as exc:  # another process added it meanwhile
-            if "duplicate column" not in str(exc):
-                raise
+    added = add_columns(db, COLUMNS.items())
     db.executescript(_UNATTRIBUTED)
     return added
 
@@ -124,10 +114,6 @@ def connect(state_dir: str | Path, readonly: bool = False) -> sqlite3.Connection
         return db
     except sqlite3.Error as exc:
         raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
-
-
-def present(db: sqlite3.Connection) -> set[str]:
-    return {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import TextIO
 
 from .errors import JobInputError
-from .ledger import COUNTED
-from .ledger_columns import present
+from .ledger import COUNTED, columns_of
 
 J_PER_KWH = 3.6e6
 GROUPS = {
@@ -66,7 +65,7 @@ def parse_groups(by: str) -> list[str]:
 def totals(db: sqlite3.Connection, cluster: str, by: Sequence[str], start: float | None = None,
            end: float | None = None) -> list[Line]:
     """One line per group (jobs that ended in [start, end)), sorted by group, plus unattributed energy."""
-    cols = present(db)
+    cols = columns_of(db)
     rolled = "rolled_up" in cols and bool(db.execute("SELECT 1 FROM sqlite_master WHERE name='rollup'").fetchone()) \
         and all(t is None or t % 86400 == 0 for t in (start, end))
     rows = _job_rows(db, cols, cluster, by, start, end, only_without_details=rolled)
