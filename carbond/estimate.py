@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sqlite3
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from .errors import JobInputError
 from .ledger import COUNTED, columns_of
+from .times import parse_duration
 
 if TYPE_CHECKING:
     import numpy as np
@@ -98,37 +98,6 @@ def greenest(first_slot: int, values: np.ndarray, earliest: float, window_s: flo
 
 
 # ---- inputs ------------------------------------------------------------------------------------
-
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "": 60}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds of `6h`, `90m`, `1.5d`, or Slurm's forms: `45` (minutes), `MM:SS`, `HH:MM:SS`,
-    `D-HH`, `D-HH:MM`, `D-HH:MM:SS`."""
-    t = text.strip().lower()
-    m = _DURATION.match(t)
-    if m:
-        return float(m.group(1)) * _UNITS[m.group(2)]
-    days, dash, rest = t.partition("-")
-    if not dash:
-        days, rest = "", t
-    parts = rest.split(":")
-    try:
-        nums = [float(x) for x in parts]
-        if days:  # D-HH, D-HH:MM, D-HH:MM:SS
-            if len(nums) > 3:
-                raise ValueError
-            nums += [0.0] * (3 - len(nums))
-            return float(days) * 86400 + nums[0] * 3600 + nums[1] * 60 + nums[2]
-        if len(nums) == 2:  # MM:SS
-            return nums[0] * 60 + nums[1]
-        if len(nums) == 3:  # HH:MM:SS
-            return nums[0] * 3600 + nums[1] * 60 + nums[2]
-        raise ValueError
-    except ValueError:
-        raise JobInputError(f"cannot read duration {text!r}: expected e.g. 6h, 90m, 1d or 1-12:00:00") from None
 
 
 def size_bin(units):

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 from .errors import CarbondError
+from .times import parse_duration
 
 RECENT = 600.0
 """Seconds of the newest power over which the current power is averaged."""
@@ -76,8 +77,6 @@ def so_far(engine, job, now: float, limit_s: float | None, newest: Callable[[Seq
 
 def time_limit(sacct: str, job_id: str, runner=subprocess.run) -> float | None:
     """The job's time limit in seconds from `sacct -o Timelimit` (None: UNLIMITED or unknown)."""
-    from .estimate import parse_duration
-
     cmd = [sacct, "-X", "-n", "-P", "-j", job_id, "-o", "Timelimit"]
     try:
         res = runner(cmd, capture_output=True, text=True, timeout=60, check=False)
