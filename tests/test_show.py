@@ -122,7 +122,7 @@ def test_pue_is_the_one_the_job_was_accounted_with_never_the_config_default(tmp_
     assert "PUE: 1.1\n" in run_show(["42"], task("42", "42"), cfg=cfg)[1]
     # no ledger here (a login node): said so, not the config's 1.7
     out = run_show(["42"], task("42", "42", token=old_token), cfg=cfg)[1]
-    assert "PUE: not recorded" in out and "1.7" not in out
+    assert "PUE: not recorded" in out and "PUE: 1.7" not in out
     # the ledger's, for this cluster
     make_ledger(tmp_path / "ledger.sqlite")
     assert "PUE: 1.45\n" in run_show(["42"], task("42", "42", token=old_token), cfg=cfg)[1]
