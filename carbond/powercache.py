@@ -19,6 +19,8 @@ import numpy as np
 
 from .energy import Trace, build_trace
 
+MAX_PIECES = 16
+
 Fetch = Callable[[Sequence[str], float, float], dict[str, tuple[np.ndarray, np.ndarray]]]
 
 
@@ -56,22 +58,40 @@ class PowerCache:
 
     def ensure(self, needs: dict[str, tuple[float, float]]) -> None:
         """Make [lo, hi] (max_gap included by the caller) of each node available."""
-        ranges: list[tuple[float, float, str]] = []
+        pieces: list[tuple[float, float, str]] = []
         for node, (lo, hi) in needs.items():
             st = self._nodes.get(node)
             if st is None or lo > st.hi or lo < st.lo:
-                ranges.append((lo, hi, node))
+                a, b = lo, hi
             elif hi > st.hi:
-                ahead = -(-(hi - self.max_gap) // self.align) * self.align + self.max_gap
-                ranges.append((st.hi, max(hi, ahead), node))
-        groups = _groups(ranges, self.waste)
+                a, b = st.hi, max(hi, self._ahead(hi))
+            else:
+                continue
+            pieces.extend((x, y, node) for x, y in self._pieces(a, b))
+        groups = _groups(pieces, self.waste)
         for (a, b, nodes), got in zip(groups, self._fetch_all(groups), strict=True):
             self.stats.calls += 1
             self.stats.node_ranges += len(nodes)
-            for node in nodes:
+            for node in dict.fromkeys(nodes):
                 t, w = got.get(node, (np.zeros(0), np.zeros(0)))
                 self.stats.samples += len(t)
                 self._add(node, np.asarray(t, dtype=np.float64), np.asarray(w, dtype=np.float64), a, b, needs[node])
+
+    def _ahead(self, hi: float) -> float:
+        """The chunk edge at or after `hi` (edges are multiples of `align`, shifted by max_gap)."""
+        return -(-(hi - self.max_gap) // self.align) * self.align + self.max_gap
+
+    def _pieces(self, a: float, b: float) -> Iterator[tuple[float, float]]:
+        """[a, b] cut at the chunk edges: nodes needing the same chunk then share one request.
+        At most `MAX_PIECES` (a tiny `align` would cut a long range into too many)."""
+        for _ in range(MAX_PIECES - 1):
+            edge = self._ahead(a)
+            edge = edge + self.align if edge <= a else edge
+            if edge >= b:
+                break
+            yield a, edge
+            a = edge
+        yield a, b
 
     def _fetch_all(self, groups: list[tuple[float, float, list[str]]]) -> Iterator[dict]:
         """The groups' samples in order; several small requests in flight (sparse jobs make many)."""

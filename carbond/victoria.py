@@ -111,8 +111,12 @@ class VictoriaClient:
         step_ms = self.cfg.chunk_seconds * 1000
         per = max(1, self.cfg.max_nodes_per_request)
         groups = [tuple(names[i : i + per]) for i in range(0, len(names), per)]
-        edges = range(lo, hi + 1, step_ms)
-        return [_Task(c, len(edges), g, a, min(a + step_ms - 1, hi)) for c, a in enumerate(edges) for g in groups]
+        # The last chunk takes a tail of up to 1 ms rather than make a request of its own:
+        # callers ask for whole chunks with both ends inclusive.
+        edges = range(lo, max(lo + 1, hi), step_ms)
+        last = len(edges) - 1
+        return [_Task(c, len(edges), g, a, hi if c == last else a + step_ms - 1)
+                for c, a in enumerate(edges) for g in groups]
 
     def _run(self, tasks: list[_Task]) -> Iterator[tuple[_Task, dict[str, tuple[np.ndarray, np.ndarray]]]]:
         if len(tasks) == 1 or CONCURRENCY <= 1:
