@@ -4,7 +4,8 @@ The range is read from sacct a window at a time (a day by default) and goes thro
 streaming engine, so a year of a large cluster runs in the memory of a window. With --write
 each window's footprints go into the ledger (the dedup: a job is counted once, whichever path
 saw it first) and their tokens into Slurm before the next window, with the writer's bounded
-concurrency; an interrupted run is simply run again. Without --write nothing is changed: it
+concurrency; an interrupted run is simply run again (a job whose token reached Slurm but whose
+sacctmgr answer was lost is then marked written). Without --write nothing is changed: it
 prints what it would write and a summary. --rewrite re-publishes the tokens the ledger holds
 as `unwritable` (the field was left alone then) through Ledger.mark_pending.
 """
@@ -101,7 +102,7 @@ def backfill(cfg: Config, start: str, end: str, write: bool = False, as_json: bo
         engine = engine or build_engine(cfg, node_cpus=node_cpu_lookup(slurm))[0]
         publisher = Publisher(ledger, slurm, None, cfg.slurm.comment_field, slurm.lowercases()) if write else None
         pending: deque[JobFacts] = deque()
-        tables = _windows(slurm, ledger, cfg, lo, hi, window, pending, tally, publisher if rewrite else None)
+        tables = _windows(slurm, ledger, cfg, lo, hi, window, pending, tally, publisher if rewrite else None, write)
         fps = _accounted(engine.stream(tables, align=window), pending, publisher, tally, progress,
                          details=partial(after_record, cfg.state_dir, cfg))
         try:
@@ -121,7 +122,8 @@ def backfill(cfg: Config, start: str, end: str, write: bool = False, as_json: bo
 
 
 def _windows(slurm: SlurmIO, ledger: Ledger, cfg: Config, lo: float, hi: float, window: float,
-             pending: deque[JobFacts], tally: Tally, rewriter: Publisher | None) -> Iterator[JobTable]:
+             pending: deque[JobFacts], tally: Tally, rewriter: Publisher | None, write: bool = False
+             ) -> Iterator[JobTable]:
     """The jobs to account, one sacct call per window of end times; their facts queue up in `pending`."""
     w0 = lo
     while w0 < hi:
@@ -129,6 +131,8 @@ def _windows(slurm: SlurmIO, ledger: Ledger, cfg: Config, lo: float, hi: float, 
         facts = slurm.jobs_ended_between(w0, w1)
         tally.ended += len(facts)
         todo = {k: f for k, f in facts.items() if parse(f.field(cfg.slurm.comment_field)) is None}
+        if write:
+            _acknowledge(ledger, cfg.slurm.comment_field, {k: f for k, f in facts.items() if k not in todo})
         known = ledger.known(todo)
         if rewriter is not None:
             _republish(ledger, rewriter, [f for k, f in todo.items() if known.get(k) == UNWRITABLE], tally)
@@ -137,6 +141,15 @@ def _windows(slurm: SlurmIO, ledger: Ledger, cfg: Config, lo: float, hi: float, 
         pending.extend(todo.values())
         yield JobTable.from_jobs([f.job for f in todo.values()])
         w0 = w1
+
+
+def _acknowledge(ledger: Ledger, field: str, tokened: dict[str, JobFacts]) -> None:
+    """Jobs whose token is in Slurm but pending-write in the ledger: a run killed after sacctmgr wrote
+    and before its answer was read. Marked written when it is the ledger's token (else left for a rewrite)."""
+    for job_id, state in ledger.known(tokened).items():
+        entry = ledger.get(job_id) if state == PENDING_WRITE else None
+        if entry is not None and entry.token and parse(entry.token) == parse(tokened[job_id].field(field)):
+            ledger.mark_written(job_id)
 
 
 def _republish(ledger: Ledger, publisher: Publisher, facts: list[JobFacts], tally: Tally) -> None:

@@ -133,3 +133,19 @@ def test_progress_bar_only_on_a_terminal(cfg):
     assert quiet.getvalue() == ""
     shown = tty.getvalue()
     assert "30 jobs" in shown and "jobs/s" in shown and "ETA" in shown and "100%" in shown
+
+
+def test_a_write_whose_answer_was_lost_is_marked_written_by_the_next_run_not_by_a_dry_run(cfg):
+    slurm = FakeSlurm(n=3)
+    run(cfg, slurm)
+    with Ledger(cfg.state_dir, "c") as ledger:  # killed after sacctmgr wrote, before its answer was read
+        token = ledger.get("101").token
+        ledger.mark_pending("101", token)
+    writes = len(slurm.writes)
+    run(cfg, slurm, write=False)
+    with Ledger(cfg.state_dir, "c") as ledger:
+        assert ledger.get("101").state == "pending-write"
+    run(cfg, slurm)
+    with Ledger(cfg.state_dir, "c") as ledger:
+        assert ledger.state_counts() == {"written": 3} and ledger.get("101").token == token
+    assert len(slurm.writes) == writes  # the token in Slurm is the ledger's: not written again
