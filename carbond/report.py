@@ -185,10 +185,33 @@ def _methods(cov: list[float | None]) -> list[str]:
 
 
 def _json_num(values: list[float | None]) -> list[str]:
-    """Floats as JSON writes them (repr), None as null."""
+    """Floats as JSON writes them (repr), None as null.
+
+    repr is the floor of the bulk output, so most values go through '%.12g', which is ~1.7x
+    faster and writes the same text for a value that is the double nearest some 12-digit
+    decimal (what footprint.significant makes), unless it is integral (repr adds '.0'), at
+    least 1e12 (the notations switch at different points) or below 1e-10 (significant's scale
+    is no longer an exact power of ten there). Those few values go through repr.
+    """
     if None in values:
         return [_num_or_null(v) for v in values]
-    return list(map(float.__repr__, values))
+    if len(values) < 64:
+        return list(map(float.__repr__, values))
+    import numpy as np
+
+    from .footprint import significant
+
+    x = np.array(values, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        magnitude = np.abs(x)
+        odd = ~((magnitude < 1e12) & (magnitude >= 1e-10) & (x != np.trunc(x)) & (significant(x) == x))
+    out = list(map(_G12, values))
+    for i in np.flatnonzero(odd).tolist():
+        out[i] = repr(values[i])
+    return out
+
+
+_G12 = "%.12g".__mod__
 
 
 _FEW = ("p_intensity", "share")

@@ -5,11 +5,14 @@ import json
 from types import SimpleNamespace
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_footprint import MIDNIGHT, FakePower
 
 from carbond import report
 from carbond.config import from_mapping
 from carbond.engine import Engine
+from carbond.footprint import significant
 from carbond.jobs import BadLine, Job
 
 
@@ -60,3 +63,12 @@ def test_table_has_a_totals_line_and_periods_for_one_job():
     report.write_table(Engine(cfg, power, MixedIntensity()).account([Job("1", MIDNIGHT, MIDNIGHT + 3600, ("n1",))]), out)
     text = out.getvalue()
     assert "1 job(s), 0.360 kWh" in text and "HALF-HOUR (UTC)" in text and "2023-11-15 00:30:00" in text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=64, max_size=200), st.booleans())
+def test_bulk_numbers_are_written_as_repr_writes_them(values, rounded):
+    """The fast '%.12g' path of the bulk writer never changes a number's text, rounded or not."""
+    if rounded:
+        values = significant(np.array(values)).tolist()
+    assert report._json_num(values) == [repr(v) for v in values]
