@@ -378,10 +378,10 @@ def _tres_column(texts: tuple[str, ...]) -> tuple[np.ndarray, dict[int, str]]:
 
 
 NO_WINDOW = -1
+"""The bucket of jobs that never started or have no start time: no power is needed for them."""
 BLOCK = 4096
 """Lines read per step of the fill: small blocks leave no fragmented heap behind (a long input
 read in large blocks kept ~30 MB more resident for the whole run) and are faster."""
-"""The bucket of jobs that never started or have no start time: no power is needed for them."""
 
 
 class TimeBuckets:

@@ -5,24 +5,21 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
-from .footprint import FULL, Batch, JobFootprint, columns, footprints
+from .footprint import FULL, Batch, JobFootprint, columns, footprints, is_plain
 from .times import iso, iso_many
-
-if TYPE_CHECKING:
-    import numpy as np
 
 # Average UK petrol car, DEFRA 2023 conversion factors: ~170 gCO2e per km.
 G_PER_CAR_KM = 170.0
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False, allow_nan=False)
-_PERIOD = ',{{"start":"{}","end":"{}","energy_kwh":{},"intensity_g_per_kwh":{},"intensity_kind":"{}","co2e_g":{}}}'
+_PERIOD = '{{"start":"{}","end":"{}","energy_kwh":{},"intensity_g_per_kwh":{},"intensity_kind":"{}","co2e_g":{}}}'
 _NODE = '{{"node":{},"energy_kwh":{},"share":{}}}'
-_HEAD = ('{{"job_id":{},"status":"ok","energy_kwh":{},"co2e_g":{},"operational_g":{},"embodied_g":{},'
-         '"intensity_g_per_kwh":{},"pue":{},"method":"{}","coverage":{},"start":"{}","end":"{}",'
-         '"nodes":[{}],"periods":[')
+_JOB = ('{{"job_id":{},"status":"ok","energy_kwh":{},"co2e_g":{},"operational_g":{},"embodied_g":{},'
+        '"intensity_g_per_kwh":{},"pue":{},"method":"{}","coverage":{},"start":"{}","end":"{}",'
+        '"nodes":[{}],"periods":[{}]}}')
 
 
 def write_json(fps: Iterable[JobFootprint], out: TextIO) -> int:
@@ -50,8 +47,8 @@ def write_json_batches(batches: Iterable[Batch], out: TextIO, workers: int = 0) 
 
 def format_batch(b: Batch) -> tuple[str, int]:
     """A batch's JSON lines as one string, and how many."""
-    text = "".join(_batch_pieces(b))
-    return text, text.count("\n")
+    lines = list(batch_lines(b))
+    return ("\n".join(lines) + "\n" if lines else ""), len(lines)
 
 
 def _write_parallel(batches: Iterable[Batch], out: TextIO, workers: int) -> int:
@@ -76,91 +73,45 @@ def _write_parallel(batches: Iterable[Batch], out: TextIO, workers: int) -> int:
 
 
 def batch_lines(b: Batch) -> Iterator[str]:
-    """The batch's JSON lines one by one (format_batch, split)."""
-    yield from format_batch(b)[0].splitlines()
-
-
-def _batch_pieces(b: Batch) -> list[str]:
-    """The batch's output as pieces that join into its lines, each line ending in a newline.
-
-    Built column-wise so that no Python code runs per job or per period (this is the bulk
-    path's floor): every number goes through repr once, every template through one `map`, and
-    the pieces are placed with index arithmetic. A plain job is its head, its periods (each
-    with a leading comma but the first) and `]}`; any other slot is one whole line from to_dict.
-    """
-    import numpy as np
-
     if b.acc is None or b.alloc is None:
-        return [_ENCODER.encode(s.to_dict()) + "\n" for s in b.slots if isinstance(s, JobFootprint)]
+        yield from (_ENCODER.encode(s.to_dict()) for s in b.slots if isinstance(s, JobFootprint))
+        return
     c = columns(b.acc, b.alloc)
-    idx = np.array([s if isinstance(s, int) else -1 for s in b.slots], dtype=np.int64)
-    plain = _plain(b, c)
-    slot_plain = np.zeros(idx.size, dtype=bool)
-    slot_plain[idx >= 0] = plain[idx[idx >= 0]]
-    jp = idx[slot_plain]  # plain jobs, in slot order
-    po = np.asarray(c.period_offsets, dtype=np.int64)
-    k = (po[1:] - po[:-1])[jp]
-    size = np.ones(idx.size, dtype=np.int64)
-    size[slot_plain] = 2 + k
-    first = np.cumsum(size) - size
-    seq = np.empty(int(size.sum()), dtype=object)
-    head = first[slot_plain]
-    seq[head] = _heads(b, c, jp)
-    seq[head + 1 + k] = "]}\n"
-    periods = np.array(list(map(_PERIOD.format, c.p_start, c.p_end, *_period_text(c))), dtype=object)
-    within = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)
-    seq[np.repeat(head + 1, k) + within] = periods[np.repeat(po[jp], k) + within]
-    lead = head[k > 0] + 1
-    seq[lead] = [p[1:] for p in seq[lead].tolist()]
-    other = np.flatnonzero(~slot_plain)
-    if other.size:
-        slow = list(footprints(b.acc, b.alloc, b.metas, b.pue, c)) if (idx[other] >= 0).any() else []
-        seq[first[other]] = [_ENCODER.encode((slow[int(idx[s])] if idx[s] >= 0 else b.slots[s]).to_dict()) + "\n"
-                             for s in other.tolist()]
-    return seq.tolist()
-
-
-def _plain(b: Batch, c) -> np.ndarray:
-    """Per job: accounted without any note (footprint.is_plain, for the whole batch)."""
-    import numpy as np
-
-    noted = np.array([bool(m.warnings or m.gpu) for m in b.metas], dtype=bool)
-    acc = b.acc
-    return ~(noted | np.asarray(c.stale, dtype=bool) | np.asarray(c.forecast, dtype=bool)
-             | np.isnan(acc.energy_j) | np.isnan(acc.operational_g))
-
-
-def _period_text(c) -> tuple[list[str], list[str], list[str], list[str]]:
-    """energy, intensity, kind and CO2e of every period, as JSON text."""
-    return _json_num(c.p_kwh), _json_few(c.p_intensity), c.p_kind, _json_num(c.p_g)
-
-
-def _heads(b: Batch, c, jp) -> list[str]:
-    """Each plain job's line up to and including `"periods":[`, for the job indices `jp`."""
-    import numpy as np
-
-    def take(values: list) -> list:
-        return np.array(values, dtype=object)[jp].tolist()
-
-    metas = b.metas
-    ro = np.asarray(c.row_offsets, dtype=np.int64)
-    names = [n for m in metas for n in m.nodes]
-    quoted = {n: _ENCODER.encode(n) for n in set(names)}
-    rows = np.array(list(map(_NODE.format, map(quoted.__getitem__, names), _json_num(c.row_kwh),
-                             _json_few(c.share))), dtype=object)
-    nodes = rows[np.minimum(ro[:-1], max(rows.size - 1, 0))] if rows.size else np.full(len(metas), "", dtype=object)
-    for i in np.flatnonzero(ro[1:] - ro[:-1] != 1).tolist():
-        nodes[i] = ",".join(rows[ro[i] : ro[i + 1]].tolist())
-    ids = [_quote_id(metas[i].job_id) for i in jp.tolist()]
-    pue = [_json_num([b.pue])[0]] * len(ids)
-    return list(map(_HEAD.format, ids, take(_json_num(c.kwh)), take(_json_num(c.total_g)), take(_json_num(c.op_g)),
-                    take(_json_few(c.emb_g)), take(_json_num(c.mean_i)), pue, take(_methods(c.cov)),
-                    take(_json_few(c.cov)), take(_iso_each(b.alloc.start)), take(_iso_each(b.alloc.end)),
-                    nodes[jp].tolist()))
-
-
-def _quote_id(jid: str) -> str:
-    return f'"{jid}"' if _PLAIN_ID(jid) else _ENCODER.encode(jid)
+    text = [(_json_few if k in _FEW else _json_num)(getattr(c, k)) for k in ("p_kwh", "p_intensity", "p_g", "row_kwh", "share")]
+    periods = list(map(_PERIOD.format, c.p_start, c.p_end, text[0], text[1], c.p_kind, text[2]))
+    kwh, total_g, op_g = (_json_num(x) for x in (c.kwh, c.total_g, c.op_g))
+    emb_g, cov = _json_few(c.emb_g), _json_few(c.cov)
+    mean_i = _json_num(c.mean_i)
+    starts, ends = _iso_each(b.alloc.start), _iso_each(b.alloc.end)
+    methods = _methods(c.cov)
+    row_kwh, share = text[3], text[4]
+    slow = None
+    pue = _json_num([b.pue])[0]
+    po, ro = c.period_offsets, c.row_offsets
+    node_text: dict[str, str] = {}
+    for slot in b.slots:
+        if not isinstance(slot, int):
+            yield _ENCODER.encode(slot.to_dict())
+            continue
+        i, meta = slot, b.metas[slot]
+        if not is_plain(c, i, meta):
+            slow = slow if slow is not None else list(footprints(b.acc, b.alloc, b.metas, b.pue, c))
+            yield _ENCODER.encode(slow[i].to_dict())
+            continue
+        r0, r1 = ro[i], ro[i + 1]
+        if r1 - r0 == 1:
+            name = meta.nodes[0]
+            quoted = node_text.get(name)
+            if quoted is None:
+                quoted = node_text[name] = _ENCODER.encode(name)
+            nodes = _NODE.format(quoted, row_kwh[r0], share[r0])
+        else:
+            nodes = ",".join(map(_NODE.format, map(_ENCODER.encode, meta.nodes), row_kwh[r0:r1], share[r0:r1]))
+        jid = meta.job_id
+        yield _JOB.format(
+            f'"{jid}"' if _PLAIN_ID(jid) else _ENCODER.encode(jid), kwh[i], total_g[i], op_g[i], emb_g[i],
+            mean_i[i], pue, methods[i], cov[i], starts[i], ends[i], nodes, ",".join(periods[po[i] : po[i + 1]]),
+        )
 
 
 _PLAIN_ID = re.compile(r"[0-9A-Za-z_.+-]*\Z").match
