@@ -398,7 +398,7 @@ class TimeBuckets:
         self.window = float(window)
         self.zone = zone
         self.names = NodeNames()
-        self._mem: dict[int, list[tuple[str, list[int]]]] = {}
+        self._mem: dict[int, list[tuple[str, np.ndarray]]] = {}
         """Per window: its lines of each block, joined (one allocation, not one per line: a long
         input would otherwise leave the heap fragmented by the few lines kept of every block)."""
         self._size = 0

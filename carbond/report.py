@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
-from .footprint import FULL, Batch, JobFootprint, columns, footprints, is_plain
+from .footprint import FULL, Batch, JobFootprint, columns, footprints, is_plain, significant
 from .times import iso, iso_many
 
 # Average UK petrol car, DEFRA 2023 conversion factors: ~170 gCO2e per km.
@@ -149,8 +149,6 @@ def _json_num(values: list[float | None]) -> list[str]:
     if len(values) < 64:
         return list(map(float.__repr__, values))
     import numpy as np
-
-    from .footprint import significant
 
     x = np.array(values, dtype=np.float64)
     with np.errstate(invalid="ignore"):
