@@ -54,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--json", action="store_true", help="JSON (one object per line for --jobs)")
     fp.add_argument("--stats", action="store_true", help="print jobs/s and VictoriaMetrics requests to stderr")
     fp.add_argument("--workers", type=int, default=None, metavar="N",
-                    help="with --jobs --json: processes formatting the output (default: one per core for "
-                         "large inputs, none for small ones)")
+                    help="with --jobs --json: processes accounting runs of windows side by side (default: one "
+                         "per core for large inputs, none for small ones)")
     fp.add_argument("--window", type=_hours, default=24.0, metavar="HOURS",
                     help="with --jobs: stream by job start in windows of this many hours (default 24; "
                          "0: all at once, holding every node's samples over the whole span)")
@@ -204,7 +204,7 @@ def _footprint(args: argparse.Namespace, cfg) -> int:
         n = report.write_table(map(failed.footprint, engine.account(items)), sys.stdout)
     sys.stdout.flush()
     if args.stats:
-        _stats(n, t0, victoria)
+        _stats(n, t0, victoria.requests_made)
     return failed.exit_status(n, args.json)
 
 
@@ -226,14 +226,7 @@ class _Failures:
         return fp
 
     def batch(self, b):
-        import numpy as np
-
-        from .footprint import JobFootprint
-
-        self.count += sum(1 for s in b.slots if isinstance(s, JobFootprint) and s.status == "error")
-        if b.acc is not None:
-            bad = ~np.isfinite(b.acc.energy_j) | ~np.isfinite(b.acc.operational_g)
-            self.count += int(np.count_nonzero(bad))
+        self.count += b.failures()
         return b
 
 
@@ -249,41 +242,58 @@ def _footprint_jobs(args: argparse.Namespace, cfg, t0: float) -> int:
     with stream:
         if not args.window:
             batches = map(failed.batch, engine.batches(list(read_sacct(stream, args.timezone))))
-            n = _write(report, batches, args.json, 0)
+            n = _write(report, batches, args.json)
         else:
             window = args.window * 3600
             one_malloc_arena()
             with TimeBuckets(stream, window, args.timezone) as buckets:
                 workers = args.workers if args.workers is not None else _workers(buckets.jobs)
+                if args.json and workers > 1:
+                    return _footprint_segments(args, cfg, t0, buckets, engine, failed, workers)
                 batches = engine.stream(buckets.windows(), span=(buckets.lo, buckets.hi), align=window)
-                n = _write(report, map(failed.batch, batches), args.json, workers)
+                n = _write(report, map(failed.batch, batches), args.json)
     if args.stats:
-        _stats(n, t0, victoria, engine.cache.stats.samples if engine.cache else None)
+        _stats(n, t0, victoria.requests_made, engine.cache.stats.samples if engine.cache else None)
     return failed.exit_status(n, args.json)
 
 
+def _footprint_segments(args: argparse.Namespace, cfg, t0: float, buckets, engine, failed: _Failures, workers: int) -> int:
+    """JSON lines of many jobs, segments of windows accounted on every core (carbond.segments)."""
+    from .engine import build_engine
+    from .segments import write_parallel
+
+    sys.stdout.flush()
+    totals = write_parallel(buckets, engine, lambda: build_engine(cfg), sys.stdout.buffer, workers, args.window * 3600)
+    sys.stdout.flush()
+    failed.count += totals.failures
+    if args.stats:
+        _stats(totals.lines, t0, engine.power.requests_made + totals.requests, totals.samples)
+    return failed.exit_status(totals.lines, args.json)
+
+
 def _workers(jobs: int) -> int:
-    """A formatting process per core pays from some ten thousand jobs on (a fork costs ~10 ms)."""
+    """A process per core pays from some ten thousand jobs on (each one reads what its first
+    window needs afresh, and the output is copied once more)."""
     import os
 
     return (os.cpu_count() or 1) if jobs >= 20_000 else 0
 
 
-def _write(report, batches, as_json: bool, workers: int) -> int:
+def _write(report, batches, as_json: bool) -> int:
     if as_json:
-        return report.write_json_batches(batches, sys.stdout, workers)
+        return report.write_json_batches(batches, sys.stdout)
     return report.write_table((fp for b in batches for fp in b.footprints()), sys.stdout)
 
 
-def _stats(n: int, t0: float, victoria, samples: int | None = None) -> None:
+def _stats(n: int, t0: float, requests: int, samples: int | None = None) -> None:
     import resource
 
     secs = time.perf_counter() - t0
     fetched = f", {samples:,} power samples fetched" if samples is not None else ""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
     print(
         f"carbond: {n} jobs in {secs:.2f} s ({n / secs:,.0f} jobs/s), "
-        f"{victoria.requests_made} VictoriaMetrics request(s){fetched}, peak RSS {rss:.0f} MB",
+        f"{requests} VictoriaMetrics request(s){fetched}, peak RSS {rss:.0f} MB",
         file=sys.stderr,
     )
 

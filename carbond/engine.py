@@ -83,16 +83,18 @@ class Engine:
             yield Batch(slots, b.metas, b.acc, b.alloc, b.pue)
 
     def stream(self, windows: Iterable[JobTable], span: tuple[float, float] | None = None,
-               align: float = WINDOW) -> Iterator[Batch]:
+               align: float = WINDOW, view: IntensityView | None = None) -> Iterator[Batch]:
         """Windows of jobs (each a JobTable, in time order) accounted one after the other.
 
-        `span` (earliest start, latest end), when known, makes one intensity lookup for the run;
-        otherwise each window looks up its own. Bad lines of a table follow its jobs.
+        `span` (earliest start, latest end), when known, makes one intensity lookup for the run,
+        or `view` is that lookup already made; otherwise each window looks up its own. Bad lines
+        of a table follow its jobs.
         """
         from concurrent.futures import ThreadPoolExecutor
 
         self.cache = PowerCache(self.power.fetch_power, self.cfg.max_gap, align=align)
-        view = self._view(*span) if span and span[0] <= span[1] else None
+        if view is None and span and span[0] <= span[1]:
+            view = self.intensity_view(*span)
         it = iter(windows)
         table = next(it, None)
         # The next window's power is read while this one is computed and written out.
@@ -125,7 +127,7 @@ class Engine:
         cache.drop_before(float(np.min(table.start[ok])) - self.cfg.max_gap)
         needs = self._needs(table, ok)
         cache.ensure(needs)
-        wview = view or self._view(float(np.min(table.start[ok])), float(np.max(table.end[ok])))
+        wview = view or self.intensity_view(float(np.min(table.start[ok])), float(np.max(table.end[ok])))
         traces, gmap = self._with_gpus({n: cache.trace(n) for n in needs}, needs)
         return traces, wview, gmap
 
@@ -138,7 +140,7 @@ class Engine:
         raw = self.power.fetch_power(nodes, lo - gap, hi + gap)
         traces: dict[str, Trace | None] = {n: build_trace(t, w, gap) for n, (t, w) in raw.items()}
         traces, gmap = self._with_gpus(traces, {n: (lo - gap, hi + gap) for n in nodes})
-        return traces, self._view(lo, hi), gmap
+        return traces, self.intensity_view(lo, hi), gmap
 
     def _with_gpus(self, traces: dict[str, Trace | None], needs: dict[str, tuple[float, float]]
                    ) -> tuple[dict[str, Trace | None], GpuMap | None]:
@@ -155,7 +157,8 @@ class Engine:
         extra, gmap = gpu_traces(node_raw, gpu_raw, self.cfg.max_gap)
         return {**traces, **extra}, gmap
 
-    def _view(self, lo: float, hi: float) -> IntensityView:
+    def intensity_view(self, lo: float, hi: float) -> IntensityView:
+        """The grid intensity of every half-hour of [lo, hi], looked up once (cache, then provider)."""
         table = self.intensity.lookup(lo, hi)
         return IntensityView(table.first_slot, table.values, np.asarray(table.kinds), np.asarray(table.stale))
 

@@ -374,6 +374,14 @@ class Batch:
         for slot in self.slots:
             yield done[slot] if isinstance(slot, int) else slot
 
+    def failures(self) -> int:
+        """Jobs of the batch that could not be accounted (an error, or a number that is not one)."""
+        count = sum(1 for s in self.slots if isinstance(s, JobFootprint) and s.status == "error")
+        if self.acc is not None:
+            bad = ~np.isfinite(self.acc.energy_j) | ~np.isfinite(self.acc.operational_g)
+            count += int(np.count_nonzero(bad))
+        return count
+
 
 def job_footprint(c: Columns, i: int, meta: JobMeta, nodes, periods, pue: float) -> JobFootprint:
     kwh, op_g = c.kwh[i], c.op_g[i]

@@ -409,6 +409,8 @@ class TimeBuckets:
         """Earliest start and latest end of the input (for one intensity lookup)."""
         self.hi = float("-inf")
         self.jobs = 0
+        self.counts: dict[int, int] = {}
+        """Lines per window (to share windows out evenly)."""
         self._fill(iter(lines))
 
     def _fill(self, it: Iterator[str]) -> None:
@@ -458,6 +460,7 @@ class TimeBuckets:
                 got_l, got_n = (got_l,), (got_n,)
             text = "\n".join(got_l)
             self._mem.setdefault(key, []).append((text, np.array(got_n, dtype=np.int64)))
+            self.counts[key] = self.counts.get(key, 0) + len(idx)
             self._size += len(text) + 60 * len(idx)
         self.jobs += len(lines)
         if self._size > self._limit:

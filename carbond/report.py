@@ -27,16 +27,13 @@ def write_json(fps: Iterable[JobFootprint], out: TextIO) -> int:
     return _write_lines((_ENCODER.encode(fp.to_dict()) for fp in fps), out)
 
 
-def write_json_batches(batches: Iterable[Batch], out: TextIO, workers: int = 0) -> int:
+def write_json_batches(batches: Iterable[Batch], out: TextIO) -> int:
     """The same lines as write_json, formatted straight from each batch's columns.
 
     A million half-hour periods would otherwise be a million objects, then dicts, then encoder
     calls. Jobs with an error or a note go through to_dict, the reference for the format.
-    With `workers` > 1 batches are formatted in that many forked processes (in order, at most
-    two per worker in flight, so memory stays bounded); create no threads before calling.
+    (carbond.segments spreads the work over the cores, formatting included.)
     """
-    if workers > 1:
-        return _write_parallel(batches, out, workers)
     n = 0
     for b in batches:
         text, count = format_batch(b)
@@ -49,27 +46,6 @@ def format_batch(b: Batch) -> tuple[str, int]:
     """A batch's JSON lines as one string, and how many."""
     lines = list(batch_lines(b))
     return ("\n".join(lines) + "\n" if lines else ""), len(lines)
-
-
-def _write_parallel(batches: Iterable[Batch], out: TextIO, workers: int) -> int:
-    import multiprocessing
-    from collections import deque
-
-    n = 0
-    # fork before the engine starts its threads: the children need nothing but this function.
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        pending: deque = deque()
-        for b in batches:
-            pending.append(pool.apply_async(format_batch, (b,)))
-            while len(pending) > 2 * workers or (pending and pending[0].ready()):
-                text, count = pending.popleft().get()
-                out.write(text)
-                n += count
-        while pending:
-            text, count = pending.popleft().get()
-            out.write(text)
-            n += count
-    return n
 
 
 def batch_lines(b: Batch) -> Iterator[str]:

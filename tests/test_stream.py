@@ -1,18 +1,27 @@
 """Streaming by time equals the unstreamed engine: weeks of real VictoriaMetrics data, jobs
 crossing window edges, gaps, a node without samples; and the power cache fetches what jobs need."""
 
+import io
+import json
 import math
+import os
+import socket
+import tempfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from carbond import segments
 from carbond.config import from_mapping
 from carbond.energy import build_trace, window
 from carbond.engine import Engine
+from carbond.errors import VictoriaError
 from carbond.jobs import TimeBuckets, read_sacct
 from carbond.powercache import PowerCache
+from carbond.report import write_json_batches
 from carbond.victoria import VictoriaClient
 
 T0 = 1_706_745_600.0  # 2024-02-01T00:00:00Z
@@ -172,3 +181,65 @@ def test_running_integral_carried_across_fetches_equals_one_trace(cuts, a, lengt
     got_j, got_s = window(cache.trace("x"), lo, hi)
     assert got_j[0] == pytest.approx(ref_j[0], rel=1e-9, abs=1e-6)
     assert got_s[0] == pytest.approx(ref_s[0], rel=1e-9, abs=1e-6)
+
+
+# -- segments: the same stream on several cores -----------------------------------------------
+def _segment_engine(cfg, url=None):
+    client = VictoriaClient(replace(cfg.victoriametrics, url=url) if url else cfg.victoriametrics)
+    return Engine(cfg, client, SlotIntensity()), client
+
+
+def test_segments_on_three_cores_write_the_sequential_lines_in_order(weeks, monkeypatch, tmp_path):
+    """Segment boundaries cut through running jobs; every line still comes out once, in order,
+    with the numbers of the single-process stream."""
+    cfg, lines = weeks
+    monkeypatch.setattr(segments, "SEGMENT_WINDOWS", 3)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    engine, _ = _segment_engine(cfg)
+    with TimeBuckets(lines, DAY) as buckets:
+        one = io.StringIO()
+        write_json_batches(engine.stream(buckets.windows(), (buckets.lo, buckets.hi), align=DAY), one)
+    sequential = [json.loads(x) for x in one.getvalue().splitlines()]
+    on_disk = []
+    emit = segments._emit
+
+    def counting_emit(result, out, totals):
+        on_disk.append(len(os.listdir(os.path.dirname(result.path))))
+        emit(result, out, totals)
+
+    monkeypatch.setattr(segments, "_emit", counting_emit)
+    with TimeBuckets(lines, DAY) as buckets:
+        assert len(segments.plan([buckets.counts[k] for k in buckets.keys()], 3)) == 9
+        out = io.BytesIO()
+        totals = segments.write_parallel(buckets, engine, lambda: _segment_engine(cfg), out, 3, DAY)
+    parallel = [json.loads(x) for x in out.getvalue().decode().splitlines()]
+    assert [d["job_id"] for d in parallel] == [d["job_id"] for d in sequential] and len(parallel) == 402
+    for a, b in zip(sequential, parallel, strict=True):
+        numbers_close(a, b, a["job_id"])
+    assert totals.lines == 402
+    assert totals.failures == sum(d["status"] == "error" for d in sequential) == 1
+    assert totals.requests > 9 and totals.samples > 0
+    assert len(on_disk) == 9 and max(on_disk) <= 3 + 1  # finished files waiting stay few
+    assert list(tmp_path.iterdir()) == []  # and are gone
+
+
+def test_a_worker_that_cannot_reach_victoriametrics_fails_the_run_and_leaves_nothing(weeks, monkeypatch, tmp_path):
+    cfg, lines = weeks
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    engine, _ = _segment_engine(cfg)
+    with socket.socket() as s:  # a port nobody listens on: connection refused, for real
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with TimeBuckets(lines, DAY) as buckets, pytest.raises(VictoriaError, match="unreachable"):
+        segments.write_parallel(buckets, engine, lambda: _segment_engine(cfg, dead), io.BytesIO(), 2, DAY)
+    assert list(tmp_path.iterdir()) == []
+
+
+@given(st.lists(st.integers(0, 50), min_size=0, max_size=200), st.integers(1, 8), st.integers(1, 20))
+def test_segments_cover_every_window_once_in_order(counts, workers, most):
+    segs = segments.plan(counts, workers, most)
+    n = len(counts)
+    assert [a for a, _ in segs] == [0, *(b for _, b in segs[:-1])] if segs else n == 0
+    assert (segs[-1][1] == n) if segs else True
+    assert all(a < b for a, b in segs)
+    assert len(segs) <= max(n, 0) and len(segs) <= workers * math.ceil(n / (workers * most)) if n else not segs
