@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
+from .errors import CarbondError
+
 if TYPE_CHECKING:
     from .engine import Engine
     from .footprint import IntensityView
@@ -94,6 +96,8 @@ def write_parallel(buckets: TimeBuckets, engine: Engine, build: Callable[[], tup
     way, so the temporary files stay bounded whatever the span.
     """
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     global _SHARED
     keys = buckets.keys()
@@ -103,14 +107,19 @@ def write_parallel(buckets: TimeBuckets, engine: Engine, build: Callable[[], tup
     tmp = tempfile.mkdtemp(prefix="carbond-segments-")
     _SHARED = _Shared(buckets, keys, view, align, tmp, build)
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        # A process pool that notices a worker dying (the OOM killer, a signal): a lost segment
+        # fails the run at once rather than leave it waiting for lines that never come.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
             pending: deque = deque()
             for seg in segments:
-                pending.append(pool.apply_async(_account, (seg,)))
-                while pending and (len(pending) > workers or pending[0].ready()):
-                    _emit(pending.popleft().get(), out, totals)
+                pending.append(pool.submit(_account, seg))
+                while pending and (len(pending) > workers or pending[0].done()):
+                    _emit(pending.popleft().result(), out, totals)
             while pending:
-                _emit(pending.popleft().get(), out, totals)
+                _emit(pending.popleft().result(), out, totals)
+    except BrokenProcessPool:
+        raise CarbondError("a process accounting a segment died (killed, or out of memory?): "
+                           "no output after the last complete segment") from None
     finally:
         _SHARED = None
         shutil.rmtree(tmp, ignore_errors=True)

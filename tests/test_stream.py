@@ -4,7 +4,9 @@ crossing window edges, gaps, a node without samples; and the power cache fetches
 import io
 import json
 import math
+import multiprocessing
 import os
+import signal
 import socket
 import tempfile
 from dataclasses import replace
@@ -18,7 +20,7 @@ from carbond import segments
 from carbond.config import from_mapping
 from carbond.energy import build_trace, window
 from carbond.engine import Engine
-from carbond.errors import VictoriaError
+from carbond.errors import CarbondError, VictoriaError
 from carbond.jobs import TimeBuckets, read_sacct
 from carbond.powercache import PowerCache
 from carbond.report import write_json_batches
@@ -243,3 +245,34 @@ def test_segments_cover_every_window_once_in_order(counts, workers, most):
     assert (segs[-1][1] == n) if segs else True
     assert all(a < b for a, b in segs)
     assert len(segs) <= max(n, 0) and len(segs) <= workers * math.ceil(n / (workers * most)) if n else not segs
+
+
+def test_a_worker_killed_mid_run_fails_the_run_at_once_and_leaves_nothing(weeks, monkeypatch, tmp_path):
+    """SIGKILL (the OOM killer's signal) on the process accounting the third segment."""
+    cfg, lines = weeks
+    monkeypatch.setattr(segments, "SEGMENT_WINDOWS", 3)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    engine, _ = _segment_engine(cfg)
+    built = multiprocessing.get_context("fork").Value("i", 0)
+
+    def build():
+        with built.get_lock():
+            built.value += 1
+            mine = built.value
+        if mine == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _segment_engine(cfg)
+
+    def hung(*_):
+        raise TimeoutError("write_parallel still waiting a minute after its worker died")
+
+    before = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        with TimeBuckets(lines, DAY) as buckets, pytest.raises(CarbondError, match="died"):
+            segments.write_parallel(buckets, engine, build, io.BytesIO(), 2, DAY)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+    assert built.value >= 3
+    assert list(tmp_path.iterdir()) == []
