@@ -109,7 +109,8 @@ def write_parallel(buckets: TimeBuckets, engine: Engine, build: Callable[[], tup
     try:
         # A process pool that notices a worker dying (the OOM killer, a signal): a lost segment
         # fails the run at once rather than leave it waiting for lines that never come.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        try:
             pending: deque = deque()
             for seg in segments:
                 pending.append(pool.submit(_account, seg))
@@ -117,6 +118,10 @@ def write_parallel(buckets: TimeBuckets, engine: Engine, build: Callable[[], tup
                     _emit(pending.popleft().result(), out, totals)
             while pending:
                 _emit(pending.popleft().result(), out, totals)
+        except BaseException:
+            _stop(pool)  # an error or ^C: the other segments' work would be thrown away anyway
+            raise
+        pool.shutdown()
     except BrokenProcessPool:
         raise CarbondError("a process accounting a segment died (killed, or out of memory?): "
                            "no output after the last complete segment") from None
@@ -124,6 +129,13 @@ def write_parallel(buckets: TimeBuckets, engine: Engine, build: Callable[[], tup
         _SHARED = None
         shutil.rmtree(tmp, ignore_errors=True)
     return totals
+
+
+def _stop(pool) -> None:
+    """Kill the workers now (ProcessPoolExecutor would let every queued segment finish first)."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        proc.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _emit(result: SegmentResult, out: BinaryIO, totals: Totals) -> None:
