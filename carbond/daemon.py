@@ -583,7 +583,7 @@ def build(cfg: Config, registry: CollectorRegistry | None = None, progress: Prog
     slurm = SlurmIO(cfg.slurm, cluster=cfg.cluster or None, runner=runner, timeout=cfg.slurm.timeout)
     engine, victoria = build_engine(cfg, node_cpus=node_cpu_lookup(slurm))
     # Every VictoriaMetrics response is progress too (a long fetch is many bounded requests).
-    victoria.session.hooks["response"].append(lambda *_a, **_k: progress.touch())
+    victoria.on_response = progress.touch
     ledger = Ledger(cfg.state_dir, cfg.cluster)
     metrics = Metrics(registry, cfg.cluster, cfg.metrics.per_user)
     metrics.resume(ledger)

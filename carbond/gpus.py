@@ -28,10 +28,10 @@ SEP = "/gpu"
 class GpuClient(VictoriaClient):
     """A VictoriaClient whose series are keyed per GPU (`node/gpuN[@job]`), in watts."""
 
-    def __init__(self, vm: VictoriaConfig, gpu: GpuConfig, session=None) -> None:
+    def __init__(self, vm: VictoriaConfig, gpu: GpuConfig) -> None:
         from dataclasses import replace
 
-        super().__init__(replace(vm, query=gpu.query, node_label=gpu.node_label), session)
+        super().__init__(replace(vm, query=gpu.query, node_label=gpu.node_label))
         self.gpu = gpu
 
     def _export(self, task) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -39,7 +39,7 @@ class GpuClient(VictoriaClient):
                 "end": f"{task.end_ms / 1000:.3f}"}
         g = self.gpu
         out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-        with self._post("/api/v1/export", form, stream=True) as resp:
+        with self._post("/api/v1/export", form) as resp:
             for line in _lines(resp, self._url):
                 metric, t, w = parse_export_line(line)
                 node, idx = metric.get(g.node_label), metric.get(g.gpu_label)

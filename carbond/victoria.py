@@ -9,21 +9,23 @@ a plain-JSON fallback whenever the fast path's sanity checks fail.
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
-import requests
 
 from .config import VictoriaConfig, read_secret
 from .errors import VictoriaError
+from .httpconn import Connections, Failure, basic_auth
 
 TOKEN_ENV = "CARBOND_VM_BEARER_TOKEN"
 CONCURRENCY = 2
@@ -53,10 +55,11 @@ class _Task:
 class VictoriaClient:
     """Reads power and other series from a VictoriaMetrics (single node or cluster vmselect)."""
 
-    def __init__(self, cfg: VictoriaConfig, session: requests.Session | None = None) -> None:
+    def __init__(self, cfg: VictoriaConfig) -> None:
         self.cfg = cfg
-        self.session = session or requests.Session()
         self.requests_made = 0
+        self.on_response: Callable[[], None] | None = None
+        """Called as each answer arrives (the daemon's watchdog counts it as progress)."""
         self._lock = threading.Lock()
         self._url = _redact(cfg.url.rstrip("/"))
         base = cfg.url.rstrip("/")
@@ -66,9 +69,11 @@ class VictoriaClient:
         self._secrets: list[str] = []
         # gzip: 3x fewer bytes but +1.5 s VM CPU and +2.9 s to inflate 17 M samples; not worth it
         self._headers = {"Accept-Encoding": "identity"}
-        self._auth: tuple[str, str] | None = None
+        try:
+            self._http = Connections(base, cfg.timeout, cfg.ca_file)
+        except ValueError as exc:
+            raise VictoriaError(f"victoriametrics.url {self._url!r}: {exc}") from None
         self._load_credentials()
-        self._verify: str | bool = cfg.ca_file or True
         self.names = NodeNames(cfg.node_label, cfg.node_regex)
 
     def _load_credentials(self) -> None:
@@ -78,15 +83,18 @@ class VictoriaClient:
             password = read_secret(cfg.basic_auth.password_file) if cfg.basic_auth else None
         except OSError as exc:
             raise VictoriaError(f"{self._url}: cannot read a credential file: {exc.filename}") from None
+        # One Authorization header: basic_auth, else user:password in the URL, else the token.
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
             self._secrets.append(token)
+        userinfo = self._http.userinfo
+        if userinfo:
+            self._headers["Authorization"] = basic_auth(*userinfo)
+            self._secrets.extend(x for x in (userinfo[1], urlsplit(cfg.url).password) if x)
         if cfg.basic_auth:
-            self._auth = (cfg.basic_auth.username, password or "")
+            self._headers["Authorization"] = basic_auth(cfg.basic_auth.username, password or "")
             if password:
                 self._secrets.append(password)
-        if urlsplit(cfg.url).password:
-            self._secrets.append(urlsplit(cfg.url).password or "")
 
     # -- power ------------------------------------------------------------------------------
     def fetch_power(self, nodes: Sequence[str], start: float, end: float) -> PowerSeries:
@@ -135,7 +143,7 @@ class VictoriaClient:
         }
         wanted, scale = set(task.nodes), self.cfg.scale
         out: dict[str, dict[tuple, list[tuple[np.ndarray, np.ndarray]]]] = {}
-        with self._post("/api/v1/export", form, stream=True) as resp:
+        with self._post("/api/v1/export", form) as resp:
             for line in _lines(resp, self._url):
                 metric, t, w = parse_export_line(line)
                 node = self.names.node(metric)
@@ -208,31 +216,33 @@ class VictoriaClient:
         return found
 
     # -- HTTP -------------------------------------------------------------------------------
-    def _post(self, path: str, form: dict[str, str], stream: bool = False) -> requests.Response:
-        """POST a form (selectors for hundreds of nodes do not fit in a URL) and check the status."""
-        url = self._base + path
+    @contextmanager
+    def _post(self, path: str, form: dict[str, str]) -> Iterator[http.client.HTTPResponse]:
+        """POST a form (selectors for hundreds of nodes do not fit in a URL); a 200 answer, to read."""
         with self._lock:
             self.requests_made += 1
         try:
-            resp = self.session.post(url, data=form, headers=self._headers, auth=self._auth,
-                                     verify=self._verify, timeout=self.cfg.timeout, stream=stream)
-        except requests.RequestException as exc:
-            raise VictoriaError(f"VictoriaMetrics at {self._where(path)} unreachable: {self._scrub(exc)}") from None
-        if resp.status_code != 200:
-            body = self._scrub(resp.text[:300].strip())
-            resp.close()
-            hint = " (authentication refused)" if resp.status_code in (401, 403) else ""
-            raise VictoriaError(f"VictoriaMetrics at {self._where(path)} answered HTTP {resp.status_code}{hint}: {body}")
-        return resp
+            with self._http.post(path, form, self._headers) as resp:
+                if self.on_response is not None:
+                    self.on_response()
+                if resp.status != 200:
+                    body = self._scrub(resp.read(300).decode("utf-8", "replace").strip())
+                    hint = " (authentication refused)" if resp.status in (401, 403) else ""
+                    raise VictoriaError(f"VictoriaMetrics at {self._where(path)} answered HTTP {resp.status}{hint}: {body}")
+                yield resp
+        except Failure as exc:
+            raise VictoriaError(f"VictoriaMetrics at {self._where(path)} unreachable: {self._scrub(_why(exc))}") from None
 
     def _json(self, path: str, form: dict[str, str]) -> dict:
         with self._post(path, form) as resp:
-            try:
-                doc = resp.json()
-            except ValueError:
-                raise VictoriaError(f"VictoriaMetrics at {self._where(path)} sent invalid JSON") from None
-        if doc.get("status") != "success":
-            raise VictoriaError(f"VictoriaMetrics at {self._where(path)}: {self._scrub(str(doc.get('error', doc))[:300])}")
+            body = resp.read()
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise VictoriaError(f"VictoriaMetrics at {self._where(path)} sent invalid JSON") from None
+        if not isinstance(doc, dict) or doc.get("status") != "success":
+            what = doc.get("error", doc) if isinstance(doc, dict) else doc
+            raise VictoriaError(f"VictoriaMetrics at {self._where(path)}: {self._scrub(str(what)[:300])}")
         return doc.get("data") or {}
 
     def _where(self, path: str) -> str:
@@ -375,11 +385,11 @@ def _promql_string(text: str) -> str:
 
 
 # -- export parsing -------------------------------------------------------------------------
-def _lines(resp: requests.Response, url: str) -> Iterator[bytes]:
-    """Complete lines of a streamed body, read in large blocks (iter_lines reads 512 bytes)."""
+def _lines(resp: http.client.HTTPResponse, url: str) -> Iterator[bytes]:
+    """Complete lines of a streamed body, read in large blocks."""
     tail: list[bytes] = []
     try:
-        for block in resp.iter_content(READ_SIZE):
+        while block := resp.read(READ_SIZE):
             start = 0
             if tail:
                 nl = block.find(b"\n")
@@ -395,7 +405,7 @@ def _lines(resp: requests.Response, url: str) -> Iterator[bytes]:
                 start = nl + 1
             if start < len(block):
                 tail.append(block[start:])
-    except requests.RequestException as exc:
+    except Failure as exc:
         raise VictoriaError(f"VictoriaMetrics at {url}: export interrupted: {type(exc).__name__}") from None
     rest = b"".join(tail)
     if rest.strip():
@@ -572,6 +582,11 @@ def _grow(a: np.ndarray, n: int, cap: int) -> np.ndarray:
 
 
 # -- small helpers --------------------------------------------------------------------------
+def _why(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _ms_to_s(ms: int) -> str:
     return f"{ms // 1000}.{ms % 1000:03d}"
 

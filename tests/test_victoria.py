@@ -476,3 +476,117 @@ def test_a_series_relabelled_over_time_is_joined(vm):
     vm.flush()
     got = client(vm.url).fetch_power([node], T0, T0 + 90)[node]
     assert got[0].tolist() == [T0, T0 + 30, T0 + 60, T0 + 90] and got[1].tolist() == [100, 100, 200, 200]
+
+
+# -- the connections (carbond.httpconn): kept alive, reopened when the server dropped them ------
+class KeepAlive:
+    """An HTTP/1.1 server that counts connections; `drop` closes each one after one answer
+    without saying so (as a server's idle timeout does between two of our requests)."""
+
+    def __init__(self, drop: bool = False, status: int = 200, body: bytes = b"") -> None:
+        self.drop, self.status, self.body = drop, status, body
+        self.connections = 0
+        self.answers = 0
+        box = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                box.connections += 1
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                box.answers += 1  # before answering: the client may count before this thread goes on
+                self.close_connection = box.drop
+                self.send_response(box.status)
+                self.send_header("Content-Length", str(len(box.body)))
+                self.end_headers()
+                self.wfile.write(box.body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+EXPORT_LINE = b'{"metric":{"alias":"n1"},"values":[5,6],"timestamps":[1700000000000,1700000030000]}\n'
+
+
+def test_one_connection_serves_request_after_request():
+    srv = KeepAlive(body=EXPORT_LINE)
+    try:
+        c = client(srv.url)
+        for _ in range(5):
+            assert c.fetch_power(["n1"], T0, T0 + 30)["n1"][1].tolist() == [5.0, 6.0]
+        assert (srv.answers, srv.connections) == (5, 1)
+    finally:
+        srv.close()
+
+
+def test_a_connection_the_server_dropped_is_reopened_once():
+    srv = KeepAlive(drop=True, body=EXPORT_LINE)
+    try:
+        c = client(srv.url)
+        for _ in range(3):
+            assert c.fetch_power(["n1"], T0, T0 + 30)["n1"][1].tolist() == [5.0, 6.0]
+        assert srv.answers == 3 and srv.connections == 3
+    finally:
+        srv.close()
+
+
+def test_a_server_error_is_named_with_its_body_and_without_secrets(tmp_path, monkeypatch):
+    monkeypatch.delenv("CARBOND_VM_BEARER_TOKEN", raising=False)
+    token = tmp_path / "token"
+    token.write_text("s3cret-token")
+    srv = KeepAlive(status=500, body=b"out of memory near s3cret-token")
+    try:
+        c = client(srv.url, bearer_token_file=str(token))
+        with pytest.raises(VictoriaError) as err:
+            c.fetch_power(["n1"], T0, T0 + 30)
+        assert "HTTP 500" in str(err.value) and "out of memory" in str(err.value)
+        assert "s3cret" not in str(err.value)
+        srv.status, srv.body = 200, EXPORT_LINE
+        assert c.fetch_power(["n1"], T0, T0 + 30)["n1"][1].tolist() == [5.0, 6.0]
+    finally:
+        srv.close()
+
+
+def test_credentials_in_the_url_are_basic_auth_and_never_in_messages(recorder):
+    url, rec = recorder
+    rec.body = EXPORT_LINE
+    c = client(url.replace("http://", "http://carbond:p%40ss@"))
+    c.fetch_power(["n1"], T0, T0 + 30)
+    assert rec.requests[0]["headers"]["Authorization"] == "Basic " + base64.b64encode(b"carbond:p@ss").decode()
+    rec.body = b"not an export line"
+    with pytest.raises(VictoriaError) as err:
+        c.fetch_power(["n1"], T0, T0 + 30)
+    assert "p@ss" not in str(err.value) and "p%40ss" not in str(err.value)
+
+
+def test_footprint_path_imports_no_requests():
+    """`requests` alone costs more start-up than a one-job footprint's whole budget."""
+    import subprocess
+    import sys
+
+    code = "import carbond.engine, carbond.cli, carbond.intensity, sys; print('requests' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_every_answer_is_reported_as_it_arrives(vm):
+    """The daemon's watchdog counts each answer as progress: a long backfill fetch is many of them."""
+    node = vm.node("progress")
+    vm.import_series(node, [T0, T0 + 30], [5, 6])
+    vm.flush()
+    c = client(vm.url, chunk_seconds=60)
+    seen = []
+    c.on_response = lambda: seen.append(c.requests_made)
+    c.fetch_power([node], T0 - 600, T0 + 600)
+    assert len(seen) == c.requests_made == 20

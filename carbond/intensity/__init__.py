@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode
 
 import numpy as np
-import requests
 
 from ..errors import ConfigError, IntensityUnavailable
 from ..times import HALF_HOUR, iso
 from .cache import Entry, IntensityCache
 
 if TYPE_CHECKING:
+    import requests
+
     from ..config import Config
     from ..victoria import VictoriaClient
 
@@ -255,6 +256,8 @@ _USERINFO = re.compile(r"(?<=//)[^/@]+(?=@)")
 def get_json(session: requests.Session, url: str, *, params: dict[str, str] | None = None,
              headers: dict[str, str] | None = None, timeout: float = 30.0, secrets: Sequence[str] = ()) -> Any:
     """GET and decode JSON; every failure is IntensityUnavailable naming the URL, secrets blanked."""
+    import requests
+
     full = f"{url}?{urlencode(params)}" if params else url
     secrets = [*secrets, *_USERINFO.findall(full)]  # user:password@ in a configured URL
     try:
@@ -286,23 +289,23 @@ def bad_shape(url: str, what: str) -> IntensityUnavailable:
 
 
 # -- registry -----------------------------------------------------------------------------------
-Constructor = Callable[["Config", requests.Session, "VictoriaClient | None", Callable[[], float]], Provider]
+Constructor = Callable[["Config", "requests.Session | None", "VictoriaClient | None", Callable[[], float]], Provider]
 
 
-def _uk(cfg: Config, session: requests.Session, victoria: VictoriaClient | None, clock: Callable[[], float]) -> Provider:
+def _uk(cfg: Config, session: requests.Session | None, victoria: VictoriaClient | None, clock: Callable[[], float]) -> Provider:
     from .uk import UKCarbonIntensity
 
-    return UKCarbonIntensity.from_config(cfg.intensity, session)
+    return UKCarbonIntensity.from_config(cfg.intensity, session or _session())
 
 
-def _electricitymaps(cfg: Config, session: requests.Session, victoria: VictoriaClient | None,
+def _electricitymaps(cfg: Config, session: requests.Session | None, victoria: VictoriaClient | None,
                      clock: Callable[[], float]) -> Provider:
     from .electricitymaps import ElectricityMaps
 
-    return ElectricityMaps.from_config(cfg.intensity, session, clock)
+    return ElectricityMaps.from_config(cfg.intensity, session or _session(), clock)
 
 
-def _prometheus(cfg: Config, session: requests.Session, victoria: VictoriaClient | None,
+def _prometheus(cfg: Config, session: requests.Session | None, victoria: VictoriaClient | None,
                 clock: Callable[[], float]) -> Provider:
     from .promql import PrometheusIntensity
 
@@ -313,13 +316,13 @@ def _prometheus(cfg: Config, session: requests.Session, victoria: VictoriaClient
     return PrometheusIntensity.from_config(cfg, victoria)
 
 
-def _csv(cfg: Config, session: requests.Session, victoria: VictoriaClient | None, clock: Callable[[], float]) -> Provider:
+def _csv(cfg: Config, session: requests.Session | None, victoria: VictoriaClient | None, clock: Callable[[], float]) -> Provider:
     from .csvfile import CsvIntensity
 
     return CsvIntensity.from_config(cfg.intensity)
 
 
-def _constant(cfg: Config, session: requests.Session, victoria: VictoriaClient | None,
+def _constant(cfg: Config, session: requests.Session | None, victoria: VictoriaClient | None,
               clock: Callable[[], float]) -> Provider:
     from .constant import ConstantIntensity
 
@@ -343,4 +346,11 @@ def make_provider(cfg: Config, session: requests.Session | None = None, victoria
     build = REGISTRY.get(name)
     if build is None:
         raise ConfigError([f"intensity.provider: unknown provider {name!r} (valid: {', '.join(REGISTRY)})"], cfg.source)
-    return build(cfg, session or requests.Session(), victoria, clock)
+    return build(cfg, session, victoria, clock)
+
+
+def _session() -> requests.Session:
+    """Only the HTTP API providers load requests (~150 ms of start-up that CSV users never need)."""
+    import requests
+
+    return requests.Session()

@@ -15,14 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import requests
-
 from ..config import read_secret
 from ..errors import ConfigError
 from ..times import iso, parse_time
 from . import HALF_HOUR, Reading, bad_shape, chunks, get_json
 
 if TYPE_CHECKING:
+    import requests
+
     from ..config import IntensityConfig
 
 BASE_URL = "https://api.electricitymaps.com"

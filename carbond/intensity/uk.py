@@ -12,12 +12,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import requests
-
 from ..times import parse_time
 from . import HALF_HOUR, Reading, bad_shape, chunks, get_json
 
 if TYPE_CHECKING:
+    import requests
+
     from ..config import IntensityConfig
 
 BASE_URL = "https://api.carbonintensity.org.uk"
