@@ -590,3 +590,30 @@ def test_every_answer_is_reported_as_it_arrives(vm):
     c.on_response = lambda: seen.append(c.requests_made)
     c.fetch_power([node], T0 - 600, T0 + 600)
     assert len(seen) == c.requests_made == 20
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    """The KeepAlive server behind TLS, with a certificate of its own CA-less self-signed kind."""
+    import ssl
+    import subprocess
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    srv = KeepAlive(body=EXPORT_LINE)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.server.socket = ctx.wrap_socket(srv.server.socket, server_side=True)
+    try:
+        yield srv.url.replace("http://", "https://"), cert, srv
+    finally:
+        srv.close()
+
+
+def test_https_with_the_sites_ca_file_and_refused_without_it(tls_server):
+    url, cert, srv = tls_server
+    assert client(url, ca_file=str(cert)).fetch_power(["n1"], T0, T0 + 30)["n1"][1].tolist() == [5.0, 6.0]
+    with pytest.raises(VictoriaError, match="unreachable: SSLCertVerificationError"):
+        client(url).fetch_power(["n1"], T0, T0 + 30)
