@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
@@ -35,27 +35,25 @@ segment boundary costs about a day of the busy nodes: a month in 4 segments read
 samples than in 2, and took 7 % longer); more mean smaller temporary files."""
 
 
-@dataclass(frozen=True)
-class SegmentResult:
-    path: str
-    lines: int
-    failures: int
-    requests: int
-    samples: int
-
-
 @dataclass
 class Totals:
+    """What the segments did, summed: lines written, jobs not accounted, requests, samples."""
+
     lines: int = 0
     failures: int = 0
     requests: int = 0
     samples: int = 0
 
-    def add(self, r: SegmentResult) -> None:
-        self.lines += r.lines
-        self.failures += r.failures
-        self.requests += r.requests
-        self.samples += r.samples
+    def add(self, other: Totals) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    path: str
+    """The segment's JSON lines, waiting for their turn."""
+    counts: Totals
 
 
 def plan(counts: list[int], workers: int, most: int | None = None) -> list[tuple[int, int]]:
@@ -142,7 +140,7 @@ def _emit(result: SegmentResult, out: BinaryIO, totals: Totals) -> None:
     with open(result.path, "rb") as fh:
         shutil.copyfileobj(fh, out, 1 << 20)
     os.unlink(result.path)
-    totals.add(result)
+    totals.add(result.counts)
 
 
 def _account(segment: tuple[int, int]) -> SegmentResult:
@@ -164,4 +162,4 @@ def _account(segment: tuple[int, int]) -> SegmentResult:
     with open(path, "w", encoding="utf-8") as out:
         lines = write_json_batches(map(tally, engine.stream(windows, view=s.view, align=s.align)), out)
     samples = engine.cache.stats.samples if engine.cache else 0
-    return SegmentResult(path, lines, failures, victoria.requests_made, samples)
+    return SegmentResult(path, Totals(lines, failures, victoria.requests_made, samples))
