@@ -249,7 +249,7 @@ def _footprint_jobs(args: argparse.Namespace, cfg, t0: float) -> int:
             with TimeBuckets(stream, window, args.timezone) as buckets:
                 workers = args.workers if args.workers is not None else _workers(buckets.jobs)
                 if args.json and workers > 1:
-                    return _footprint_segments(args, cfg, t0, buckets, engine, failed, workers)
+                    return _footprint_segments(args, cfg, t0, buckets, engine, failed, workers, window)
                 batches = engine.stream(buckets.windows(), span=(buckets.lo, buckets.hi), align=window)
                 n = _write(report, map(failed.batch, batches), args.json)
     if args.stats:
@@ -257,13 +257,14 @@ def _footprint_jobs(args: argparse.Namespace, cfg, t0: float) -> int:
     return failed.exit_status(n, args.json)
 
 
-def _footprint_segments(args: argparse.Namespace, cfg, t0: float, buckets, engine, failed: _Failures, workers: int) -> int:
+def _footprint_segments(args: argparse.Namespace, cfg, t0: float, buckets, engine, failed: _Failures, workers: int,
+                        window: float) -> int:
     """JSON lines of many jobs, segments of windows accounted on every core (carbond.segments)."""
     from .engine import build_engine
     from .segments import write_parallel
 
     sys.stdout.flush()
-    totals = write_parallel(buckets, engine, lambda: build_engine(cfg), sys.stdout.buffer, workers, args.window * 3600)
+    totals = write_parallel(buckets, engine, lambda: build_engine(cfg), sys.stdout.buffer, workers, window)
     sys.stdout.flush()
     failed.count += totals.failures
     if args.stats:
