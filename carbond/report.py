@@ -7,7 +7,9 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
-from .footprint import FULL, Batch, JobFootprint, columns, footprints, is_plain, significant
+import numpy as np
+
+from .footprint import FULL, Batch, Columns, JobFootprint, columns, footprints, is_plain, significant
 from .times import iso, iso_many
 
 # Average UK petrol car, DEFRA 2023 conversion factors: ~170 gCO2e per km.
@@ -15,11 +17,13 @@ G_PER_CAR_KM = 170.0
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False, allow_nan=False)
-_PERIOD = '{{"start":"{}","end":"{}","energy_kwh":{},"intensity_g_per_kwh":{},"intensity_kind":"{}","co2e_g":{}}}'
-_NODE = '{{"node":{},"energy_kwh":{},"share":{}}}'
-_JOB = ('{{"job_id":{},"status":"ok","energy_kwh":{},"co2e_g":{},"operational_g":{},"embodied_g":{},'
-        '"intensity_g_per_kwh":{},"pue":{},"method":"{}","coverage":{},"start":"{}","end":"{}",'
-        '"nodes":[{}],"periods":[{}]}}')
+_PERIOD = ('{"start":"%s","end":"%s","energy_kwh":%.12g,"intensity_g_per_kwh":%s,"intensity_kind":"%s",'
+           '"co2e_g":%.12g}')
+_NODE = '{"node":%s,"energy_kwh":%.12g,"share":%s}'
+_JOB = ('{"job_id":%s,"status":"ok","energy_kwh":%.12g,"co2e_g":%.12g,"operational_g":%.12g,"embodied_g":%s,'
+        '"intensity_g_per_kwh":%s,"pue":%s,"method":"%s","coverage":%s,"start":"%s","end":"%s",'
+        '"nodes":[%s],"periods":[%s]}')
+"""The bulk lines: each '%.12g' is a number that `_rows` checked '%.12g' writes as repr does."""
 
 
 def write_json(fps: Iterable[JobFootprint], out: TextIO) -> int:
@@ -53,41 +57,66 @@ def batch_lines(b: Batch) -> Iterator[str]:
         yield from (_ENCODER.encode(s.to_dict()) for s in b.slots if isinstance(s, JobFootprint))
         return
     c = columns(b.acc, b.alloc)
-    text = [(_json_few if k in _FEW else _json_num)(getattr(c, k)) for k in ("p_kwh", "p_intensity", "p_g", "row_kwh", "share")]
-    periods = list(map(_PERIOD.format, c.p_start, c.p_end, text[0], text[1], c.p_kind, text[2]))
-    kwh, total_g, op_g = (_json_num(x) for x in (c.kwh, c.total_g, c.op_g))
-    emb_g, cov = _json_few(c.emb_g), _json_few(c.cov)
-    mean_i = _json_num(c.mean_i)
-    starts, ends = _iso_each(b.alloc.start), _iso_each(b.alloc.end)
-    methods = _methods(c.cov)
-    row_kwh, share = text[3], text[4]
+    jobs = _job_lines(b, c)
     slow = None
-    pue = _json_num([b.pue])[0]
-    po, ro = c.period_offsets, c.row_offsets
-    node_text: dict[str, str] = {}
     for slot in b.slots:
         if not isinstance(slot, int):
             yield _ENCODER.encode(slot.to_dict())
-            continue
-        i, meta = slot, b.metas[slot]
-        if not is_plain(c, i, meta):
-            slow = slow if slow is not None else list(footprints(b.acc, b.alloc, b.metas, b.pue, c))
-            yield _ENCODER.encode(slow[i].to_dict())
-            continue
-        r0, r1 = ro[i], ro[i + 1]
-        if r1 - r0 == 1:
-            name = meta.nodes[0]
-            quoted = node_text.get(name)
-            if quoted is None:
-                quoted = node_text[name] = _ENCODER.encode(name)
-            nodes = _NODE.format(quoted, row_kwh[r0], share[r0])
+        elif is_plain(c, slot, b.metas[slot]):
+            yield jobs[slot]
         else:
-            nodes = ",".join(map(_NODE.format, map(_ENCODER.encode, meta.nodes), row_kwh[r0:r1], share[r0:r1]))
-        jid = meta.job_id
-        yield _JOB.format(
-            f'"{jid}"' if _PLAIN_ID(jid) else _ENCODER.encode(jid), kwh[i], total_g[i], op_g[i], emb_g[i],
-            mean_i[i], pue, methods[i], cov[i], starts[i], ends[i], nodes, ",".join(periods[po[i] : po[i + 1]]),
-        )
+            slow = slow if slow is not None else list(footprints(b.acc, b.alloc, b.metas, b.pue, c))
+            yield _ENCODER.encode(slow[slot].to_dict())
+
+
+def _job_lines(b: Batch, c: Columns) -> list[str]:
+    """Every job's line as if it were plain (is_plain decides which are used)."""
+    periods = _rows(_PERIOD, [c.p_start, c.p_end, c.p_kwh, _json_few(c.p_intensity), c.p_kind, c.p_g], (2, 5))
+    quoted: dict[str, str] = {}
+    names = [quoted.get(n) or quoted.setdefault(n, _ENCODER.encode(n)) for m in b.metas for n in m.nodes]
+    nodes = _rows(_NODE, [names, c.row_kwh, _json_few(c.share)], (1,))
+    ids = [m.job_id for m in b.metas]
+    ids = [f'"{j}"' if _PLAIN_ID(j) else _ENCODER.encode(j) for j in ids]
+    template = _JOB.replace('"pue":%s', '"pue":' + repr(b.pue))
+    return _rows(template, [
+        ids, c.kwh, c.total_g, c.op_g, _json_few(c.emb_g), _json_num(c.mean_i), _methods(c.cov), _json_few(c.cov),
+        _iso_each(b.alloc.start), _iso_each(b.alloc.end), _groups(nodes, c.row_offsets), _groups(periods, c.period_offsets),
+    ], (1, 2, 3))
+
+
+def _groups(rows: list[str], offsets: list[int]) -> list[str]:
+    """Each job's rows joined by commas (rows[offsets[i]:offsets[i + 1]] for job i)."""
+    if len(offsets) == len(rows) + 1 and offsets[-1] == len(rows) and all(map(int.__eq__, offsets, range(len(offsets)))):
+        return rows
+    join = ",".join
+    return [join(rows[a:z]) for a, z in zip(offsets, offsets[1:], strict=False)]
+
+
+def _rows(template: str, cols: list[list], numbers: tuple[int, ...]) -> list[str]:
+    """template % row for each row of the columns; the columns at `numbers` fill its '%.12g'.
+
+    '%.12g' formats in C, with no string per number, and writes what repr writes for the values
+    `_g12` accepts; a row with another value in those columns is written with repr (or null).
+    """
+    ok = np.logical_and.reduce([_g12(cols[k]) for k in numbers])
+    if ok.all():
+        return list(map(template.__mod__, zip(*cols, strict=True)))
+    good = ok.tolist()
+    safe = [[v if g else 0.5 for v, g in zip(col, good, strict=True)] if k in numbers else col for k, col in enumerate(cols)]
+    out = list(map(template.__mod__, zip(*safe, strict=True)))
+    exact = template.replace("%.12g", "%s")
+    for i in np.flatnonzero(~ok).tolist():
+        out[i] = exact % tuple(_num_or_null(col[i]) if k in numbers else col[i] for k, col in enumerate(cols))
+    return out
+
+
+def _g12(values: list[float | None]) -> np.ndarray:
+    """Where '%.12g' writes repr: a value of footprint.significant (a double nearest a 12-digit
+    decimal), not integral (repr adds '.0'), below 1e12 and not below 1e-10 (see _json_num)."""
+    x = np.array(values, dtype=np.float64)
+    magnitude = np.abs(x)
+    with np.errstate(invalid="ignore"):
+        return (magnitude < 1e12) & (magnitude >= 1e-10) & (x != np.trunc(x))
 
 
 _PLAIN_ID = re.compile(r"[0-9A-Za-z_.+-]*\Z").match
@@ -96,8 +125,6 @@ _PLAIN_ID = re.compile(r"[0-9A-Za-z_.+-]*\Z").match
 
 def _iso_each(epochs) -> list[str]:
     """iso() of each value (whole seconds unless that value has a fraction), vectorised when all are whole."""
-    import numpy as np
-
     if np.all(epochs == np.floor(epochs)):
         return iso_many(epochs)
     return [iso(t) for t in epochs.tolist()]
@@ -105,8 +132,6 @@ def _iso_each(epochs) -> list[str]:
 
 def _methods(cov: list[float | None]) -> list[str]:
     """method_of() for a whole column."""
-    import numpy as np
-
     coverage = np.array(cov, dtype=np.float64)
     return np.where(coverage >= FULL, "measured", np.where(coverage <= 0.0, "estimated", "mixed")).tolist()
 
@@ -124,8 +149,6 @@ def _json_num(values: list[float | None]) -> list[str]:
         return [_num_or_null(v) for v in values]
     if len(values) < 64:
         return list(map(float.__repr__, values))
-    import numpy as np
-
     x = np.array(values, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         magnitude = np.abs(x)
@@ -145,8 +168,6 @@ _FEW = ("p_intensity", "share")
 
 def _json_few(values: list[float | None]) -> list[str]:
     """_json_num for a column of few distinct values: repr is the floor of the output, so do less of it."""
-    import numpy as np
-
     if len(values) < 64 or None in values:
         return _json_num(values)
     uniq, inverse = np.unique(np.array(values, dtype=np.float64), return_inverse=True)

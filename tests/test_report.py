@@ -2,10 +2,11 @@
 
 import io
 import json
+import math
 from types import SimpleNamespace
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_footprint import MIDNIGHT, FakePower
 
@@ -72,3 +73,17 @@ def test_bulk_numbers_are_written_as_repr_writes_them(values, rounded):
     if rounded:
         values = significant(np.array(values)).tolist()
     assert report._json_num(values) == [repr(v) for v in values]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=1, max_size=100))
+@example([0.0, -0.0, 172.0, 1e-12, 3.3e-11, 1e13, 123456789012.5, 0.5, math.nan, math.inf])
+def test_bulk_rows_write_every_number_as_repr_or_null(values):
+    """The '%.12g' columns of a bulk row hold footprint.significant values (NaN when unknown):
+    whatever those are, the row's text is repr's (null for NaN), one odd value or all."""
+    numbers = significant(np.array(values, dtype=np.float64)).tolist()
+    column = [None if v != v else v for v in numbers]
+    labels = [f"r{i}" for i in range(len(values))]
+    rows = report._rows('{"id":"%s","x":%.12g,"y":%.12g}', [labels, column, column[::-1]], (1, 2))
+    text = ["null" if v is None else repr(v) for v in column]
+    assert rows == [f'{{"id":"{a}","x":{b},"y":{c}}}' for a, b, c in zip(labels, text, text[::-1], strict=True)]
