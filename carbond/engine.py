@@ -390,10 +390,13 @@ def one_malloc_arena() -> None:
 
     The prefetch thread allocates each window's arrays and the main thread frees them; with an
     arena per thread the freed memory fragments, and peak RSS crept up with the span (6 months:
-    +50 % over one month). One arena keeps it flat; measured no slower. A fixed mmap threshold
-    keeps every array of 256 KiB or more in its own mapping, returned when freed: glibc's
-    sliding threshold would move such arrays into the heap after the first large free, where
-    they fragment it (6 months: 214 -> 201 MB, one month 202 -> 196 MB). A no-op off glibc.
+    +50 % over one month). One arena keeps it flat; measured no slower. Fixed thresholds: with
+    glibc's sliding ones the arrays moved into the heap after the first large free and
+    fragmented it (6 months: 214 MB against 201 with every array of 256 KiB or more mapped on
+    its own). Mapping each array on its own costs a page fault per 4 KiB of every temporary,
+    though: 1.5 system CPU-s of the month. Arrays under 32 MiB in the heap, which keeps up to
+    64 MiB free for the next batch instead of trimming it, cut that to 0.9-1.0 s; peak RSS
+    month 185 -> 194 MB, 6 months 191 -> 202 MB (bench_footprint.py). A no-op off glibc.
     """
     import ctypes
     import ctypes.util
@@ -401,7 +404,8 @@ def one_malloc_arena() -> None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(-8, 1)  # M_ARENA_MAX
-        libc.mallopt(-3, 256 << 10)  # M_MMAP_THRESHOLD
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):
         pass
 
