@@ -10,7 +10,7 @@ from typing import TextIO
 import numpy as np
 
 from .footprint import FULL, Batch, Columns, JobFootprint, columns, footprints, is_plain, significant
-from .times import iso, iso_many
+from .times import iso, iso_distinct
 
 # Average UK petrol car, DEFRA 2023 conversion factors: ~170 gCO2e per km.
 G_PER_CAR_KM = 170.0
@@ -126,7 +126,7 @@ _PLAIN_ID = re.compile(r"[0-9A-Za-z_.+-]*\Z").match
 def _iso_each(epochs) -> list[str]:
     """iso() of each value (whole seconds unless that value has a fraction), vectorised when all are whole."""
     if np.all(epochs == np.floor(epochs)):
-        return iso_many(epochs)
+        return iso_distinct(epochs)
     return [iso(t) for t in epochs.tolist()]
 
 

@@ -1,7 +1,10 @@
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from carbond.errors import TimeFormatError
-from carbond.times import iso, parse_time
+from carbond.times import iso, iso_distinct, iso_many, parse_time
 
 
 def test_epoch_and_offsets():
@@ -42,3 +45,13 @@ def test_bad_inputs():
 
 def test_iso():
     assert iso(1700000000) == "2023-11-14T22:13:20Z"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 253402300799 - 2000 * 3600), st.lists(st.integers(0, 2000 * 3600 - 1), min_size=1, max_size=50),
+       st.booleans())
+def test_iso_distinct_writes_what_iso_many_writes(base, offsets, fraction):
+    """Jobs' times go through the hour-prefix path; its text must be iso_many's, whatever the span
+    (beyond 2,000 hours, before 1970 or with a fraction it is iso_many itself)."""
+    t = np.array([base + o for o in offsets], dtype=np.float64) + (0.25 if fraction else 0.0)
+    assert iso_distinct(t) == iso_many(t) == [iso(v) if not fraction else iso_many(np.array([v]))[0] for v in t.tolist()]
