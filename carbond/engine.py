@@ -399,10 +399,9 @@ def one_malloc_arena() -> None:
     month 185 -> 194 MB, 6 months 191 -> 202 MB (bench_footprint.py). A no-op off glibc.
     """
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")  # not ctypes.util.find_library: it runs ldconfig (~8 ms)
         libc.mallopt(-8, 1)  # M_ARENA_MAX
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD

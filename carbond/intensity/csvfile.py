@@ -9,6 +9,7 @@ again when it changes, so a long-running daemon picks up a corrected file.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -119,7 +120,9 @@ def _row(row: list[str]) -> tuple[int, int, float]:
     return start, end, value
 
 
+@functools.lru_cache(maxsize=4096)
 def _time(text: str) -> int:
+    """Cached: each row's 'to' is the next row's 'from' (a year's file: 17,520 rows read per command)."""
     text = text.strip()
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
