@@ -19,7 +19,8 @@ class's `weights` split the node's power by allocated TRES (attribution.tres_sha
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Protocol
 
 import numpy as np
@@ -195,7 +196,7 @@ class Engine:
         metas = _metas(table, ok)
         for k, (rows, notes) in expanded.items():
             m = metas[k]
-            metas[k] = replace(m, nodes=rows, warnings=list(m.warnings) + notes, gpu=any(SEP in r for r in rows))
+            metas[k] = m._replace(nodes=rows, warnings=(*m.warnings, *notes), gpu=any(SEP in r for r in rows))
         if ok.size and view is not None:
             acc = compute(alloc, [trace_of(n) for n in names], view, pue, self.cfg.embodied.g_per_node_hour)
         slots: list[int | JobFootprint] = []
@@ -380,9 +381,10 @@ def _metas(table: JobTable, ok: np.ndarray) -> list[JobMeta]:
         node = table.node.tolist()
         nodes = [tuple(names[i] for i in node[a : a + c]) for a, c in zip(first.tolist(), counts.tolist(), strict=True)]
     warn = table.warnings
-    warnings = [list(warn.get(j, ())) for j in ok.tolist()] if warn else [[] for _ in range(ok.size)]
+    warnings = [tuple(warn.get(j, ())) for j in ok.tolist()] if warn else [()] * len(nodes)
     ids, parts, accts, users = (a[ok].tolist() for a in (table.job_id, table.partition, table.account, table.user))
-    return list(map(JobMeta, ids, nodes, parts, accts, users, warnings))
+    rows = zip(ids, nodes, parts, accts, users, warnings, [False] * len(nodes), strict=True)
+    return list(map(tuple.__new__, repeat(JobMeta), rows))  # JobMeta(*row) without its Python-level __new__
 
 
 def one_malloc_arena() -> None:

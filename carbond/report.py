@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
-from collections.abc import Iterable, Iterator
-from typing import TextIO
+from collections.abc import Callable, Iterable
+from typing import BinaryIO, TextIO
 
 import numpy as np
 
-from .footprint import FULL, Batch, Columns, JobFootprint, columns, footprints, is_plain, significant
-from .times import iso, iso_distinct
+from .footprint import FULL, Accounting, Batch, JobFootprint, JobMeta, footprints, notes, numbers, significant
+from .times import iso, iso_many, iso_parts
 
 # Average UK petrol car, DEFRA 2023 conversion factors: ~170 gCO2e per km.
 G_PER_CAR_KM = 170.0
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False, allow_nan=False)
-_PERIOD = ('{"start":"%s","end":"%s","energy_kwh":%.12g,"intensity_g_per_kwh":%s,"intensity_kind":"%s",'
-           '"co2e_g":%.12g}')
-_NODE = '{"node":%s,"energy_kwh":%.12g,"share":%s}'
-_JOB = ('{"job_id":%s,"status":"ok","energy_kwh":%.12g,"co2e_g":%.12g,"operational_g":%.12g,"embodied_g":%s,'
-        '"intensity_g_per_kwh":%s,"pue":%s,"method":"%s","coverage":%s,"start":"%s","end":"%s",'
-        '"nodes":[%s],"periods":[%s]}')
-"""The bulk lines: each '%.12g' is a number that `_rows` checked '%.12g' writes as repr does."""
+_PERIOD = (b'{"start":"%s%s","end":"%s%s","energy_kwh":%.12g,"intensity_g_per_kwh":%s,"intensity_kind":"%s",'
+           b'"co2e_g":%.12g}')
+_NODE = b'{"node":%s,"energy_kwh":%.12g,"share":%s}'
+_HEAD = (b'{"job_id":%s,"status":"ok","energy_kwh":%.12g,"co2e_g":%.12g,"operational_g":%.12g,"embodied_g":%s,'
+         b'"intensity_g_per_kwh":%s,"pue":%s,"method":"%s","coverage":%s,"start":"%s%s","end":"%s%s","nodes":[')
+_MID, _TAIL = b'],"periods":[', b"]}"
+"""A plain job's line: _HEAD, its _NODE rows, _MID, its _PERIOD rows, _TAIL (times are written
+as their hour and the rest: times.iso_parts). Each '%.12g' is a number `_g12` checked '%.12g'
+writes as repr does; a job with another number there is written from '%s' templates, with repr."""
+_FIELDS = {_HEAD: (12, (1, 2, 3)), _NODE: (3, (1,)), _PERIOD: (8, (4, 7))}
+"""Each template's fields, and where its '%.12g' are among them."""
 
 
 def write_json(fps: Iterable[JobFootprint], out: TextIO) -> int:
@@ -31,149 +36,199 @@ def write_json(fps: Iterable[JobFootprint], out: TextIO) -> int:
     return _write_lines((_ENCODER.encode(fp.to_dict()) for fp in fps), out)
 
 
-def write_json_batches(batches: Iterable[Batch], out: TextIO) -> int:
-    """The same lines as write_json, formatted straight from each batch's columns.
+def write_json_batches(batches: Iterable[Batch], out: TextIO | BinaryIO) -> int:
+    """The same lines as write_json, formatted straight from each batch's arrays.
 
     A million half-hour periods would otherwise be a million objects, then dicts, then encoder
     calls. Jobs with an error or a note go through to_dict, the reference for the format.
-    (carbond.segments spreads the work over the cores, formatting included.)
+    (carbond.segments spreads the work over the cores, formatting included.) The lines are
+    ASCII bytes: a text `out` is written through its binary buffer when it has one.
     """
+    write = _bytes_writer(out)
     n = 0
     for b in batches:
         text, count = format_batch(b)
-        out.write(text)
+        write(text)
         n += count
     return n
 
 
-def format_batch(b: Batch) -> tuple[str, int]:
-    """A batch's JSON lines as one string, and how many."""
-    lines = list(batch_lines(b))
-    return ("\n".join(lines) + "\n" if lines else ""), len(lines)
+def _bytes_writer(out: TextIO | BinaryIO) -> Callable[[bytes], object]:
+    if not isinstance(out, io.TextIOBase):
+        return out.write
+    buffer = getattr(out, "buffer", None)
+    if buffer is None:
+        return lambda data: out.write(data.decode("ascii"))
+    out.flush()
+    return buffer.write
 
 
-def batch_lines(b: Batch) -> Iterator[str]:
-    if b.acc is None or b.alloc is None:
-        yield from (_ENCODER.encode(s.to_dict()) for s in b.slots if isinstance(s, JobFootprint))
-        return
-    c = columns(b.acc, b.alloc)
-    jobs = _job_lines(b, c)
-    slow = None
-    for slot in b.slots:
-        if not isinstance(slot, int):
-            yield _ENCODER.encode(slot.to_dict())
-        elif is_plain(c, slot, b.metas[slot]):
-            yield jobs[slot]
-        else:
-            slow = slow if slow is not None else list(footprints(b.acc, b.alloc, b.metas, b.pue, c))
-            yield _ENCODER.encode(slow[slot].to_dict())
+def format_batch(b: Batch) -> tuple[bytes, int]:
+    """A batch's JSON lines, and how many.
 
-
-def _job_lines(b: Batch, c: Columns) -> list[str]:
-    """Every job's line as if it were plain (is_plain decides which are used)."""
-    periods = _rows(_PERIOD, [c.p_start, c.p_end, c.p_kwh, _json_few(c.p_intensity), c.p_kind, c.p_g], (2, 5))
-    quoted: dict[str, str] = {}
-    names = [quoted.get(n) or quoted.setdefault(n, _ENCODER.encode(n)) for m in b.metas for n in m.nodes]
-    nodes = _rows(_NODE, [names, c.row_kwh, _json_few(c.share)], (1,))
-    ids = [m.job_id for m in b.metas]
-    ids = [f'"{j}"' if _PLAIN_ID(j) else _ENCODER.encode(j) for j in ids]
-    template = _JOB.replace('"pue":%s', '"pue":' + repr(b.pue))
-    return _rows(template, [
-        ids, c.kwh, c.total_g, c.op_g, _json_few(c.emb_g), _json_num(c.mean_i), _methods(c.cov), _json_few(c.cov),
-        _iso_each(b.alloc.start), _iso_each(b.alloc.end), _groups(nodes, c.row_offsets), _groups(periods, c.period_offsets),
-    ], (1, 2, 3))
-
-
-def _groups(rows: list[str], offsets: list[int]) -> list[str]:
-    """Each job's rows joined by commas (rows[offsets[i]:offsets[i + 1]] for job i)."""
-    if len(offsets) == len(rows) + 1 and offsets[-1] == len(rows) and all(map(int.__eq__, offsets, range(len(offsets)))):
-        return rows
-    join = ",".join
-    return [join(rows[a:z]) for a, z in zip(offsets, offsets[1:], strict=False)]
-
-
-def _rows(template: str, cols: list[list], numbers: tuple[int, ...]) -> list[str]:
-    """template % row for each row of the columns; the columns at `numbers` fill its '%.12g'.
-
-    '%.12g' formats in C, with no string per number, and writes what repr writes for the values
-    `_g12` accepts; a row with another value in those columns is written with repr (or null).
+    The whole batch is one bytes '%' of one template: a template per line (a plain job's made
+    for its numbers of nodes and periods, b'%s' for a line made by to_dict) and every value in
+    one flat tuple. Bytes formatting copies the text between fields with memcpy and makes no
+    string per row, no tuple per row and no joins: the floor of the output is '%.12g' itself.
     """
-    ok = np.logical_and.reduce([_g12(cols[k]) for k in numbers])
-    if ok.all():
-        return list(map(template.__mod__, zip(*cols, strict=True)))
-    good = ok.tolist()
-    safe = [[v if g else 0.5 for v, g in zip(col, good, strict=True)] if k in numbers else col for k, col in enumerate(cols)]
-    out = list(map(template.__mod__, zip(*safe, strict=True)))
-    exact = template.replace("%.12g", "%s")
-    for i in np.flatnonzero(~ok).tolist():
-        out[i] = exact % tuple(_num_or_null(col[i]) if k in numbers else col[i] for k, col in enumerate(cols))
-    return out
+    if b.acc is None or b.alloc is None:
+        lines = [_ENCODER.encode(s.to_dict()) for s in b.slots if isinstance(s, JobFootprint)]
+        return ("\n".join(lines) + "\n").encode() if lines else b"", len(lines)
+    if not b.slots:
+        return b"", 0
+    job = np.fromiter((s if isinstance(s, int) else -1 for s in b.slots), np.int64, len(b.slots))
+    bulk = job >= 0
+    bulk[bulk] = _plain(b.acc, b.metas)[job[bulk]]
+    templates, flat, base = _bulk(b, job, bulk)
+    slow = None
+    for k in np.flatnonzero(~bulk).tolist():
+        slot = b.slots[k]
+        if isinstance(slot, int):
+            slow = slow if slow is not None else list(footprints(b.acc, b.alloc, b.metas, b.pue))
+            slot = slow[slot]
+        flat[base[k]] = _ENCODER.encode(slot.to_dict()).encode()
+    return b"\n".join(templates) % tuple(flat.tolist()) + b"\n", len(b.slots)
 
 
-def _g12(values: list[float | None]) -> np.ndarray:
+def _plain(acc: Accounting, metas: list[JobMeta]) -> np.ndarray:
+    """The jobs accounted without any note (no warning, GPU row, stale or forecast intensity,
+    unknown energy or grams): the ones formatted straight from the arrays."""
+    noted = np.fromiter((bool(m.warnings) or m.gpu for m in metas), bool, len(metas))
+    stale, forecast = notes(acc)
+    return ~(noted | stale | forecast | np.isnan(acc.energy_j) | np.isnan(acc.operational_g))
+
+
+def _bulk(b: Batch, job: np.ndarray, bulk: np.ndarray) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+    """Each slot's template; the values of all lines, flat, the plain jobs' filled in; where each
+    slot's values begin (a slot that is not `bulk` has one, its line, left to the caller)."""
+    acc, alloc = b.acc, b.alloc
+    assert acc is not None and alloc is not None
+    nn, npd = np.diff(acc.row_offsets), np.diff(acc.period_offsets)
+    jobs = job[bulk]
+    size = np.ones(job.size, np.int64)
+    size[bulk] = 12 + 3 * nn[jobs] + 8 * npd[jobs]
+    base = np.cumsum(size) - size
+    flat = np.empty(int(size.sum()), dtype=object)
+    at = np.full(nn.size, -1, np.int64)
+    at[jobs] = base[bulk]
+    rows = np.flatnonzero(at[alloc.row_job] >= 0)
+    row_job = alloc.row_job[rows]
+    periods = np.flatnonzero(at[acc.period_job] >= 0)
+    period_job = acc.period_job[periods]
+    x = numbers(acc, alloc)
+    groups = [
+        (_HEAD, jobs, at[jobs], _head_columns(b, x)),
+        (_NODE, rows, at[row_job] + 12 + 3 * (rows - acc.row_offsets[row_job]), _node_columns(b, x)),
+        (_PERIOD, periods, at[period_job] + 12 + 3 * nn[period_job] + 8 * (periods - acc.period_offsets[period_job]),
+         [*_times(acc.period_start, iso_many), *_times(acc.period_end, iso_many), x["p_kwh"],
+          _texts(x["p_intensity"]), _ascii(acc.period_kind), x["p_g"]]),
+    ]
+    odd = np.zeros(nn.size, bool)
+    for (template, pick, where, cols), owner in zip(groups, (jobs, row_job, period_job), strict=True):
+        for k, col in enumerate(cols):
+            flat[where + k] = _pick(col, pick)
+        g = _FIELDS[template][1]
+        odd[owner[~np.logical_and.reduce([_g12(cols[k][pick]) for k in g])]] = True
+    if odd.any():
+        for (template, pick, where, cols), owner in zip(groups, (jobs, row_job, period_job), strict=True):
+            mine = np.flatnonzero(odd[owner])
+            for k in _FIELDS[template][1]:
+                flat[where[mine] + k] = [b"null" if v != v else repr(v).encode() for v in cols[k][pick[mine]].tolist()]
+    shape = _Shapes(repr(b.pue).encode())
+    templates = [b"%s"] * job.size
+    for k, a, p, o in zip(np.flatnonzero(bulk).tolist(), nn[jobs].tolist(), npd[jobs].tolist(), odd[jobs].tolist(),
+                          strict=True):
+        templates[k] = shape(a, p, o)
+    return templates, flat, base
+
+
+def _pick(col: list | np.ndarray, index: np.ndarray) -> list | np.ndarray:
+    """col[index] (col itself when index is all of it, in order)."""
+    if index.size == len(col) and (index.size == 0 or (index[0] == 0 and index[-1] == index.size - 1)):
+        return col
+    return col[index] if isinstance(col, np.ndarray) else np.array(col, dtype=object)[index]
+
+
+class _Shapes:
+    """A plain job's template for its numbers of nodes and periods, made once per shape."""
+
+    def __init__(self, pue: bytes) -> None:
+        self.head = _HEAD.replace(b'"pue":%s', b'"pue":' + pue.replace(b"%", b"%%"))
+        self.made: dict[tuple[int, int, bool], bytes] = {}
+
+    def __call__(self, nodes: int, periods: int, exact: bool) -> bytes:
+        key = (nodes, periods, exact)
+        t = self.made.get(key)
+        if t is None:
+            t = self.head + b",".join([_NODE] * nodes) + _MID + b",".join([_PERIOD] * periods) + _TAIL
+            t = self.made[key] = t.replace(b"%.12g", b"%s") if exact else t
+        return t
+
+
+def _head_columns(b: Batch, x: dict[str, np.ndarray]) -> list:
+    assert b.alloc is not None
+    ids = [(f'"{j}"' if _PLAIN_ID(j) else _ENCODER.encode(j)).encode() for j in (m.job_id for m in b.metas)]
+    cov = x["cov"]
+    methods = np.where(cov >= FULL, b"measured", np.where(cov <= 0.0, b"estimated", b"mixed")).tolist()
+    each = lambda t: [iso(v) for v in t.tolist()]  # noqa: E731  (a fraction: iso writes each time as it is)
+    return [ids, x["kwh"], x["total_g"], x["op_g"], _texts(x["emb_g"]), _texts(x["mean_i"], few=False), methods,
+            _texts(cov), *_times(b.alloc.start, each), *_times(b.alloc.end, each)]
+
+
+def _node_columns(b: Batch, x: dict[str, np.ndarray]) -> list:
+    quoted: dict[str, bytes] = {}
+    names = [quoted.get(n) or quoted.setdefault(n, _ENCODER.encode(n).encode()) for m in b.metas for n in m.nodes]
+    return [names, x["row_kwh"], _texts(x["share"])]
+
+
+def _times(epochs: np.ndarray, fallback: Callable[[np.ndarray], list[str]]) -> tuple[list[bytes], list[bytes]]:
+    """Two columns, the times' hours and the rest (times.iso_parts), or the whole text and b''."""
+    parts = iso_parts(epochs)
+    if parts is not None:
+        return parts
+    return [s.encode() for s in fallback(epochs)], [b""] * epochs.size
+
+
+def _ascii(labels: np.ndarray) -> list[bytes]:
+    """Short labels (the intensity kinds) as bytes, each distinct one encoded once."""
+    made: dict[str, bytes] = {}
+    return [made.get(s) or made.setdefault(s, s.encode()) for s in labels.tolist()]
+
+
+def _g12(x: np.ndarray) -> np.ndarray:
     """Where '%.12g' writes repr: a value of footprint.significant (a double nearest a 12-digit
-    decimal), not integral (repr adds '.0'), below 1e12 and not below 1e-10 (see _json_num)."""
-    x = np.array(values, dtype=np.float64)
+    decimal), not integral (repr adds '.0'), below 1e12 and not below 1e-10 (see _texts)."""
+    x = np.asarray(x, dtype=np.float64)
     magnitude = np.abs(x)
     with np.errstate(invalid="ignore"):
         return (magnitude < 1e12) & (magnitude >= 1e-10) & (x != np.trunc(x))
 
 
-_PLAIN_ID = re.compile(r"[0-9A-Za-z_.+-]*\Z").match
-"""Job ids JSON writes as they are (Slurm's are digits, `_` and `+`)."""
+def _texts(x: np.ndarray, few: bool = True) -> list[bytes]:
+    """JSON numbers as repr writes them (null for NaN) for values of footprint.significant.
 
-
-def _iso_each(epochs) -> list[str]:
-    """iso() of each value (whole seconds unless that value has a fraction), vectorised when all are whole."""
-    if np.all(epochs == np.floor(epochs)):
-        return iso_distinct(epochs)
-    return [iso(t) for t in epochs.tolist()]
-
-
-def _methods(cov: list[float | None]) -> list[str]:
-    """method_of() for a whole column."""
-    coverage = np.array(cov, dtype=np.float64)
-    return np.where(coverage >= FULL, "measured", np.where(coverage <= 0.0, "estimated", "mixed")).tolist()
-
-
-def _json_num(values: list[float | None]) -> list[str]:
-    """Floats as JSON writes them (repr), None as null.
-
-    repr is the floor of the bulk output, so most values go through '%.12g', which is ~1.7x
-    faster and writes the same text for a value that is the double nearest some 12-digit
-    decimal (what footprint.significant makes), unless it is integral (repr adds '.0'), at
-    least 1e12 (the notations switch at different points) or below 1e-10 (significant's scale
-    is no longer an exact power of ten there). Those few values go through repr.
+    Most go through '%.12g', ~1.7x faster than repr, which writes the same text for a value that
+    is the double nearest some 12-digit decimal (what significant makes), unless it is integral
+    (repr adds '.0'), at least 1e12 (the notations switch at different points) or below 1e-10
+    (significant's scale is no longer an exact power of ten there). Those few go through repr.
+    A column of `few` distinct values (CPU shares, a half-hour's intensity) formats each once.
     """
-    if None in values:
-        return [_num_or_null(v) for v in values]
-    if len(values) < 64:
-        return list(map(float.__repr__, values))
-    x = np.array(values, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    if few and x.size >= 64:
+        uniq, inverse = np.unique(x, return_inverse=True)
+        if uniq.size * 4 <= x.size:
+            return np.array(_texts(uniq, few=False), dtype=object)[inverse].tolist()
     with np.errstate(invalid="ignore"):
-        magnitude = np.abs(x)
-        odd = ~((magnitude < 1e12) & (magnitude >= 1e-10) & (x != np.trunc(x)) & (significant(x) == x))
-    out = list(map(_G12, values))
+        odd = ~(_g12(x) & (significant(x) == x))
+    out = list(map(b"%.12g".__mod__, x.tolist()))
     for i in np.flatnonzero(odd).tolist():
-        out[i] = repr(values[i])
+        v = float(x[i])
+        out[i] = b"null" if v != v else repr(v).encode()
     return out
 
 
-_G12 = "%.12g".__mod__
-
-
-_FEW = ("p_intensity", "share")
-"""Columns with few distinct values (the half-hour's intensity, CPU shares): each is formatted once."""
-
-
-def _json_few(values: list[float | None]) -> list[str]:
-    """_json_num for a column of few distinct values: repr is the floor of the output, so do less of it."""
-    if len(values) < 64 or None in values:
-        return _json_num(values)
-    uniq, inverse = np.unique(np.array(values, dtype=np.float64), return_inverse=True)
-    if uniq.size * 4 > len(values):
-        return _json_num(values)
-    return np.array(_json_num(uniq.tolist()), dtype=object)[inverse].tolist()
+_PLAIN_ID = re.compile(r"[0-9A-Za-z_.+-]*\Z").match
+"""Job ids JSON writes as they are (Slurm's are digits, `_` and `+`)."""
 
 
 def _num_or_null(v: float | None) -> str:

@@ -138,9 +138,34 @@ def _stop(pool) -> None:
 
 def _emit(result: SegmentResult, out: BinaryIO, totals: Totals) -> None:
     with open(result.path, "rb") as fh:
-        shutil.copyfileobj(fh, out, 1 << 20)
+        _copy(fh, out)
     os.unlink(result.path)
     totals.add(result.counts)
+
+
+def _copy(src: BinaryIO, out: BinaryIO) -> None:
+    """src to out, in the kernel where out is a file descriptor: the last segment's copy is the
+    run's serial tail (the month: ~100 MB, 0.4 CPU-s through Python's buffers)."""
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
+        fd = None
+    if fd is not None:
+        out.flush()
+        size, sent = os.fstat(src.fileno()).st_size, 0
+        try:
+            while sent < size:
+                n = os.sendfile(fd, src.fileno(), sent, size - sent)
+                if n == 0:
+                    break
+                sent += n
+            return
+        except OSError:
+            if sent:  # part of it is out already: going on from there is all that is left
+                src.seek(sent)
+                shutil.copyfileobj(src, out, 1 << 20)
+                return
+    shutil.copyfileobj(src, out, 1 << 20)
 
 
 def _account(segment: tuple[int, int]) -> SegmentResult:
@@ -159,7 +184,7 @@ def _account(segment: tuple[int, int]) -> SegmentResult:
 
     windows = (s.buckets.table(k) for k in s.keys[segment[0] : segment[1]])
     path = os.path.join(s.tmp, f"{segment[0]:08d}.jsonl")
-    with open(path, "w", encoding="utf-8") as out:
+    with open(path, "wb") as out:
         lines = write_json_batches(map(tally, engine.stream(windows, view=s.view, align=s.align)), out)
     samples = engine.cache.stats.samples if engine.cache else 0
     return SegmentResult(path, Totals(lines, failures, victoria.requests_made, samples))

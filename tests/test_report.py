@@ -13,7 +13,7 @@ from test_footprint import MIDNIGHT, FakePower
 from carbond import report
 from carbond.config import from_mapping
 from carbond.engine import Engine
-from carbond.footprint import significant
+from carbond.footprint import J_PER_KWH, Accounting, Allocation, Batch, JobMeta, significant
 from carbond.jobs import BadLine, Job
 
 
@@ -67,23 +67,42 @@ def test_table_has_a_totals_line_and_periods_for_one_job():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=64, max_size=200), st.booleans())
-def test_bulk_numbers_are_written_as_repr_writes_them(values, rounded):
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=200), st.booleans(), st.booleans())
+def test_bulk_numbers_are_written_as_repr_writes_them(values, rounded, few):
     """The fast '%.12g' path of the bulk writer never changes a number's text, rounded or not."""
+    x = np.array(values)
     if rounded:
-        values = significant(np.array(values)).tolist()
-    assert report._json_num(values) == [repr(v) for v in values]
+        x = significant(x)
+    assert report._texts(x, few=few) == [repr(v).encode() for v in x.tolist()]
+
+
+def _batch(values: list[float], fraction: bool) -> Batch:
+    """A batch of one-node, one-half-hour jobs whose every number is taken from `values`."""
+    v = np.array(values, dtype=np.float64)
+    n = v.size
+    start = MIDNIGHT + 60.0 * np.arange(n) + (0.5 if fraction else 0.0)
+    end = start + 600
+    ones = np.ones(n)
+    intensity = np.where(np.isnan(v[::-1]), np.nan, np.roll(v, 5))  # no operational grams: some intensity unknown
+    alloc = Allocation(start, end, np.arange(n), np.zeros(n, np.int64), np.nan_to_num(np.abs(v[::-1]) % 1.0), ones)
+    acc = Accounting(energy_j=v * J_PER_KWH, operational_g=v[::-1], embodied_g=np.nan_to_num(np.roll(v, 1)),
+                     coverage=np.nan_to_num(np.abs(v) % 1.5),
+                     intensity=np.roll(v, 2), row_energy_j=np.roll(v, 3) * J_PER_KWH, period_job=np.arange(n),
+                     period_start=start, period_end=end, period_energy_j=np.roll(v, 4) * J_PER_KWH,
+                     period_intensity=intensity, period_kind=np.array(["actual"] * n), period_stale=np.zeros(n, bool),
+                     period_g=np.roll(v, 6), row_offsets=np.arange(n + 1), period_offsets=np.arange(n + 1))
+    metas = [JobMeta(str(1000 + i), (f"cpu-{i}",)) for i in range(n)]
+    return Batch(list(range(n)), metas, acc, alloc, 1.25)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=1, max_size=100))
-@example([0.0, -0.0, 172.0, 1e-12, 3.3e-11, 1e13, 123456789012.5, 0.5, math.nan, math.inf])
-def test_bulk_rows_write_every_number_as_repr_or_null(values):
-    """The '%.12g' columns of a bulk row hold footprint.significant values (NaN when unknown):
-    whatever those are, the row's text is repr's (null for NaN), one odd value or all."""
-    numbers = significant(np.array(values, dtype=np.float64)).tolist()
-    column = [None if v != v else v for v in numbers]
-    labels = [f"r{i}" for i in range(len(values))]
-    rows = report._rows('{"id":"%s","x":%.12g,"y":%.12g}', [labels, column, column[::-1]], (1, 2))
-    text = ["null" if v is None else repr(v) for v in column]
-    assert rows == [f'{{"id":"{a}","x":{b},"y":{c}}}' for a, b, c in zip(labels, text, text[::-1], strict=True)]
+@given(st.lists(st.floats(-1e290, 1e290) | st.just(math.nan), min_size=1, max_size=100), st.booleans())
+@example([0.0, -0.0, 172.0, 1e-12, 3.3e-11, 1e13, 123456789012.5, 0.5, math.nan, 1e290], False)
+def test_bulk_lines_write_every_number_as_to_dict_does(values, fraction):
+    """Whatever the numbers (integral, tiny, huge, unknown), every line of the bulk writer is the
+    line to_dict makes of the same job: '%.12g' where it writes repr's text, repr or null elsewhere."""
+    b = _batch(values, fraction)
+    canonical, bulk = io.StringIO(), io.BytesIO()
+    report.write_json(b.footprints(), canonical)
+    assert report.write_json_batches([b], bulk) == len(values)
+    assert bulk.getvalue().decode() == canonical.getvalue()

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from carbond.errors import TimeFormatError
-from carbond.times import iso, iso_distinct, iso_many, parse_time
+from carbond.times import iso, iso_many, iso_parts, parse_time
 
 
 def test_epoch_and_offsets():
@@ -48,10 +48,15 @@ def test_iso():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, 253402300799 - 2000 * 3600), st.lists(st.integers(0, 2000 * 3600 - 1), min_size=1, max_size=50),
-       st.booleans())
-def test_iso_distinct_writes_what_iso_many_writes(base, offsets, fraction):
-    """Jobs' times go through the hour-prefix path; its text must be iso_many's, whatever the span
-    (beyond 2,000 hours, before 1970 or with a fraction it is iso_many itself)."""
-    t = np.array([base + o for o in offsets], dtype=np.float64) + (0.25 if fraction else 0.0)
-    assert iso_distinct(t) == iso_many(t) == [iso(v) if not fraction else iso_many(np.array([v]))[0] for v in t.tolist()]
+@given(st.integers(-2000 * 3600, 253402300799 - 2000 * 3600), st.lists(st.integers(0, 2000 * 3600 - 1), min_size=1, max_size=50),
+       st.booleans(), st.booleans())
+def test_iso_parts_write_what_iso_writes(base, offsets, fraction, wide):
+    """The bulk JSON writes times as an hour's text and the rest: side by side they must be
+    iso's, and where they cannot be (a fraction, before 1970, a span of 2,000 hours) there are none."""
+    t = np.array([base + o for o in offsets] + ([base + min(offsets) + 2000 * 3600] if wide else []), dtype=np.float64)
+    t = t + (0.25 if fraction else 0.0)
+    parts = iso_parts(t)
+    if fraction or wide or t.min() < 0:
+        assert parts is None
+        return
+    assert [(a + b).decode() for a, b in zip(*parts, strict=True)] == [iso(v) for v in t.tolist()] == iso_many(t)
