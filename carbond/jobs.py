@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter, methodcaller
 
 import numpy as np
 
@@ -427,22 +428,25 @@ class TimeBuckets:
 
     def _add_block(self, block: list[str], first_no: int) -> None:
         """One split per line, the start column converted in one call, lines moved by window."""
-        from operator import itemgetter
 
         c_id, c_start, c_end = (self.header.col[k] for k in ("JobIDRaw", "Start", "End"))
         need = max(c_id, c_start, c_end) + 1
         lines = [ln.rstrip("\n") for ln in block]
-        fields = [ln.split("|", need) for ln in lines]
-        keep = [i for i, f in enumerate(fields) if len(f) > need - 1 and "." not in f[c_id] and lines[i]]
-        short = [i for i, f in enumerate(fields) if len(f) <= need - 1 and lines[i] and "." not in f[0]]
-        keep = sorted(keep + short) if short else keep
-        if not keep:
-            return
-        fields = [fields[i] for i in keep] if len(keep) < len(fields) else fields
-        lines = [lines[i] for i in keep] if len(keep) < len(lines) else lines
-        nos = (np.asarray(keep) + first_no).tolist()
-        start = self._column(fields, c_start)
-        end = self._column(fields, c_end)
+        fields = list(map(methodcaller("split", "|", need), lines))
+        whole = min(map(len, fields)) >= need
+        if whole and "." not in "".join(map(itemgetter(c_id), fields)):  # no step, no short line: the usual table
+            keep = range(len(lines))
+        else:
+            keep = [i for i, f in enumerate(fields) if len(f) > need - 1 and "." not in f[c_id] and lines[i]]
+            short = [i for i, f in enumerate(fields) if len(f) <= need - 1 and lines[i] and "." not in f[0]]
+            keep = sorted(keep + short) if short else keep
+            if not keep:
+                return
+            fields = [fields[i] for i in keep] if len(keep) < len(fields) else fields
+            lines = [lines[i] for i in keep] if len(keep) < len(lines) else lines
+        nos = np.asarray(keep) + first_no
+        start = self._column(fields, c_start, whole)
+        end = self._column(fields, c_end, whole)
         with np.errstate(invalid="ignore"):
             if np.isfinite(start).any():
                 self.lo = min(self.lo, float(np.nanmin(start)))
@@ -454,20 +458,17 @@ class TimeBuckets:
         cuts = np.flatnonzero(np.diff(sk)) + 1
         for idx in np.split(order, cuts):
             key = int(keys[idx[0]])
-            pick = itemgetter(*idx.tolist())
-            got_l, got_n = pick(lines), pick(nos)
-            if len(idx) == 1:
-                got_l, got_n = (got_l,), (got_n,)
-            text = "\n".join(got_l)
-            self._mem.setdefault(key, []).append((text, np.array(got_n, dtype=np.int64)))
+            got = itemgetter(*idx.tolist())(lines)
+            text = "\n".join(got) if len(idx) > 1 else got
+            self._mem.setdefault(key, []).append((text, nos[idx]))
             self.counts[key] = self.counts.get(key, 0) + len(idx)
             self._size += len(text) + 60 * len(idx)
         self.jobs += len(lines)
         if self._size > self._limit:
             self._spill()
 
-    def _column(self, fields: list[list[str]], c: int) -> np.ndarray:
-        texts = [f[c] if len(f) > c else "" for f in fields]
+    def _column(self, fields: list[list[str]], c: int, whole: bool) -> np.ndarray:
+        texts = list(map(itemgetter(c), fields)) if whole else [f[c] if len(f) > c else "" for f in fields]
         try:
             return np.array(texts, dtype=np.float64)
         except ValueError:
@@ -482,18 +483,19 @@ class TimeBuckets:
             return None
 
     def _spill(self) -> None:
+        """Each window's lines to its text file, their line numbers to a file of int64 beside it."""
         for key, parts in self._mem.items():
-            with open(self._path(key), "a", encoding="utf-8") as fh:
-                for text, nos in parts:
-                    fh.write("".join(f"{n}|{ln}\n" for n, ln in zip(nos, text.split("\n"), strict=True)))
+            with open(self._path(key, "txt"), "a", encoding="utf-8") as fh, open(self._path(key, "nos"), "ab") as fn:
+                fh.write("".join(text + "\n" for text, _ in parts))
+                fn.write(b"".join(nos.astype(np.int64).tobytes() for _, nos in parts))
             self._spilled.add(key)
         self._mem.clear()
         self._size = 0
 
-    def _path(self, key: int) -> str:
+    def _path(self, key: int, kind: str) -> str:
         import os
 
-        return os.path.join(self._tmp.name, f"{key}.txt")
+        return os.path.join(self._tmp.name, f"{key}.{kind}")
 
     def keys(self) -> list[int]:
         keys = sorted(set(self._mem) | self._spilled)
@@ -504,11 +506,9 @@ class TimeBuckets:
         nos: list[int] = []
         body: list[str] = []
         if key in self._spilled:
-            with open(self._path(key), encoding="utf-8") as fh:
-                for ln in fh.read().splitlines():
-                    no, _, rest = ln.partition("|")
-                    nos.append(int(no))
-                    body.append(rest)
+            with open(self._path(key, "txt"), encoding="utf-8", newline="") as fh:
+                body = fh.read().split("\n")[:-1]
+            nos = np.fromfile(self._path(key, "nos"), dtype=np.int64).tolist()
         for text, more in self._mem.get(key, []):
             body.extend(text.split("\n"))
             nos.extend(more.tolist())

@@ -70,12 +70,13 @@ def test_columnar_reader_reads_what_read_sacct_reads(limit):
         "103|103|1700090000|1700093600|n[1-|cpu=1|a|b|c\n",
         "104|104|1700090000|1700093600|n1\n",
         "105|105|1699900000|1700000100|n3|cpu=3|a|b|c\n",
+        "106|106|1700000000|1700003600|n1|cpu=1|a|b\x1e\r|c\x85\u2028\n",  # line breaks to str.splitlines, not to sacct
     ]
     got = _table_jobs(lines, limit=limit)
     want = list(read_sacct(lines))
     assert sorted(map(repr, got)) == sorted(map(repr, want))
     # Window order: 105 started the day before 101; the bad lines follow their window, 102 (no start) is last.
-    assert [x.job_id for x in got] == ["105", "101", "103", "104", "102"]
+    assert [x.job_id for x in got] == ["105", "101", "106", "103", "104", "102"]
 
 
 def test_columnar_reader_reads_local_times_with_their_warnings():
