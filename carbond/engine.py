@@ -97,14 +97,15 @@ class Engine:
         if view is None and span and span[0] <= span[1]:
             view = self.intensity_view(*span)
         it = iter(windows)
-        table = next(it, None)
-        # The next window's power is read while this one is computed and written out.
+        table, after = next(it, None), next(it, None)
+        # The next window's power is read while this one is computed and written out. The last
+        # window reads no further than its jobs need (the next segment's process reads on).
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="carbond-prefetch") as pool:
-            pending = pool.submit(self._prepare, table, view) if table is not None else None
+            pending = pool.submit(self._prepare, table, view, after is None) if table is not None else None
             while table is not None and pending is not None:
                 traces, wview, gmap = pending.result()
-                following = next(it, None)
-                pending = pool.submit(self._prepare, following, view) if following is not None else None
+                following, after = after, (next(it, None) if after is not None else None)
+                pending = pool.submit(self._prepare, following, view, after is None) if following is not None else None
                 for lo in range(0, len(table), BATCH):
                     part = table.take(np.arange(lo, min(lo + BATCH, len(table)))) if len(table) > BATCH else table
                     yield self._batch(part, traces.get, wview, gmap)
@@ -112,7 +113,7 @@ class Engine:
                     yield Batch([_bad(b, self.cfg.pue) for b in table.bad], [], None, None, self.cfg.pue)
                 table = following
 
-    def _prepare(self, table: JobTable, view: IntensityView | None
+    def _prepare(self, table: JobTable, view: IntensityView | None, last: bool = False
                  ) -> tuple[dict[str, Trace | None], IntensityView | None, GpuMap | None]:
         """Power (and intensity, unless the run has one view) of a window; earlier samples are freed.
 
@@ -127,7 +128,7 @@ class Engine:
             return {}, None, None
         cache.drop_before(float(np.min(table.start[ok])) - self.cfg.max_gap)
         needs = self._needs(table, ok)
-        cache.ensure(needs)
+        cache.ensure(needs, ahead=not last)
         wview = view or self.intensity_view(float(np.min(table.start[ok])), float(np.max(table.end[ok])))
         traces, gmap = self._with_gpus({n: cache.trace(n) for n in needs}, needs)
         return traces, wview, gmap

@@ -33,6 +33,17 @@ class _Node:
     lo: float
     """Samples from lo to hi are all here (both fetched bounds)."""
     hi: float
+    k: int = 0
+    """Samples before index k are dropped, but not yet cut off: the cut is made with the next
+    append, in the same copy (a busy node is cut and extended every window)."""
+
+    def cut(self) -> None:
+        """Make a pending drop: re-based at the kept bracket, differences unchanged, magnitudes small."""
+        k = self.k
+        if k > 0:
+            self.t, self.w = self.t[k:].copy(), self.w[k:].copy()
+            self.cum_j, self.cum_s = self.cum_j[k:] - self.cum_j[k], self.cum_s[k:] - self.cum_s[k]
+            self.k = 0
 
 
 @dataclass
@@ -56,15 +67,16 @@ class PowerCache:
     stats: FetchStats = field(default_factory=FetchStats)
     _nodes: dict[str, _Node] = field(default_factory=dict)
 
-    def ensure(self, needs: dict[str, tuple[float, float]]) -> None:
-        """Make [lo, hi] (max_gap included by the caller) of each node available."""
+    def ensure(self, needs: dict[str, tuple[float, float]], ahead: bool = True) -> None:
+        """Make [lo, hi] (max_gap included by the caller) of each node available; a busy node's
+        stretch is read ahead to the chunk edge unless `ahead` is false (no window follows)."""
         pieces: list[tuple[float, float, str]] = []
         for node, (lo, hi) in needs.items():
             st = self._nodes.get(node)
             if st is None or lo > st.hi or lo < st.lo:
                 a, b = lo, hi
             elif hi > st.hi:
-                a, b = st.hi, max(hi, self._ahead(hi))
+                a, b = st.hi, max(hi, self._ahead(hi)) if ahead else hi
             else:
                 continue
             pieces.extend((x, y, node) for x, y in self._pieces(a, b))
@@ -116,16 +128,19 @@ class PowerCache:
         t, w = t[t > st.t[-1]], w[t > st.t[-1]]
         if t.size:
             tr = build_trace(np.concatenate(([st.t[-1]], t)), np.concatenate(([st.w[-1]], w)), self.max_gap)
-            st.t = np.concatenate((st.t, tr.t[1:]))
-            st.w = np.concatenate((st.w, tr.w[1:]))
-            st.cum_j = np.concatenate((st.cum_j, st.cum_j[-1] + tr.cum_j[1:]))
-            st.cum_s = np.concatenate((st.cum_s, st.cum_s[-1] + tr.cum_s[1:]))
+            k = st.k  # the pending drop, made in the same copy (the same numbers as cut() then append)
+            st.t = np.concatenate((st.t[k:], tr.t[1:]))
+            st.w = np.concatenate((st.w[k:], tr.w[1:]))
+            st.cum_j = _rebased(st.cum_j, k, tr.cum_j[1:])
+            st.cum_s = _rebased(st.cum_s, k, tr.cum_s[1:])
+            st.k = 0
         st.hi = max(st.hi, b)
 
     def trace(self, node: str) -> Trace | None:
         st = self._nodes.get(node)
         if st is None or st.t.size == 0:
             return None
+        st.cut()
         return Trace(st.t, st.w, st.cum_j, st.cum_s, self.max_gap)
 
     def drop_before(self, when: float) -> None:
@@ -136,15 +151,22 @@ class PowerCache:
                 del self._nodes[node]
                 continue
             k = int(np.searchsorted(st.t, when, side="right")) - 1
-            if k > 0:
-                # Re-based at the kept bracket: differences unchanged, magnitudes stay small.
-                st.t, st.w = st.t[k:].copy(), st.w[k:].copy()
-                st.cum_j, st.cum_s = st.cum_j[k:] - st.cum_j[k], st.cum_s[k:] - st.cum_s[k]
+            if k > st.k:
+                st.k = k
                 st.lo = max(st.lo, when)
 
     @property
     def samples_held(self) -> int:
-        return sum(st.t.size for st in self._nodes.values())
+        return sum(st.t.size - st.k for st in self._nodes.values())
+
+
+def _rebased(cum: np.ndarray, k: int, more: np.ndarray) -> np.ndarray:
+    """(cum[k:] - cum[k]) followed by its last value + more, in one new array."""
+    out = np.empty(cum.size - k + more.size)
+    base = cum[k]
+    np.subtract(cum[k:], base, out=out[: cum.size - k])
+    np.add(cum[-1] - base, more, out=out[cum.size - k :])
+    return out
 
 
 def _groups(ranges: Iterable[tuple[float, float, str]], waste: float) -> list[tuple[float, float, list[str]]]:

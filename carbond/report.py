@@ -6,6 +6,7 @@ import io
 import json
 import re
 from collections.abc import Callable, Iterable
+from operator import attrgetter
 from typing import BinaryIO, TextIO
 
 import numpy as np
@@ -76,7 +77,9 @@ def format_batch(b: Batch) -> tuple[bytes, int]:
         return ("\n".join(lines) + "\n").encode() if lines else b"", len(lines)
     if not b.slots:
         return b"", 0
-    job = np.fromiter((s if isinstance(s, int) else -1 for s in b.slots), np.int64, len(b.slots))
+    job = np.array(b.slots)  # all indices, the usual batch: one call
+    if job.dtype.kind != "i":
+        job = np.fromiter((s if isinstance(s, int) else -1 for s in b.slots), np.int64, len(b.slots))
     bulk = job >= 0
     bulk[bulk] = _plain(b.acc, b.metas)[job[bulk]]
     templates, flat, base = _bulk(b, job, bulk)
@@ -93,7 +96,10 @@ def format_batch(b: Batch) -> tuple[bytes, int]:
 def _plain(acc: Accounting, metas: list[JobMeta]) -> np.ndarray:
     """The jobs accounted without any note (no warning, GPU row, stale or forecast intensity,
     unknown energy or grams): the ones formatted straight from the arrays."""
-    noted = np.fromiter((bool(m.warnings) or m.gpu for m in metas), bool, len(metas))
+    if any(map(attrgetter("warnings"), metas)) or any(map(attrgetter("gpu"), metas)):
+        noted = np.fromiter((bool(m.warnings) or m.gpu for m in metas), bool, len(metas))
+    else:
+        noted = np.zeros(len(metas), bool)
     stale, forecast = notes(acc)
     return ~(noted | stale | forecast | np.isnan(acc.energy_j) | np.isnan(acc.operational_g))
 
@@ -167,12 +173,19 @@ class _Shapes:
 
 def _head_columns(b: Batch, x: dict[str, np.ndarray]) -> list:
     assert b.alloc is not None
-    ids = [(f'"{j}"' if _PLAIN_ID(j) else _ENCODER.encode(j)).encode() for j in (m.job_id for m in b.metas)]
+    ids = _quoted([m.job_id for m in b.metas])
     cov = x["cov"]
     methods = np.where(cov >= FULL, b"measured", np.where(cov <= 0.0, b"estimated", b"mixed")).tolist()
     each = lambda t: [iso(v) for v in t.tolist()]  # noqa: E731  (a fraction: iso writes each time as it is)
     return [ids, x["kwh"], x["total_g"], x["op_g"], _texts(x["emb_g"]), _texts(x["mean_i"], few=False), methods,
             _texts(cov), *_times(b.alloc.start, each), *_times(b.alloc.end, each)]
+
+
+def _quoted(ids: list[str]) -> list[bytes]:
+    """JSON strings of job ids; Slurm's need no escaping, and then one join and one split make them all."""
+    if _PLAIN_ID("".join(ids)):
+        return ('"' + '"\n"'.join(ids) + '"').encode().split(b"\n") if ids else []
+    return [(f'"{j}"' if _PLAIN_ID(j) else _ENCODER.encode(j)).encode() for j in ids]
 
 
 def _node_columns(b: Batch, x: dict[str, np.ndarray]) -> list:
