@@ -241,8 +241,12 @@ class JobTable:
         )
 
 
-def _strings(values: list[str]) -> np.ndarray:
-    return np.array(values, dtype=str) if values else np.zeros(0, dtype="<U1")
+def _strings(values: list[str] | tuple[str, ...]) -> np.ndarray:
+    """A text column as an array of the str objects themselves: the engine hands them back out
+    as str (JobMeta, ids), and a fixed-width unicode array would copy each one in and out."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 @dataclass(frozen=True)
@@ -305,7 +309,7 @@ def read_table(lines: list[str], line_nos: list[int], header: SacctHeader, names
     cpus = tres[:, 0] if n else np.zeros(0)
     per_node = np.divide(cpus, counts, out=np.zeros(n), where=counts > 0)
     table = JobTable(
-        job_id=_strings(list(cols[col["JobIDRaw"]])),
+        job_id=_strings(cols[col["JobIDRaw"]]),
         start=start,
         end=end,
         node_offsets=np.concatenate(([0], np.cumsum(counts))).astype(np.int64),
@@ -326,7 +330,7 @@ def read_table(lines: list[str], line_nos: list[int], header: SacctHeader, names
 
 
 def _optional(cols: list, col: dict[str, int], name: str, n: int) -> np.ndarray:
-    return _strings(list(cols[col[name]])) if name in col else np.full(n, "", dtype="<U1")
+    return _strings(cols[col[name]]) if name in col else np.full(n, "", dtype=object)
 
 
 def _times(texts: tuple[str, ...], zone: str | None, warnings: dict[int, list[str]],
