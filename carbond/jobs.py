@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import itemgetter, methodcaller
 
 import numpy as np
@@ -277,7 +278,7 @@ def read_table(lines: list[str], line_nos: list[int], header: SacctHeader, names
     col, width = header.col, header.width
     rows = [ln.split("|") for ln in lines]
     bad: list[BadLine] = []
-    if any(len(r) != width for r in rows):
+    if rows and not min(map(len, rows)) == max(map(len, rows)) == width:
         keep = []
         for r, no in zip(rows, line_nos, strict=True):
             if len(r) == width:
@@ -313,7 +314,7 @@ def read_table(lines: list[str], line_nos: list[int], header: SacctHeader, names
         start=start,
         end=end,
         node_offsets=np.concatenate(([0], np.cumsum(counts))).astype(np.int64),
-        node=np.fromiter((i for t in node_ids for i in t), dtype=np.int64, count=int(counts.sum())),
+        node=np.fromiter(chain.from_iterable(node_ids), dtype=np.int64, count=int(counts.sum())),
         row_cpus=np.repeat(per_node, counts),
         gpus=tres[:, 1].astype(np.int64) if n else np.zeros(0, dtype=np.int64),
         partition=_optional(cols, col, "Partition", n),
@@ -362,6 +363,8 @@ def _node_column(exprs: tuple[str, ...], names: NodeNames) -> tuple[list[tuple[i
         except CarbondError as exc:
             cache[e] = str(exc)
     out = [cache[e] for e in exprs]
+    if not any(isinstance(v, str) for v in cache.values()):
+        return out, {}  # type: ignore[return-value]
     errors = {i: v for i, v in enumerate(out) if isinstance(v, str)}
     for i in errors:
         out[i] = ()
@@ -376,7 +379,8 @@ def _tres_column(texts: tuple[str, ...]) -> tuple[np.ndarray, dict[int, str]]:
         except CarbondError as exc:
             cache[t] = str(exc)
     vals = [cache[t] for t in texts]
-    errors = {i: v for i, v in enumerate(vals) if isinstance(v, str)}
+    bad = any(isinstance(v, str) for v in cache.values())
+    errors = {i: v for i, v in enumerate(vals) if isinstance(v, str)} if bad else {}
     for i in errors:
         vals[i] = (0, 0)
     return np.array(vals, dtype=np.float64).reshape(len(texts), 2), errors  # type: ignore[arg-type]

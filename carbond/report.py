@@ -194,7 +194,7 @@ def _node_columns(b: Batch, x: dict[str, np.ndarray]) -> list:
     return [names, x["row_kwh"], _texts(x["share"])]
 
 
-def _times(epochs: np.ndarray, fallback: Callable[[np.ndarray], list[str]]) -> tuple[list[bytes], list[bytes]]:
+def _times(epochs: np.ndarray, fallback: Callable[[np.ndarray], list[str]]) -> tuple[np.ndarray | list, np.ndarray | list]:
     """Two columns, the times' hours and the rest (times.iso_parts), or the whole text and b''."""
     parts = iso_parts(epochs)
     if parts is not None:
@@ -202,8 +202,11 @@ def _times(epochs: np.ndarray, fallback: Callable[[np.ndarray], list[str]]) -> t
     return [s.encode() for s in fallback(epochs)], [b""] * epochs.size
 
 
-def _ascii(labels: np.ndarray) -> list[bytes]:
-    """Short labels (the intensity kinds) as bytes, each distinct one encoded once."""
+def _ascii(labels: np.ndarray) -> list[bytes] | np.ndarray:
+    """Short labels (the intensity kinds) as bytes, each distinct one encoded once (a run has
+    one provider: usually all the same)."""
+    if labels.size and (labels == labels[0]).all():
+        return np.full(labels.size, str(labels[0]).encode(), dtype=object)
     made: dict[str, bytes] = {}
     return [made.get(s) or made.setdefault(s, s.encode()) for s in labels.tolist()]
 
@@ -217,7 +220,7 @@ def _g12(x: np.ndarray) -> np.ndarray:
         return (magnitude < 1e12) & (magnitude >= 1e-10) & (x != np.trunc(x))
 
 
-def _texts(x: np.ndarray, few: bool = True) -> list[bytes]:
+def _texts(x: np.ndarray, few: bool = True) -> list[bytes] | np.ndarray:
     """JSON numbers as repr writes them (null for NaN) for values of footprint.significant.
 
     Most go through '%.12g', ~1.7x faster than repr, which writes the same text for a value that
@@ -230,7 +233,9 @@ def _texts(x: np.ndarray, few: bool = True) -> list[bytes]:
     if few and x.size >= 64:
         uniq, inverse = np.unique(x, return_inverse=True)
         if uniq.size * 4 <= x.size:
-            return np.array(_texts(uniq, few=False), dtype=object)[inverse].tolist()
+            texts = np.empty(uniq.size, dtype=object)
+            texts[:] = _texts(uniq, few=False)
+            return texts[inverse]
     with np.errstate(invalid="ignore"):
         odd = ~(_g12(x) & (significant(x) == x))
     out = list(map(b"%.12g".__mod__, x.tolist()))

@@ -82,25 +82,28 @@ def iso_many(epochs: np.ndarray) -> list[str]:
 
 
 
-def iso_parts(epochs: np.ndarray) -> tuple[list[bytes], list[bytes]] | None:
+def iso_parts(epochs: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """iso_many's text as ASCII in two parts, the hour ('2024-01-01T05:') and the rest ('38:02Z'),
     for a template that writes them side by side. Both parts are shared objects: nothing is
     made per time (the bulk JSON writes millions). None unless every time is a whole second of
     years 1970-9999 and they span under 2,000 hours."""
     t = np.asarray(epochs, dtype=np.float64)
     if t.size == 0:
-        return [], []
+        return np.zeros(0, dtype=object), np.zeros(0, dtype=object)
     if not (np.all(t == np.floor(t)) and t.min() >= 0 and t.max() - t.min() < 2000 * 3600 and t.max() < 253402300800):
         return None
     hour, rest = np.divmod(t.astype(np.int64), 3600)
     lo = int(hour.min())
-    prefix = [time.strftime("%Y-%m-%dT%H:", time.gmtime(h * 3600)).encode() for h in range(lo, int(hour.max()) + 1)]
-    return list(map(prefix.__getitem__, (hour - lo).tolist())), list(map(_minute_second().__getitem__, rest.tolist()))
+    prefix = np.empty(int(hour.max()) + 1 - lo, dtype=object)
+    prefix[:] = [time.strftime("%Y-%m-%dT%H:", time.gmtime(h * 3600)).encode() for h in range(lo, int(hour.max()) + 1)]
+    return prefix[hour - lo], _minute_second()[rest]
 
 
 @functools.cache
-def _minute_second() -> list[bytes]:
-    return [b"%02d:%02dZ" % (m, s) for m in range(60) for s in range(60)]
+def _minute_second() -> np.ndarray:
+    out = np.empty(3600, dtype=object)
+    out[:] = [b"%02d:%02dZ" % (m, s) for m in range(60) for s in range(60)]
+    return out
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")

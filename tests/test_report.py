@@ -73,7 +73,7 @@ def test_bulk_numbers_are_written_as_repr_writes_them(values, rounded, few):
     x = np.array(values)
     if rounded:
         x = significant(x)
-    assert report._texts(x, few=few) == [repr(v).encode() for v in x.tolist()]
+    assert list(report._texts(x, few=few)) == [repr(v).encode() for v in x.tolist()]
 
 
 def _batch(values: list[float], fraction: bool) -> Batch:
