@@ -55,6 +55,37 @@ def test_unsorted_duplicate_and_nan_samples_are_cleaned():
     assert one(tr, 0, 120) == (pytest.approx(12000.0), 120.0)
 
 
+def _plain_trace(t, w, max_gap):
+    """build_trace as its definition reads: clean, sort, then mask every segment (no fast path)."""
+    keep = np.isfinite(t) & np.isfinite(w)
+    t, w = t[keep], w[keep]
+    order = np.argsort(t, kind="stable")
+    t, w = t[order], w[order]
+    last = np.append(t[1:] != t[:-1], True) if t.size else np.zeros(0, bool)
+    t, w = t[last], w[last]
+    dt = np.diff(t)
+    bridged = dt <= max_gap
+    seg_j = np.where(bridged, 0.5 * (w[:-1] + w[1:]) * dt, 0.0)
+    seg_s = np.where(bridged, dt, 0.0)
+    return t, w, np.concatenate(([0.0], np.cumsum(seg_j))), np.concatenate(([0.0], np.cumsum(seg_s)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 5000) | st.just(np.nan), st.floats(0, 900) | st.sampled_from([np.nan, np.inf])),
+                max_size=60),
+       st.booleans(), st.sampled_from([60.0, 300.0, np.inf]))
+def test_build_trace_gives_the_numbers_of_its_definition(samples, in_order, max_gap):
+    """The fast paths (a clean, ordered, gapless series skips masks and sorts) change no bit."""
+    t = np.array([a for a, _ in samples], dtype=np.float64)
+    w = np.array([b for _, b in samples], dtype=np.float64)
+    if in_order:
+        order = np.argsort(t, kind="stable")
+        t, w = t[order], w[order]
+    got = build_trace(t, w, max_gap)
+    for a, b in zip((got.t, got.w, got.cum_j, got.cum_s), _plain_trace(t, w, max_gap), strict=True):
+        assert np.array_equal(a, b)
+
+
 def test_empty_and_single_sample_traces():
     for t in (np.array([]), np.array([5.0])):
         tr = build_trace(t, np.full(t.size, 100.0), 300)

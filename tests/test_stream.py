@@ -143,6 +143,32 @@ def test_cache_holds_only_what_later_jobs_need():
     assert cache.stats.samples < 1.1 * 30 * DAY / 30 + 3000
 
 
+def test_busy_nodes_are_read_ahead_but_the_last_window_only_as_far_as_its_jobs():
+    asked = []
+
+    def fetch(nodes, lo, hi):
+        asked.append((lo, hi))
+        return FlatPower(["a"]).fetch_power(nodes, lo, hi)
+
+    cache = PowerCache(fetch, 300.0, align=2 * DAY)  # chunk edges at T0 + 300 + 2k days
+    b = T0 + DAY / 2
+    cache.ensure({"a": (b - 300, b + 3600)})  # seen afresh: read exactly
+    cache.ensure({"a": (b - 300, b + 7200)})  # busy: on to the chunk edge
+    assert asked == [(b - 300, b + 3600), (b + 3600, T0 + 2 * DAY + 300)]
+    cache.ensure({"a": (b + DAY, b + 3 * DAY)}, ahead=False)  # no window follows
+    assert asked[-1] == (T0 + 2 * DAY + 300, b + 3 * DAY)
+
+    engine = Engine(from_mapping({"nodes": [{"match": "a", "cpus": 4}]}), FlatPower(["a"]), SlotIntensity())
+    ends = []
+    engine.power = type("Recording", (), {"fetch_power": lambda _, n, lo, hi: ends.append(hi) or fetch(n, lo, hi)})()
+    # Each job runs into the next day: the node stays busy and is read ahead, but not past the last job.
+    lines = [HEADER] + [f"{i}|{i}|{T0 + i * DAY + 60:.0f}|{T0 + (i + 1) * DAY + 3600:.0f}|a|cpu=1|p|a|u" for i in range(4)]
+    with TimeBuckets(lines, DAY) as buckets:
+        assert len(list(engine.stream(buckets.windows(), (buckets.lo, buckets.hi), align=DAY))) == 4
+    gap = engine.cfg.max_gap
+    assert T0 + 3 * DAY < max(ends[:-1]) and max(ends) == T0 + 4 * DAY + 3600 + gap
+
+
 def test_sparse_jobs_fetch_about_what_they_need():
     power = FlatPower([f"n{i}" for i in range(50)])
     cache = PowerCache(power.fetch_power, 300.0)
@@ -160,10 +186,11 @@ def test_sparse_jobs_fetch_about_what_they_need():
 @settings(max_examples=60, deadline=None)
 @given(
     cuts=st.lists(st.floats(0, 2e5), min_size=1, max_size=6),
-    a=st.floats(0, 1e5), length=st.floats(1, 5e4),
+    a=st.floats(0, 1e5), length=st.floats(1, 5e4), drops=st.lists(st.floats(0, 1e5), max_size=6),
 )
-def test_running_integral_carried_across_fetches_equals_one_trace(cuts, a, length):
-    """Appending samples in pieces (any cut points) gives the energy of one trace of them all."""
+def test_running_integral_carried_across_fetches_equals_one_trace(cuts, a, length, drops):
+    """Appending samples in pieces (any cut points), dropping what lies before the job on the
+    way (a drop is made with the next append), gives the energy of one trace of them all."""
     rng = np.random.default_rng(int(a) + len(cuts))
     t = np.sort(rng.uniform(0, 2e5, 3000))
     t = t[np.concatenate(([True], np.diff(t) > 1e-3))]
@@ -176,8 +203,10 @@ def test_running_integral_carried_across_fetches_equals_one_trace(cuts, a, lengt
 
     cache = PowerCache(fetch, 300.0, align=1.0)
     bounds = sorted(set(cuts + [2e5]))
-    for hi in bounds:
+    for k, hi in enumerate(bounds):
         cache.ensure({"x": (-1.0, hi)})
+        if k < len(drops):
+            cache.drop_before(min(drops[k], a) - 300.0)
     lo, hi = np.array([a]), np.array([min(a + length, 2e5)])
     ref_j, ref_s = window(whole, lo, hi)
     got_j, got_s = window(cache.trace("x"), lo, hi)
@@ -191,7 +220,8 @@ def _segment_engine(cfg, url=None):
     return Engine(cfg, client, SlotIntensity()), client
 
 
-def test_segments_on_three_cores_write_the_sequential_lines_in_order(weeks, monkeypatch, tmp_path):
+@pytest.mark.parametrize("to_file", [False, True])  # a file descriptor: segments are copied by sendfile
+def test_segments_on_three_cores_write_the_sequential_lines_in_order(weeks, monkeypatch, tmp_path, to_file):
     """Segment boundaries cut through running jobs; every line still comes out once, in order,
     with the numbers of the single-process stream."""
     cfg, lines = weeks
@@ -212,9 +242,15 @@ def test_segments_on_three_cores_write_the_sequential_lines_in_order(weeks, monk
     monkeypatch.setattr(segments, "_emit", counting_emit)
     with TimeBuckets(lines, DAY) as buckets:
         assert len(segments.plan([buckets.counts[k] for k in buckets.keys()], 3)) == 9
-        out = io.BytesIO()
-        totals = segments.write_parallel(buckets, engine, lambda: _segment_engine(cfg), out, 3, DAY)
-    parallel = [json.loads(x) for x in out.getvalue().decode().splitlines()]
+        out = open(tmp_path.parent / f"{tmp_path.name}.out", "w+b") if to_file else io.BytesIO()  # noqa: SIM115
+        with out:
+            out.write(b'{"job_id":"written before"}\n')  # still buffered: it must stay first
+            totals = segments.write_parallel(buckets, engine, lambda: _segment_engine(cfg), out, 3, DAY)
+            out.flush()
+            out.seek(0)
+            first, *rest = out.read().decode().splitlines()
+    assert json.loads(first) == {"job_id": "written before"}
+    parallel = [json.loads(x) for x in rest]
     assert [d["job_id"] for d in parallel] == [d["job_id"] for d in sequential] and len(parallel) == 402
     for a, b in zip(sequential, parallel, strict=True):
         numbers_close(a, b, a["job_id"])
