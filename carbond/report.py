@@ -6,6 +6,7 @@ import io
 import json
 import re
 from collections.abc import Callable, Iterable
+from itertools import chain
 from operator import attrgetter
 from typing import BinaryIO, TextIO
 
@@ -140,12 +141,24 @@ def _bulk(b: Batch, job: np.ndarray, bulk: np.ndarray) -> tuple[list[bytes], np.
             mine = np.flatnonzero(odd[owner])
             for k in _FIELDS[template][1]:
                 flat[where[mine] + k] = [b"null" if v != v else repr(v).encode() for v in cols[k][pick[mine]].tolist()]
-    shape = _Shapes(repr(b.pue).encode())
-    templates = [b"%s"] * job.size
-    for k, a, p, o in zip(np.flatnonzero(bulk).tolist(), nn[jobs].tolist(), npd[jobs].tolist(), odd[jobs].tolist(),
-                          strict=True):
-        templates[k] = shape(a, p, o)
-    return templates, flat, base
+    return _templates(repr(b.pue).encode(), bulk, nn[jobs], npd[jobs], odd[jobs]), flat, base
+
+
+def _templates(pue: bytes, bulk: np.ndarray, nodes: np.ndarray, periods: np.ndarray, odd: np.ndarray) -> list[bytes]:
+    """Each slot's template: a plain job's made once per shape (its nodes, periods and whether
+    it is odd), b'%s' for the others."""
+    shapes, inverse = np.unique((nodes * (1 << 20) + periods) * 2 + odd, return_inverse=True)
+    made = np.empty(shapes.size, dtype=object)
+    made[:] = [_template(pue, int(k) >> 21, (int(k) >> 1) & ((1 << 20) - 1), bool(k & 1)) for k in shapes]
+    out = np.full(bulk.size, b"%s", dtype=object)
+    out[bulk] = made[inverse]
+    return out.tolist()
+
+
+def _template(pue: bytes, nodes: int, periods: int, exact: bool) -> bytes:
+    head = _HEAD.replace(b'"pue":%s', b'"pue":' + pue.replace(b"%", b"%%"))
+    t = head + b",".join([_NODE] * nodes) + _MID + b",".join([_PERIOD] * periods) + _TAIL
+    return t.replace(b"%.12g", b"%s") if exact else t
 
 
 def _pick(col: list | np.ndarray, index: np.ndarray) -> list | np.ndarray:
@@ -153,22 +166,6 @@ def _pick(col: list | np.ndarray, index: np.ndarray) -> list | np.ndarray:
     if index.size == len(col) and (index.size == 0 or (index[0] == 0 and index[-1] == index.size - 1)):
         return col
     return col[index] if isinstance(col, np.ndarray) else np.array(col, dtype=object)[index]
-
-
-class _Shapes:
-    """A plain job's template for its numbers of nodes and periods, made once per shape."""
-
-    def __init__(self, pue: bytes) -> None:
-        self.head = _HEAD.replace(b'"pue":%s', b'"pue":' + pue.replace(b"%", b"%%"))
-        self.made: dict[tuple[int, int, bool], bytes] = {}
-
-    def __call__(self, nodes: int, periods: int, exact: bool) -> bytes:
-        key = (nodes, periods, exact)
-        t = self.made.get(key)
-        if t is None:
-            t = self.head + b",".join([_NODE] * nodes) + _MID + b",".join([_PERIOD] * periods) + _TAIL
-            t = self.made[key] = t.replace(b"%.12g", b"%s") if exact else t
-        return t
 
 
 def _head_columns(b: Batch, x: dict[str, np.ndarray]) -> list:
@@ -189,9 +186,9 @@ def _quoted(ids: list[str]) -> list[bytes]:
 
 
 def _node_columns(b: Batch, x: dict[str, np.ndarray]) -> list:
-    quoted: dict[str, bytes] = {}
-    names = [quoted.get(n) or quoted.setdefault(n, _ENCODER.encode(n).encode()) for m in b.metas for n in m.nodes]
-    return [names, x["row_kwh"], _texts(x["share"])]
+    names = list(chain.from_iterable(map(attrgetter("nodes"), b.metas)))
+    quoted = {n: _ENCODER.encode(n).encode() for n in set(names)}
+    return [list(map(quoted.__getitem__, names)), x["row_kwh"], _texts(x["share"])]
 
 
 def _times(epochs: np.ndarray, fallback: Callable[[np.ndarray], list[str]]) -> tuple[np.ndarray | list, np.ndarray | list]:
