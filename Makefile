@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := slurmctld slurmd slurmdbd slurm-client munge mariadb-server victoria-metrics prometheus \
-                python3-venv bsdutils procps util-linux time systemd-container debootstrap openssl
+                python3-venv bsdutils procps util-linux time systemd-container debootstrap openssl libmariadb3
 export PATH := $(CURDIR)/$(VENV)/bin:/usr/sbin:/usr/bin:/sbin:/bin:$(PATH)
 
 # Debian roots, built once under ROOTS and reused by every later run (delete one to rebuild it):
