@@ -29,8 +29,10 @@ _MID, _TAIL = b'],"periods":[', b"]}"
 """A plain job's line: _HEAD, its _NODE rows, _MID, its _PERIOD rows, _TAIL (times are written
 as their hour and the rest: times.iso_parts). Each '%.12g' is a number `_g12` checked '%.12g'
 writes as repr does; a job with another number there is written from '%s' templates, with repr."""
-_FIELDS = {_HEAD: (12, (1, 2, 3)), _NODE: (3, (1,)), _PERIOD: (8, (4, 7))}
-"""Each template's fields, and where its '%.12g' are among them."""
+_PUE = b'"pue":%s'
+"""Written into each batch's _HEAD (one value for the batch), so not one of its fields."""
+_FIELDS = {t: (t.replace(_PUE, b"").count(b"%"), g) for t, g in ((_HEAD, (1, 2, 3)), (_NODE, (1,)), (_PERIOD, (4, 7)))}
+"""Each template's number of fields, and where its '%.12g' are among them."""
 
 
 def write_json(fps: Iterable[JobFootprint], out: TextIO) -> int:
@@ -112,8 +114,9 @@ def _bulk(b: Batch, job: np.ndarray, bulk: np.ndarray) -> tuple[list[bytes], np.
     assert acc is not None and alloc is not None
     nn, npd = np.diff(acc.row_offsets), np.diff(acc.period_offsets)
     jobs = job[bulk]
+    n_head, n_node, n_period = (_FIELDS[t][0] for t in (_HEAD, _NODE, _PERIOD))
     size = np.ones(job.size, np.int64)
-    size[bulk] = 12 + 3 * nn[jobs] + 8 * npd[jobs]
+    size[bulk] = n_head + n_node * nn[jobs] + n_period * npd[jobs]
     base = np.cumsum(size) - size
     flat = np.empty(int(size.sum()), dtype=object)
     at = np.full(nn.size, -1, np.int64)
@@ -125,8 +128,9 @@ def _bulk(b: Batch, job: np.ndarray, bulk: np.ndarray) -> tuple[list[bytes], np.
     x = numbers(acc, alloc)
     groups = [
         (_HEAD, jobs, at[jobs], _head_columns(b, x)),
-        (_NODE, rows, at[row_job] + 12 + 3 * (rows - acc.row_offsets[row_job]), _node_columns(b, x)),
-        (_PERIOD, periods, at[period_job] + 12 + 3 * nn[period_job] + 8 * (periods - acc.period_offsets[period_job]),
+        (_NODE, rows, at[row_job] + n_head + n_node * (rows - acc.row_offsets[row_job]), _node_columns(b, x)),
+        (_PERIOD, periods,
+         at[period_job] + n_head + n_node * nn[period_job] + n_period * (periods - acc.period_offsets[period_job]),
          [*_times(acc.period_start, iso_many), *_times(acc.period_end, iso_many), x["p_kwh"],
           _texts(x["p_intensity"]), _ascii(acc.period_kind), x["p_g"]]),
     ]
@@ -140,7 +144,7 @@ def _bulk(b: Batch, job: np.ndarray, bulk: np.ndarray) -> tuple[list[bytes], np.
         for (template, pick, where, cols), owner in zip(groups, (jobs, row_job, period_job), strict=True):
             mine = np.flatnonzero(odd[owner])
             for k in _FIELDS[template][1]:
-                flat[where[mine] + k] = [b"null" if v != v else repr(v).encode() for v in cols[k][pick[mine]].tolist()]
+                flat[where[mine] + k] = list(map(_repr_or_null, cols[k][pick[mine]].tolist()))
     return _templates(repr(b.pue).encode(), bulk, nn[jobs], npd[jobs], odd[jobs]), flat, base
 
 
@@ -156,7 +160,7 @@ def _templates(pue: bytes, bulk: np.ndarray, nodes: np.ndarray, periods: np.ndar
 
 
 def _template(pue: bytes, nodes: int, periods: int, exact: bool) -> bytes:
-    head = _HEAD.replace(b'"pue":%s', b'"pue":' + pue.replace(b"%", b"%%"))
+    head = _HEAD.replace(_PUE, b'"pue":' + pue.replace(b"%", b"%%"))
     t = head + b",".join([_NODE] * nodes) + _MID + b",".join([_PERIOD] * periods) + _TAIL
     return t.replace(b"%.12g", b"%s") if exact else t
 
@@ -237,8 +241,7 @@ def _texts(x: np.ndarray, few: bool = True) -> list[bytes] | np.ndarray:
         odd = ~(_g12(x) & (significant(x) == x))
     out = list(map(b"%.12g".__mod__, x.tolist()))
     for i in np.flatnonzero(odd).tolist():
-        v = float(x[i])
-        out[i] = b"null" if v != v else repr(v).encode()
+        out[i] = _repr_or_null(float(x[i]))
     return out
 
 
@@ -246,8 +249,9 @@ _PLAIN_ID = re.compile(r"[0-9A-Za-z_.+-]*\Z").match
 """Job ids JSON writes as they are (Slurm's are digits, `_` and `+`)."""
 
 
-def _num_or_null(v: float | None) -> str:
-    return "null" if v is None else repr(v)
+def _repr_or_null(v: float) -> bytes:
+    """A number as JSON writes it (repr), NaN (unknown) as null."""
+    return b"null" if v != v else repr(v).encode()
 
 
 def _write_lines(lines: Iterable[str], out: TextIO, chunk: int = 2000) -> int:
