@@ -42,7 +42,7 @@ class _Node:
         k = self.k
         if k > 0:
             self.t, self.w = self.t[k:].copy(), self.w[k:].copy()
-            self.cum_j, self.cum_s = self.cum_j[k:] - self.cum_j[k], self.cum_s[k:] - self.cum_s[k]
+            self.cum_j, self.cum_s = _rebased(self.cum_j, k, _NONE), _rebased(self.cum_s, k, _NONE)
             self.k = 0
 
 
@@ -158,6 +158,9 @@ class PowerCache:
     @property
     def samples_held(self) -> int:
         return sum(st.t.size - st.k for st in self._nodes.values())
+
+
+_NONE = np.zeros(0)
 
 
 def _rebased(cum: np.ndarray, k: int, more: np.ndarray) -> np.ndarray:
