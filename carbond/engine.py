@@ -9,11 +9,12 @@ Two ways through, one arithmetic (`footprint.compute`, called per batch from `_b
   across windows and drops samples no later job needs), so memory follows the window, not the
   span, and results come out window by window.
 
-Measured GPUs (carbond.gpus), when `gpu` is configured, enter through the traces and the rows
-only: a GPU node's trace becomes what it drew besides its GPUs, each GPU gets a trace of its
-own, and a job on such a node gets its CPU-share row plus one row per GPU it held
-(`GpuMap.expand`); `compute` then sums them like any other rows. Without per-GPU series, a node
-class's `weights` split the node's power by allocated TRES (attribution.tres_share).
+Measured GPUs (carbond.gpus), when `gpu` is configured, enter through the traces and the
+allocation: each physical GPU gets a trace of its own beside its node's whole meter, and each
+job-node row on such a node lists every GPU of the node with the job's fraction of it
+(`footprint.GpuRows`); `compute` splits the node's energy by docs/accounting.md R5. Without
+per-GPU series, a node class's `weights` split the node's power by allocated TRES
+(attribution.tres_share).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import numpy as np
 from .attribution import Weights, tres_share
 from .config import Config
 from .energy import Trace, build_trace
-from .footprint import Allocation, Batch, IntensityView, JobFootprint, JobMeta, compute
-from .gpus import SEP, GpuMap, gpu_traces
+from .footprint import Allocation, Batch, GpuRows, IntensityView, JobFootprint, JobMeta, compute
+from .gpus import GpuMap, gpu_traces, held_indices
 from .jobs import BadLine, Job, JobTable, NodeNames
 from .powercache import PowerCache
 
@@ -140,18 +141,21 @@ class Engine:
 
     # -- inputs ---------------------------------------------------------------------------------
     def _inputs(self, jobs: list[Job]) -> tuple[dict[str, Trace | None], IntensityView, GpuMap | None]:
-        nodes = sorted({n for j in jobs for n in j.nodes})
         lo = min(j.start for j in jobs)  # type: ignore[type-var]
         hi = max(j.end for j in jobs)  # type: ignore[type-var]
-        gap = self.cfg.max_gap
-        raw = self.power.fetch_power(nodes, lo - gap, hi + gap)
-        traces: dict[str, Trace | None] = {n: build_trace(t, w, gap) for n, (t, w) in raw.items()}
-        traces, gmap = self._with_gpus(traces, {n: (lo - gap, hi + gap) for n in nodes})
+        traces, gmap = self.traces(sorted({n for j in jobs for n in j.nodes}), lo, hi)
         return traces, self.intensity_view(lo, hi), gmap
+
+    def traces(self, nodes: Sequence[str], lo: float, hi: float) -> tuple[dict[str, Trace | None], GpuMap | None]:
+        """Every node's meter (and its GPUs') over [lo - max_gap, hi + max_gap], one fetch each."""
+        gap = self.cfg.max_gap
+        raw = self.power.fetch_power(list(nodes), lo - gap, hi + gap)
+        traces: dict[str, Trace | None] = {n: build_trace(t, w, gap) for n, (t, w) in raw.items()}
+        return self._with_gpus(traces, {n: (lo - gap, hi + gap) for n in nodes})
 
     def _with_gpus(self, traces: dict[str, Trace | None], needs: dict[str, tuple[float, float]]
                    ) -> tuple[dict[str, Trace | None], GpuMap | None]:
-        """Add each GPU's trace and make its node's trace the rest (no-op without `gpu`)."""
+        """Add one trace per physical GPU of the nodes in `needs` (no-op without `gpu`)."""
         if self.gpu_power is None or not needs:
             return traces, None
         lo = min(a for a, _ in needs.values())
@@ -159,9 +163,7 @@ class Engine:
         gpu_raw = self.gpu_power.fetch_power(sorted(needs), lo, hi)
         if not gpu_raw:
             return traces, GpuMap()
-        gpu_nodes = {k.partition(SEP)[0] for k in gpu_raw}
-        node_raw = {n: (tr.t, tr.w) for n, tr in traces.items() if tr is not None and n in gpu_nodes}
-        extra, gmap = gpu_traces(node_raw, gpu_raw, self.cfg.max_gap)
+        extra, gmap = gpu_traces(gpu_raw, self.cfg.max_gap)
         return {**traces, **extra}, gmap
 
     def intensity_view(self, lo: float, hi: float) -> IntensityView:
@@ -189,7 +191,7 @@ class Engine:
         """The shares `compute` would use for `jobs` (carbond.idle closes half-hours with them):
         the allocation of the jobs that can be attributed, their metas and the trace names."""
         table = JobTable.from_jobs(jobs, self._names)
-        alloc, ok, names, _errors, _expanded = self._allocate(table, _ready(table), gmap)
+        alloc, ok, names, _errors, _gpu_jobs = self._allocate(table, _ready(table), gmap)
         return alloc, _metas(table, ok), names
 
     # -- one batch: allocation, then the arithmetic ------------------------------------------------
@@ -197,12 +199,12 @@ class Engine:
                gmap: GpuMap | None = None) -> Batch:
         pue = self.cfg.pue
         status = _statuses(table)
-        alloc, ok, names, errors, expanded = self._allocate(table, status == 0, gmap)
+        alloc, ok, names, errors, gpu_jobs = self._allocate(table, status == 0, gmap)
         acc = None
         metas = _metas(table, ok)
-        for k, (rows, notes) in expanded.items():
+        for k, notes in gpu_jobs.items():
             m = metas[k]
-            metas[k] = m._replace(nodes=rows, warnings=(*m.warnings, *notes), gpu=any(SEP in r for r in rows))
+            metas[k] = m._replace(warnings=(*m.warnings, *notes), gpu=True)
         if ok.size and view is not None:
             acc = compute(alloc, [trace_of(n) for n in names], view, pue, self.cfg.embodied.g_per_node_hour)
         slots: list[int | JobFootprint] = []
@@ -219,12 +221,12 @@ class Engine:
         return Batch(slots, metas, acc, alloc, pue)
 
     def _allocate(self, table: JobTable, ready: np.ndarray, gmap: GpuMap | None = None
-                  ) -> tuple[Allocation, np.ndarray, list[str], dict[int, str], dict[int, tuple[tuple[str, ...], list[str]]]]:
+                  ) -> tuple[Allocation, np.ndarray, list[str], dict[int, str], dict[int, list[str]]]:
         """The flattened job-node table of the ready jobs; a job whose shares cannot be known is an error.
 
-        Returns the allocation, the ready jobs' table indices, the trace name of each local node
-        index, the errors by table index, and per GPU job (position in the ready jobs) its row names
-        (`node`, `node/gpuN`) and notes.
+        Returns the allocation, the ready jobs' table indices, the trace name of each trace index
+        (nodes, then GPUs), the errors by table index, and per job on a node with measured GPUs
+        (its position in the ready jobs) the notes on how its GPUs were found.
         """
         counts = np.diff(table.node_offsets)
         props = self._node_props(table.names)
@@ -249,25 +251,23 @@ class Engine:
         fallback = np.where(np.isnan(idle) | np.isnan(peak), np.nan, share * idle + (peak - idle) * load)
         ok = np.flatnonzero(ready)
         rows = np.repeat(ready, counts)
-        key, r_share, r_fb = node[rows], share[rows], fallback[rows]
+        key = node[rows]
         row_job = np.repeat(np.arange(ok.size), counts[ok])
-        extra: list[str] = []
-        expanded: dict[int, tuple[tuple[str, ...], list[str]]] = {}
-        if gmap is not None and gpu_node[rows].any():
-            key, r_share, r_fb, row_job, extra, expanded = _expand_gpus(
-                table, ok, counts, (key, r_share, r_fb, row_job), load[rows], gpu_node[rows], gmap)
         local, inverse = np.unique(key, return_inverse=True)
+        names = [table.names.names[i] for i in local.tolist()]
+        gpus, gpu_jobs = None, {}
+        if gmap is not None and gpu_node[rows].any():
+            gpus, gpu_jobs = _gpu_rows(table, ok, row_job, node[rows], gpu_node[rows], gmap, names)
         alloc = Allocation(
             start=table.start[ok],
             end=table.end[ok],
             row_job=row_job,
             row_node=inverse.astype(np.int64),
-            share=r_share,
-            fallback_w=r_fb,
+            share=share[rows],
+            fallback_w=fallback[rows],
+            gpus=gpus,
         )
-        names = table.names.names
-        n = len(names)
-        return alloc, ok, [names[i] if i < n else extra[i - n] for i in local.tolist()], errors, expanded
+        return alloc, ok, names, errors, gpu_jobs
 
     @staticmethod
     def _gpu_rows(table: JobTable, gmap: GpuMap | None) -> np.ndarray:
@@ -321,43 +321,39 @@ class Engine:
 _PROPS = 6
 
 
-@dataclass(frozen=True)
-class _GpuJob:
-    """What GpuMap.expand reads of a job."""
-
-    job_id: str
-    nodes: tuple[str, ...]
-    gpus: int
-    gpu_ids: object
-
-
-def _expand_gpus(table: JobTable, ok: np.ndarray, counts: np.ndarray, cols: tuple, load: np.ndarray,
-                 gpu_row: np.ndarray, gmap: GpuMap):
-    """The row columns with each GPU job's rows replaced by GpuMap.expand's (its node rows at their CPU
-    share of the rest, plus its GPUs); GPU traces get keys after the NodeNames indices."""
-    key, share, fb, row_job = cols
-    bounds = np.concatenate(([0], np.cumsum(counts[ok])))
-    n = len(table.names.names)
-    index = table.names.index
-    extra: dict[str, int] = {}
-    expanded: dict[int, tuple[tuple[str, ...], list[str]]] = {}
-    parts: list[tuple[np.ndarray, ...]] = []
-    prev = 0
-    for k in np.unique(row_job[gpu_row]).tolist():
-        a, b = int(bounds[k]), int(bounds[k + 1])
-        parts.append((key[prev:a], share[prev:a], fb[prev:a], row_job[prev:a]))
+def _gpu_rows(table: JobTable, ok: np.ndarray, row_job: np.ndarray, row_node: np.ndarray, on_gpu: np.ndarray,
+              gmap: GpuMap, names: list[str]) -> tuple[GpuRows, dict[int, list[str]]]:
+    """Every GPU of each row's node with the job's fraction of it; GPU traces are appended to `names`."""
+    index: dict[str, int] = {}
+    rows: list[int] = []
+    traces: list[int] = []
+    fracs: list[float] = []
+    notes: dict[int, list[str]] = {}
+    node_names = table.names.names
+    held_of: dict[int, dict[str, set[str]]] = {}
+    for r in np.flatnonzero(on_gpu).tolist():
+        k = int(row_job[r])
         j = int(ok[k])
-        job = _GpuJob(str(table.job_id[j]), table.nodes_of(j), int(table.gpus[j]), table.gpu_ids.get(j))
-        names, rows, notes = gmap.expand(job, list(zip(share[a:b].tolist(), fb[a:b].tolist(), strict=True)),
-                                         load[a:b].tolist())
-        keys = [n + extra.setdefault(x, len(extra)) if SEP in x else index[x] for x in names]
-        parts.append((np.array(keys, dtype=np.int64), np.array([r[0] for r in rows], dtype=np.float64),
-                      np.array([r[1] for r in rows], dtype=np.float64), np.full(len(rows), k, dtype=np.int64)))
-        expanded[k] = (tuple(names), notes)
-        prev = b
-    parts.append((key[prev:], share[prev:], fb[prev:], row_job[prev:]))
-    key, share, fb, row_job = (np.concatenate(c) for c in zip(*parts, strict=True))
-    return key, share, fb, row_job, list(extra), expanded
+        nodes = table.nodes_of(j)
+        held = held_of.get(k)
+        if held is None:
+            held = held_of[k] = held_indices(table.gpu_ids.get(j), nodes)
+        per_node = float(table.gpus[j]) / max(1, len(nodes))
+        pairs, note = gmap.fractions(str(table.job_id[j]), node_names[row_node[r]], held, per_node)
+        for name, frac in pairs:
+            t = index.get(name)
+            if t is None:
+                t = index[name] = len(names)
+                names.append(name)
+            rows.append(r)
+            traces.append(t)
+            fracs.append(frac)
+        if any(f > 0 for _, f in pairs):  # the job held (some of) the node's GPUs
+            notes.setdefault(k, [])
+        if note:
+            notes.setdefault(k, []).append(note)
+    return (GpuRows(np.array(rows, dtype=np.int64), np.array(traces, dtype=np.int64), np.array(fracs, dtype=np.float64)),
+            notes)
 
 
 _STATUS = ("", "not-started", "running", "zero-length", "error:ends before it starts", "error:no nodes recorded")

@@ -11,7 +11,7 @@ large cluster is a handful of array operations, not a loop over jobs or samples:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import repeat
 from typing import NamedTuple
 
@@ -38,6 +38,20 @@ class Allocation:
     """Fraction of the node's energy the job carries (CPUs held / node CPUs, or 1)."""
     fallback_w: np.ndarray
     """The job's own watts on that node when the node has no sample at all (NaN: unknown)."""
+    gpus: GpuRows | None = None
+    """Rows on nodes with measured GPUs: every GPU of the node and the job's fraction of it (R5)."""
+
+
+@dataclass(frozen=True)
+class GpuRows:
+    """Sparse (row, GPU) pairs: for a job-node row on a node with measured GPUs, one entry per GPU of
+    that node (the job's fraction of it: 1 held, 0 not, or its count's share when indices are unknown),
+    so the node's GPUs are summed whole (S) and the job's own part (sum f x G) in one pass."""
+
+    row: np.ndarray
+    trace: np.ndarray
+    """Index into the trace list of the GPU's physical trace."""
+    frac: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -80,29 +94,40 @@ class Accounting:
     period_g: np.ndarray
     row_offsets: np.ndarray
     period_offsets: np.ndarray
+    gpu_energy_j: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """Per job: the part of energy_j from its own measured GPUs (R5)."""
+    piece_row: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """Per piece (a row cut at half-hours): its row, half-hour, seconds and measured joules (no
+    estimate), for closing half-hours (carbond.idle)."""
+    piece_slot: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    piece_seconds: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    piece_measured_j: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def compute(
     alloc: Allocation,
     traces: Sequence[Trace | None],
-    intensity: IntensityView,
+    intensity: IntensityView | None,
     pue: float = 1.0,
     embodied_g_per_node_hour: float = 0.0,
 ) -> Accounting:
-    """Energy and emissions of every job in `alloc`; rows must be grouped by job, in job order."""
+    """Energy and emissions of every job in `alloc` (docs/accounting.md R2-R9); rows grouped by job.
+
+    `intensity` None prices nothing (NaN grams): carbond.idle needs only the energy."""
     n_jobs, n_rows = alloc.start.size, alloc.row_job.size
     pieces = split_half_hours(alloc.start[alloc.row_job], alloc.end[alloc.row_job])
-    measured_j, covered_s = _measure(pieces, alloc.row_node, traces)
+    node_j, covered_s = _integrate(alloc.row_node[pieces.owner], pieces.start, pieces.end, traces)
     seconds = pieces.end - pieces.start
+    share = alloc.share[pieces.owner]
+    meas_j, gpu_j, e_share = _measured(alloc, pieces, node_j, share, traces)
 
-    # Mean measured node power over each job-node window fills that window's unmeasured seconds.
-    row_mj = np.bincount(pieces.owner, measured_j, minlength=n_rows)
+    # The job's own mean measured power on a node over its stretch fills that stretch's unmeasured seconds.
+    row_mj = np.bincount(pieces.owner, meas_j, minlength=n_rows)
     row_cs = np.bincount(pieces.owner, covered_s, minlength=n_rows)
     row_s = np.bincount(pieces.owner, seconds, minlength=n_rows)
-    mean_w = np.divide(row_mj, row_cs, out=np.zeros(n_rows), where=row_cs > 0)
-    est_w = np.where(row_cs > 0, alloc.share * mean_w, alloc.fallback_w)
+    est_w = np.where(row_cs > 0, np.divide(row_mj, row_cs, out=np.zeros(n_rows), where=row_cs > 0), alloc.fallback_w)
     missing_s = np.clip(seconds - covered_s, 0.0, None)
-    piece_j = alloc.share[pieces.owner] * measured_j + np.where(missing_s > 0, est_w[pieces.owner] * missing_s, 0.0)
+    piece_j = meas_j + np.where(missing_s > 0, est_w[pieces.owner] * missing_s, 0.0)
 
     # One period per (job, half-hour): sum the job's nodes.
     piece_job = alloc.row_job[pieces.owner]
@@ -110,7 +135,10 @@ def compute(
     keys, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     period_job = piece_job[first]
     period_j = np.bincount(inverse, piece_j, minlength=keys.size)
-    intensity_v, kinds, stale = intensity.at(pieces.slot[first])
+    if intensity is None:
+        intensity_v, kinds, stale = np.full(keys.size, np.nan), np.full(keys.size, "missing"), np.zeros(keys.size, bool)
+    else:
+        intensity_v, kinds, stale = intensity.at(pieces.slot[first])
     period_g = period_j / J_PER_KWH * intensity_v * pue
 
     job_j = np.bincount(period_job, period_j, minlength=n_jobs)
@@ -121,8 +149,8 @@ def compute(
     with np.errstate(divide="ignore", invalid="ignore"):
         mean_i = np.where(job_j > 0, by_energy / job_j, by_time / job_s)
 
-    row_share_h = alloc.share * row_s / 3600.0
-    embodied = embodied_g_per_node_hour * np.bincount(alloc.row_job, row_share_h, minlength=n_jobs)
+    # Embodied: per node-hour, shared by the job's share of the node's energy (R9), never per GPU.
+    embodied = embodied_g_per_node_hour / 3600.0 * np.bincount(piece_job, e_share * seconds, minlength=n_jobs)
     total_s = np.bincount(alloc.row_job, row_s, minlength=n_jobs)
     coverage = np.divide(
         np.bincount(alloc.row_job, row_cs, minlength=n_jobs), total_s, out=np.zeros(n_jobs), where=total_s > 0
@@ -144,7 +172,40 @@ def compute(
         period_g=period_g,
         row_offsets=_offsets(alloc.row_job, n_jobs),
         period_offsets=_offsets(period_job, n_jobs),
+        gpu_energy_j=np.bincount(piece_job, gpu_j, minlength=n_jobs),
+        piece_row=pieces.owner,
+        piece_slot=pieces.slot,
+        piece_seconds=seconds,
+        piece_measured_j=meas_j,
     )
+
+
+def _measured(alloc: Allocation, pieces, node_j: np.ndarray, share: np.ndarray, traces: Sequence[Trace | None]
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per piece: the job's measured joules (R4/R5), the part from its own GPUs, and its share of
+    the node's energy (R9: the node share, or e/N on a node with measured GPUs)."""
+    meas = share * node_j
+    gpu = np.zeros(node_j.size)
+    g = alloc.gpus
+    if g is None or not g.row.size:
+        return meas, gpu, share
+    # Each (row, GPU) pair repeated over the row's pieces (pieces are grouped by row, in row order).
+    offs = _offsets(pieces.owner, alloc.row_job.size)
+    counts = offs[g.row + 1] - offs[g.row]
+    pair = np.repeat(np.arange(g.row.size), counts)
+    piece = np.repeat(offs[g.row], counts) + (np.arange(pair.size) - np.repeat(np.cumsum(counts) - counts, counts))
+    gj, _ = _integrate(g.trace[pair], pieces.start[piece], pieces.end[piece], traces)
+    n = node_j.size
+    all_gpu = np.bincount(piece, gj, minlength=n)
+    own_raw = np.bincount(piece, g.frac[pair] * gj, minlength=n)
+    on_gpu_node = np.zeros(n, dtype=bool)
+    on_gpu_node[piece] = True
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = np.where(all_gpu > node_j, np.where(all_gpu > 0, node_j / all_gpu, 0.0), 1.0)
+        own = k * own_raw
+        meas = np.where(on_gpu_node, own + share * np.maximum(node_j - k * all_gpu, 0.0), meas)
+        e_share = np.where(on_gpu_node & (node_j > 0), meas / np.where(node_j > 0, node_j, 1.0), share)
+    return meas, np.where(on_gpu_node, own, 0.0), e_share
 
 
 def _min_slot(slots: np.ndarray) -> int:
@@ -156,19 +217,19 @@ def _offsets(owner: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate(([0], np.cumsum(np.bincount(owner, minlength=n))))
 
 
-def _measure(pieces, row_node: np.ndarray, traces: Sequence[Trace | None]) -> tuple[np.ndarray, np.ndarray]:
-    """Measured joules and covered seconds of every piece, one searchsorted pass per node."""
-    node = row_node[pieces.owner]
-    measured = np.zeros(node.size)
-    covered = np.zeros(node.size)
-    order = np.argsort(node, kind="stable")
-    sorted_nodes = node[order]
-    bounds = np.searchsorted(sorted_nodes, np.arange(len(traces) + 1))
+def _integrate(trace_of: np.ndarray, start: np.ndarray, end: np.ndarray, traces: Sequence[Trace | None]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Measured joules and covered seconds of every window [start, end] on trace `trace_of`, one
+    searchsorted pass per trace."""
+    measured = np.zeros(trace_of.size)
+    covered = np.zeros(trace_of.size)
+    order = np.argsort(trace_of, kind="stable")
+    bounds = np.searchsorted(trace_of[order], np.arange(len(traces) + 1))
     for n, trace in enumerate(traces):
         if trace is None or bounds[n] == bounds[n + 1]:
             continue
         idx = order[bounds[n] : bounds[n + 1]]
-        measured[idx], covered[idx] = window(trace, pieces.start[idx], pieces.end[idx])
+        measured[idx], covered[idx] = window(trace, start[idx], end[idx])
     return measured, covered
 
 
@@ -216,6 +277,8 @@ class JobFootprint:
     partition: str = ""
     account: str = ""
     user: str = ""
+    gpu_energy_kwh: float | None = None
+    """The part of energy_kwh from the job's own measured GPUs; None where the job held none."""
 
     def to_dict(self) -> dict:
         d = {
@@ -234,9 +297,8 @@ class JobFootprint:
             "nodes": [dict(zip(NodeEnergy._fields, n, strict=True)) for n in self.nodes],
             "periods": [dict(zip(Period._fields, p, strict=True)) for p in self.periods],
         }
-        gpu = [n.energy_kwh or 0.0 for n in self.nodes if "/gpu" in n.node]
-        if gpu:  # measured GPUs: their rows are named node/gpuN (see carbond.gpus)
-            d["gpu_energy_kwh"] = float(significant(np.array([sum(gpu)]))[0])
+        if self.gpu_energy_kwh is not None:
+            d["gpu_energy_kwh"] = self.gpu_energy_kwh
         if self.warnings:
             d["warnings"] = list(self.warnings)
         if self.error:
@@ -261,7 +323,7 @@ class JobMeta(NamedTuple):
     user: str = ""
     warnings: tuple[str, ...] = ()
     gpu: bool = False
-    """Some of `nodes` are GPU traces (`node/gpuN`): formatted by to_dict, not the bulk path."""
+    """The job held measured GPUs: formatted by to_dict (with gpu_energy_kwh), not the bulk path."""
 
 
 SIGNIFICANT = 12
@@ -309,6 +371,7 @@ class Columns:
     period_offsets: list[int]
     stale: list[bool]
     forecast: list[bool]
+    gpu_kwh: list[float | None]
 
 
 def numbers(acc: Accounting, alloc: Allocation) -> dict[str, np.ndarray]:
@@ -325,6 +388,7 @@ def numbers(acc: Accounting, alloc: Allocation) -> dict[str, np.ndarray]:
         "emb_g": significant(acc.embodied_g),
         "cov": significant(acc.coverage),
         "mean_i": significant(acc.intensity),
+        "gpu_kwh": significant(acc.gpu_energy_j / J_PER_KWH),
     }
 
 
@@ -428,4 +492,5 @@ def job_footprint(c: Columns, i: int, meta: JobMeta, nodes, periods, pue: float)
         partition=meta.partition,
         account=meta.account,
         user=meta.user,
+        gpu_energy_kwh=c.gpu_kwh[i] if meta.gpu else None,
     )

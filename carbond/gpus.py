@@ -1,14 +1,14 @@
 """Measured GPU power: per-GPU series from VictoriaMetrics, and which of them a job held.
 
-Each GPU series becomes a trace of its own, keyed `node/gpuN` (or `node/gpuN@job` when the
-series carries the job id, as dcgm-exporter's `hpc_job` label does), and the node's trace is
-replaced by what the node drew besides all its GPUs. A job's rows are then its node row with its
-CPU share (of that rest) plus one row per GPU it held with share 1, so the unchanged footprint
-core sums exactly: own GPUs + CPU share x (node - all GPUs).
+Every series of one GPU (one index of a node; dcgm-exporter adds the `hpc_job` label while a
+job holds it) is merged into one physical trace keyed `node/gpuN`; the node meter stays whole.
+footprint.compute then gives a job on such a node its own GPUs' energy plus its CPU share of
+what the node drew besides all of them, GPU meters above the node meter scaled down
+(docs/accounting.md R5).
 
-How a job maps to its GPUs, in order: the indices it held (`Job.gpu_ids`, from the epilog's
-SLURM_JOB_GPUS: "0,2" for every node, or {node: "0,2"}); the job label on the series; else, when
-only a count is known (AllocTRES gres/gpu=N), N/G of each of the node's G GPUs, with a warning.
+How a job maps to its GPUs, in order: the indices it held (`Job.gpu_ids`, captured while it ran
+by carbond.gpu_capture: {node: "0,2"}); the job label on the series; else, when only a count is
+known (AllocTRES gres/gpu=N), N/G of each of the node's G GPUs, with a warning.
 """
 
 from __future__ import annotations
@@ -51,60 +51,45 @@ class GpuClient(VictoriaClient):
         return {k: _concat(parts) for k, parts in out.items()}
 
 
-def rest_power(t: np.ndarray, w: np.ndarray, gpus: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Node watts at its sample times minus every GPU's watts interpolated there (0 outside a GPU's
-    samples); never below zero."""
-    rest = np.asarray(w, float).copy()
-    for gt, gw in gpus:
-        if len(gt):
-            rest -= np.interp(t, gt, gw, left=0.0, right=0.0)
-    return np.maximum(rest, 0.0)
-
-
 @dataclass
 class GpuMap:
-    """The GPU traces known per node: node -> [(index, job or None, key)]."""
+    """The measured GPUs per node (their indices), and which jobs their series were labelled with."""
 
-    by_node: dict[str, list[tuple[str, str | None, str]]] = field(default_factory=dict)
+    by_node: dict[str, list[str]] = field(default_factory=dict)
+    labelled: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    """(node, GPU index) -> job ids of the series of that GPU that carried a job label (`hpc_job`)."""
 
     def has(self, node: str) -> bool:
         return node in self.by_node
 
-    def expand(self, job, rows: list[tuple[float, float]], cpu_share: Sequence[float]
-               ) -> tuple[tuple[str, ...], list[tuple[float, float]], list[str]]:
-        """The job's trace names and (share, fallback watts) rows with its GPUs added; notes."""
-        names: list[str] = []
-        out: list[tuple[float, float]] = []
-        notes: list[str] = []
-        held = _held(getattr(job, "gpu_ids", None), job.nodes)
-        per_node = (job.gpus or 0) / max(1, len(job.nodes))
-        for i, node in enumerate(job.nodes):
-            gpus = self.by_node.get(node)
-            if not gpus:
-                names.append(node)
-                out.append(rows[i])
-                continue
-            names.append(node)
-            out.append((cpu_share[i], rows[i][1]))
-            mine = [k for idx, j, k in gpus if j == job.job_id]
-            if not mine and node in held:
-                mine = [k for idx, j, k in gpus if idx in held[node] and j is None]
-            if mine:
-                names += mine
-                out += [(1.0, float("nan"))] * len(mine)
-            elif per_node > 0:
-                indices = sorted({idx for idx, _, _ in gpus})
-                frac = min(1.0, per_node / len(indices))
-                keys = [k for idx, j, k in gpus if j is None]
-                names += keys
-                out += [(frac, float("nan"))] * len(keys)
-                notes.append(f"GPU indices unknown on {node}: charged {per_node:g}/{len(indices)} of its GPUs' energy")
-        return tuple(names), out, notes
+    @staticmethod
+    def key(node: str, idx: str) -> str:
+        return f"{node}{SEP}{idx}"
+
+    def fractions(self, job_id: str, node: str, held: Mapping[str, set[str]], per_node: float
+                  ) -> tuple[list[tuple[str, float]], str]:
+        """(trace key, the job's fraction of that GPU) for every GPU of `node` (docs/accounting.md R5),
+        and a note when the indices were not known: the captured indices first, then the job label,
+        then the job's GPU count over the node's GPUs."""
+        gpus = self.by_node.get(node, [])
+        mine = held.get(node)
+        if not mine:
+            mine = {idx for idx in gpus if job_id in self.labelled.get((node, idx), ())}
+        if mine:
+            return [(self.key(node, idx), 1.0 if idx in mine else 0.0) for idx in gpus], ""
+        if per_node <= 0 or not gpus:
+            return [(self.key(node, idx), 0.0) for idx in gpus], ""
+        frac = min(1.0, per_node / len(gpus))
+        note = f"GPU indices unknown on {node}: charged {per_node:g}/{len(gpus)} of its GPUs' energy"
+        return [(self.key(node, idx), frac) for idx in gpus], note
 
 
-def _held(ids, nodes: Sequence[str]) -> dict[str, set[str]]:
+def held_indices(ids, nodes: Sequence[str]) -> dict[str, set[str]]:
+    """The GPU indices a job held per node, from "0,2" (every node) or {node: "0,2"}."""
     if not ids:
         return {}
+    if isinstance(ids, tuple) and isinstance(ids[0], tuple):
+        ids = dict(ids)
     if isinstance(ids, Mapping):
         return {n: _indices(v) for n, v in ids.items()}
     return {n: _indices(ids) for n in nodes}
@@ -123,23 +108,24 @@ def _indices(v) -> set[str]:
     return {str(x) for x in v}
 
 
-def gpu_traces(node_raw: Mapping[str, tuple[np.ndarray, np.ndarray]],
-               gpu_raw: Mapping[str, tuple[np.ndarray, np.ndarray]], max_gap: float
+def gpu_traces(gpu_raw: Mapping[str, tuple[np.ndarray, np.ndarray]], max_gap: float
                ) -> tuple[dict[str, Trace], GpuMap]:
-    """Traces for every node (GPU nodes: the rest besides their GPUs) and every GPU series."""
+    """One trace per physical GPU (`node/gpuN`): every series of that index (with and without a job
+    label) merged, so a GPU is never counted twice; the node meters stay whole (docs/accounting.md R5)."""
     gmap = GpuMap()
-    by_node: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    traces: dict[str, Trace] = {}
+    parts: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}
     for key, (t, w) in sorted(gpu_raw.items(), key=lambda kv: _order(kv[0])):  # whatever order VM answered in
         node, _, tail = key.partition(SEP)
         idx, _, job = tail.partition("@")
-        gmap.by_node.setdefault(node, []).append((idx, job or None, key))
-        by_node.setdefault(node, []).append((np.asarray(t, float), np.asarray(w, float)))
-        traces[key] = build_trace(t, w, max_gap)
-    for node, (t, w) in node_raw.items():
-        if node in by_node:
-            w = rest_power(np.asarray(t, float), w, by_node[node])
-        traces[node] = build_trace(t, w, max_gap)
+        parts.setdefault((node, idx), []).append((np.asarray(t, float), np.asarray(w, float)))
+        if job:
+            gmap.labelled.setdefault((node, idx), set()).add(job)
+    traces: dict[str, Trace] = {}
+    for (node, idx), series in parts.items():
+        gmap.by_node.setdefault(node, []).append(idx)
+        t = np.concatenate([s[0] for s in series])
+        w = np.concatenate([s[1] for s in series])
+        traces[GpuMap.key(node, idx)] = build_trace(t, w, max_gap)
     return traces, gmap
 
 
@@ -147,8 +133,3 @@ def _order(key: str) -> tuple:
     node, _, tail = key.partition(SEP)
     idx, _, job = tail.partition("@")
     return (node, int(idx) if idx.isdigit() else 1 << 30, idx, job)
-
-
-def gpu_energy_kwh(nodes) -> float:
-    """The GPU part of a footprint's per-trace energies (NodeEnergy rows named `node/gpuN`)."""
-    return sum(n.energy_kwh or 0.0 for n in nodes if SEP in n.node)

@@ -1,7 +1,7 @@
 """Closing the books per node and half-hour: what the jobs carried, and the rest (idle, unallocated).
 
-For every power trace (a node, or a GPU of it: see carbond.gpus) and every UTC half-hour of a
-closed window, measured energy = jobs' measured energy + unattributed, exactly. A half-hour can
+For every node (its meter, GPUs included) and every UTC half-hour of a closed window, measured
+energy = jobs' measured energy + unattributed, exactly (docs/accounting.md R10). A half-hour can
 be closed as soon as it is past: the share of a job still running is already fixed for it, so the
 jobs to close it with are all those that overlapped it (`sacct -S -E`, any state), each clipped to
 the window. The daemon closes each half-hour once, `settle_seconds` after its end, and records the
@@ -17,18 +17,17 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .attribution import reconcile
-from .energy import HALF_HOUR, Trace, split_half_hours, window
-from .footprint import Allocation
-from .gpus import SEP
+from .energy import HALF_HOUR, Trace, window
+from .footprint import J_PER_KWH, Accounting, Allocation, compute
 
 
 @dataclass(frozen=True)
 class IdleTable:
     names: list[str]
-    """Trace names: nodes, and `node/gpuN` for measured GPUs."""
+    """The nodes (physical: a node's GPUs are inside its meter)."""
     slots: np.ndarray
     measured_j: np.ndarray
-    """(traces, slots) measured joules of each whole half-hour (NaN-free; 0 without samples)."""
+    """(nodes, slots) measured joules of each whole half-hour (NaN-free; 0 without samples)."""
     jobs_j: np.ndarray
     unattributed_j: np.ndarray
     job_extra_j: np.ndarray
@@ -43,44 +42,35 @@ class IdleTable:
     """close_window under `idle: spread`: (Job, slot, joules, grams CO2e) per job and half-hour."""
 
     def by_node(self) -> dict[tuple[str, int], float]:
-        """(physical node, slot) -> unattributed joules, a node's GPUs folded into it."""
-        out: dict[tuple[str, int], float] = {}
-        for i, name in enumerate(self.names):
-            node = name.split(SEP, 1)[0]
-            for k, slot in enumerate(self.slots.tolist()):
-                out[(node, slot)] = out.get((node, slot), 0.0) + float(self.unattributed_j[i, k])
-        return out
+        """(node, slot) -> unattributed joules."""
+        return {(name, slot): float(self.unattributed_j[i, k])
+                for i, name in enumerate(self.names) for k, slot in enumerate(self.slots.tolist())}
 
 
-def idle_table(alloc: Allocation, traces: Sequence[Trace | None], names: Sequence[str], lo: float, hi: float,
-               policy: str = "report") -> IdleTable:
-    """Reconcile every trace over the half-hours of [lo, hi) (slot-aligned) with the job rows in `alloc`."""
+def idle_table(alloc: Allocation, acc: Accounting, row_node: np.ndarray, node_traces: Sequence[Trace | None],
+               names: Sequence[str], lo: float, hi: float, policy: str = "report") -> IdleTable:
+    """Reconcile every node over the half-hours of [lo, hi) (slot-aligned) with the jobs' measured
+    pieces in `acc` (footprint.compute of `alloc`, jobs clipped to the range; `row_node`: each
+    allocation row's index into `names`): docs/accounting.md R10."""
     if lo % HALF_HOUR or hi % HALF_HOUR or hi <= lo:
         raise ValueError("the window must be whole UTC half-hours")
     lo, hi = int(lo), int(hi)
     slots = np.arange(lo, hi, HALF_HOUR, dtype=np.int64)
     n_t, n_s = len(names), slots.size
     measured = np.zeros((n_t, n_s))
-    for i, tr in enumerate(traces):
+    for i, tr in enumerate(node_traces):
         if tr is not None:
             measured[i] = window(tr, slots.astype(float), slots + float(HALF_HOUR))[0]
-    a = np.clip(alloc.start[alloc.row_job], lo, hi)
-    b = np.clip(alloc.end[alloc.row_job], lo, hi)
-    pieces = split_half_hours(a, b)
-    node = alloc.row_node[pieces.owner]
-    piece_j = np.zeros(node.size)
-    for i, tr in enumerate(traces):
-        sel = node == i
-        if tr is not None and sel.any():
-            piece_j[sel] = window(tr, pieces.start[sel], pieces.end[sel])[0]
-    piece_j *= alloc.share[pieces.owner]
-    weight = alloc.share[pieces.owner] * (pieces.end - pieces.start)
-    key = node * n_s + (pieces.slot - lo) // HALF_HOUR
+    row = acc.piece_row
+    piece_j = acc.piece_measured_j
+    weight = alloc.share[row] * acc.piece_seconds
+    slot_k = (acc.piece_slot - lo) // HALF_HOUR
+    key = row_node[row] * n_s + slot_k
     r = reconcile(key, piece_j, weight, np.arange(n_t * n_s), measured.ravel(), policy)
     added = r.piece_j - piece_j
-    job = alloc.row_job[pieces.owner]
+    job = alloc.row_job[row]
     extra = np.bincount(job, added, minlength=alloc.start.size)
-    js_key = job * n_s + (pieces.slot - lo) // HALF_HOUR
+    js_key = job * n_s + slot_k
     uniq, inv = np.unique(js_key, return_inverse=True)
     js_j = np.bincount(inv, added, minlength=uniq.size)
     keep = js_j > 0
@@ -104,48 +94,35 @@ def clip_jobs(jobs: Sequence, lo: float, hi: float) -> list:
 def close_window(engine, jobs: Sequence, lo: float, hi: float, policy: str = "report",
                  all_nodes: Sequence[str] = ()) -> tuple[IdleTable, dict]:
     """Close [lo, hi) with the jobs that overlapped it (a carbond.engine.Engine's inputs and shares);
-    `all_nodes` adds the nodes no job ran on (wholly idle).
+    `all_nodes` adds the nodes no job ran on (wholly idle). Every node's power is read over the
+    whole range (+- max_gap), so its measured energy is the meter's, not the jobs' span's.
 
     Returns the table and node -> the partition most of its jobs ran in ('' without jobs)."""
     from .engine import Engine
-    from .gpus import gpu_traces
 
     assert isinstance(engine, Engine)
     clipped = clip_jobs(jobs, lo, hi)
-    traces: dict[str, Trace] = {}
-    alloc, names, metas, view = None, [], [], None
-    if clipped:
-        traces, view, gmap = engine._inputs(clipped)
-        alloc, metas, names = engine.allocation(clipped, gmap)
-    nodes = sorted({n for j in clipped for n in j.nodes})
-    idle_nodes = [n for n in dict.fromkeys(all_nodes) if n not in set(nodes)]
-    if idle_nodes:
-        gap = engine.cfg.max_gap
-        raw = engine.power.fetch_power(idle_nodes, lo - gap, hi + gap)
-        gpu_raw = engine.gpu_power.fetch_power(idle_nodes, lo - gap, hi + gap) if engine.gpu_power else {}
-        traces.update(gpu_traces(raw, gpu_raw, gap)[0])
-    if alloc is None:
-        alloc = Allocation(*(np.zeros(0),) * 2, *(np.zeros(0, dtype=np.int64),) * 2, np.zeros(0), np.zeros(0))
-    every = list(names) + [n for n in list(traces) if n not in set(names)]
-    table = idle_table(alloc, [traces.get(n) for n in every], every, lo, hi, policy)
-    parts: dict[str, Counter] = {n: Counter() for n in nodes}
+    job_nodes = sorted({n for j in clipped for n in j.nodes})
+    nodes = list(dict.fromkeys([*all_nodes, *job_nodes]))
+    traces, gmap = engine.traces(nodes, lo, hi)
+    alloc, metas, names = engine.allocation(clipped, gmap)
+    acc = compute(alloc, [traces.get(n) for n in names], None)
+    where = {n: i for i, n in enumerate(nodes)}
+    row_node = np.array([where[names[k]] for k in alloc.row_node.tolist()], dtype=np.int64)
+    table = idle_table(alloc, acc, row_node, [traces.get(n) for n in nodes], nodes, lo, hi, policy)
+    parts: dict[str, Counter] = {n: Counter() for n in job_nodes}
     for j in clipped:
         for n in j.nodes:
             parts[n][j.partition] += 1
-    if table.extra_j.size and view is not None:  # `idle: spread`: what each job got, priced
+    if table.extra_j.size:  # `idle: spread`: what each job got, priced
+        view = engine.intensity_view(lo, hi)
         by_id = {j.job_id: j for j in clipped}
         intensity = view.at(table.extra_slot)[0]
         table = replace(table, spread=tuple(
-            (by_id[metas[k].job_id], int(slot), float(e), float(e / 3.6e6 * i * engine.cfg.pue))
+            (by_id[metas[k].job_id], int(slot), float(e), float(e / J_PER_KWH * i * engine.cfg.pue))
             for k, slot, e, i in zip(table.extra_job.tolist(), table.extra_slot.tolist(), table.extra_j.tolist(),
                                      intensity.tolist(), strict=True)))
     return table, {n: c.most_common(1)[0][0] if c else "" for n, c in parts.items()}
-
-
-def _empty(lo: float, hi: float) -> IdleTable:
-    slots = np.arange(lo, hi, HALF_HOUR, dtype=np.int64)
-    z = np.zeros((0, slots.size))
-    return IdleTable([], slots, z, z, z, np.zeros(0))
 
 
 def ledger_rows(table: IdleTable, partitions: dict[str, str], node_class) -> list[tuple[str, int, str, str, float]]:
@@ -289,7 +266,7 @@ def run(args, cfg, out=None) -> int:
             db.close()
     per_node: dict[str, list[float]] = {}
     for i, name in enumerate(table.names):
-        acc = per_node.setdefault(name.split(SEP, 1)[0], [0.0, 0.0, 0.0])
+        acc = per_node.setdefault(name, [0.0, 0.0, 0.0])
         acc[0] += table.measured_j[i].sum()
         acc[1] += table.jobs_j[i].sum()
         acc[2] += table.unattributed_j[i].sum()

@@ -38,6 +38,10 @@ class Job:
     display_id: str = ""
     """JobID as users see it (`1234_7` for an array task)."""
     warnings: tuple[str, ...] = field(default=())
+    gpu_ids: tuple[tuple[str, str], ...] = ()
+    """(node, "0,2"): the GPU indices the job held on each node, captured while it ran (carbond.gpu_capture)."""
+    mem_gb: float = 0.0
+    """Memory allocated to the job in all (AllocTRES `mem`), GB; 0 when not known."""
 
     @property
     def label(self) -> str:

@@ -137,8 +137,7 @@ class Details:
     def of(cls, job: object, fp: object, node_class: str | None = None) -> Details:
         """From a carbond.jobs.Job and its JobFootprint (status ok)."""
         periods = getattr(fp, "periods", ())
-        gpu = [n.energy_kwh or 0.0 for n in getattr(fp, "nodes", ()) if "/gpu" in n.node]
-        gpu_energy_j = sum(gpu) * 3.6e6 if gpu else 0.0
+        gpu_energy_j = (getattr(fp, "gpu_energy_kwh", None) or 0.0) * 3.6e6
         fc = sum(p.energy_kwh or 0.0 for p in periods if p.intensity_kind.startswith("forecast")) * 3.6e6
         kinds = {p.intensity_kind.removesuffix("-stale") for p in periods}
         return cls(

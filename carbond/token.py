@@ -83,8 +83,7 @@ def token_values(fp: Any) -> dict[str, Any]:
 
 
 def _gpu_kwh(fp: Any) -> float | None:
-    gpu = [n.energy_kwh or 0.0 for n in getattr(fp, "nodes", ()) if "/gpu" in n.node]
-    return sum(gpu) if gpu else None
+    return getattr(fp, "gpu_energy_kwh", None)
 
 
 def method_of(values: Mapping[str, Any]) -> str:

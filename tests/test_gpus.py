@@ -12,7 +12,7 @@ from test_footprint import MIDNIGHT, FakeIntensity, FakePower
 
 from carbond.config import GpuConfig, VictoriaConfig, from_mapping
 from carbond.engine import Engine
-from carbond.gpus import GpuClient, rest_power
+from carbond.gpus import GpuClient
 from carbond.jobs import Job
 from carbond.token import format_token
 from carbond.victoria import VictoriaClient
@@ -61,7 +61,7 @@ def test_gpu_job_gets_its_gpu_plus_cpu_share_of_the_rest(vm):
     assert fp.energy_kwh == pytest.approx(0.325, rel=1e-9)
     d = fp.to_dict()
     assert d["gpu_energy_kwh"] == pytest.approx(0.25, rel=1e-9)
-    assert [n["node"] for n in d["nodes"]] == [node, f"{node}/gpu0"]
+    assert [n["node"] for n in d["nodes"]] == [node]  # GPUs are inside their node's row, not rows of their own
     token = format_token(fp)
     assert "gpu_kwh=0.25" in token and token == token.lower() and len(token) < 70  # with pue=1 (h4)
     cpu_only = Engine(eng.cfg, eng.power, eng.intensity).account([job])
@@ -92,12 +92,6 @@ def test_gpu_count_without_indices_takes_its_fraction_of_all_gpus_and_says_so(vm
     # 1/4 of the 400 W of all GPUs + 8/64 x 600 W = 175 W
     assert fp.energy_kwh == pytest.approx(0.175, rel=1e-9)
     assert any("GPU indices unknown" in w for w in fp.warnings)
-
-
-def test_rest_power_interpolates_gpus_onto_the_node_grid():
-    t = np.array([0.0, 10.0, 20.0])
-    rest = rest_power(t, np.array([500.0, 500.0, 100.0]), [(np.array([0.0, 20.0]), np.array([100.0, 300.0]))])
-    assert rest.tolist() == [400.0, 300.0, 0.0]
 
 
 def test_tres_weights_split_the_node_without_gpu_series():

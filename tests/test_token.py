@@ -195,7 +195,7 @@ def test_gpu_kwh_only_on_jobs_with_measured_gpus_and_pue_kept():
     from carbond.footprint import JobFootprint, NodeEnergy
 
     gpu = JobFootprint("1", "ok", energy_kwh=0.325, co2e_g=32.5, intensity_g_per_kwh=100.0, pue=1.2,
-                       nodes=(NodeEnergy("g1", 0.075, 0.125), NodeEnergy("g1/gpu0", 0.25, 1.0)))
+                       nodes=(NodeEnergy("g1", 0.325, 0.125),), gpu_energy_kwh=0.25)
     cpu = JobFootprint("2", "ok", energy_kwh=0.1, co2e_g=12.0, intensity_g_per_kwh=100.0, pue=1.2,
                        nodes=(NodeEnergy("n1", 0.1, 0.5),))
     values = token.parse(token.format_token(gpu))
