@@ -1,7 +1,9 @@
 """`carbond backfill`: account, in bulk, every job that ended in a range and has no carbond token.
 
-The range is read from sacct a window at a time (a day by default) and goes through the
-streaming engine, so a year of a large cluster runs in the memory of a window. With --write
+The range is read from sacct a window at a time (a day by default) and each window is accounted
+as the daemon accounts a job (carbond.accounting: every run, without suspended time, with the
+GPU indices captured while it ran), so a year of a large cluster runs in the memory of a window
+and history gets the daemon's numbers. With --write
 each window's footprints go into the ledger (the dedup: a job is counted once, whichever path
 saw it first) and their tokens into Slurm before the next window, with the writer's bounded
 concurrency; an interrupted run is simply run again (a job whose token reached Slurm but whose
@@ -14,16 +16,15 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TextIO
 
+from .accounting import account, histories
 from .config import Config
 from .engine import WINDOW, Engine, build_engine, one_malloc_arena
 from .footprint import JobFootprint
-from .jobs import JobTable
 from .ledger import PENDING_WRITE, UNWRITABLE, Ledger
 from .ledger_columns import after_record
 from .publish import WRITTEN, Publisher
@@ -101,10 +102,9 @@ def backfill(cfg: Config, start: str, end: str, write: bool = False, as_json: bo
     with Ledger(cfg.state_dir, cfg.cluster) as ledger:
         engine = engine or build_engine(cfg, node_cpus=node_cpu_lookup(slurm))[0]
         publisher = Publisher(ledger, slurm, None, cfg.slurm.comment_field, slurm.lowercases()) if write else None
-        pending: deque[JobFacts] = deque()
-        tables = _windows(slurm, ledger, cfg, lo, hi, window, pending, tally, publisher if rewrite else None, write)
-        fps = _accounted(engine.stream(tables, align=window), pending, publisher, tally, progress,
-                         details=partial(after_record, cfg.state_dir, cfg))
+        windows = _windows(slurm, ledger, cfg, lo, hi, window, tally, publisher if rewrite else None, write)
+        accounted = ((facts, account(engine, histories(slurm, ledger, [f.job for f in facts]))) for facts in windows)
+        fps = _accounted(accounted, publisher, tally, progress, details=partial(after_record, cfg.state_dir, cfg))
         try:
             (write_json if as_json else write_table)(fps, out)
         finally:
@@ -122,9 +122,8 @@ def backfill(cfg: Config, start: str, end: str, write: bool = False, as_json: bo
 
 
 def _windows(slurm: SlurmIO, ledger: Ledger, cfg: Config, lo: float, hi: float, window: float,
-             pending: deque[JobFacts], tally: Tally, rewriter: Publisher | None, write: bool = False
-             ) -> Iterator[JobTable]:
-    """The jobs to account, one sacct call per window of end times; their facts queue up in `pending`."""
+             tally: Tally, rewriter: Publisher | None, write: bool = False) -> Iterator[list[JobFacts]]:
+    """The jobs to account, one sacct call per window of end times."""
     w0 = lo
     while w0 < hi:
         w1 = min(hi, w0 + window)
@@ -138,8 +137,7 @@ def _windows(slurm: SlurmIO, ledger: Ledger, cfg: Config, lo: float, hi: float, 
             _republish(ledger, rewriter, [f for k, f in todo.items() if known.get(k) == UNWRITABLE], tally)
         todo = {k: f for k, f in todo.items() if known.get(k) in RETRY_STATES}
         tally.todo += len(todo)
-        pending.extend(todo.values())
-        yield JobTable.from_jobs([f.job for f in todo.values()])
+        yield list(todo.values())
         w0 = w1
 
 
@@ -165,13 +163,11 @@ def _republish(ledger: Ledger, publisher: Publisher, facts: list[JobFacts], tall
         _count(results, tally)
 
 
-def _accounted(batches, pending: deque[JobFacts], publisher: Publisher | None, tally: Tally,
-               progress: Progress, details=None) -> Iterator[JobFootprint]:
-    """Footprints in window order; with a publisher, each batch is recorded and written before the next."""
+def _accounted(windows: Iterator[tuple[list[JobFacts], list[JobFootprint]]], publisher: Publisher | None,
+               tally: Tally, progress: Progress, details=None) -> Iterator[JobFootprint]:
+    """Footprints in window order; with a publisher, each window is recorded and written before the next."""
     done = 0
-    for batch in batches:
-        fps = list(batch.footprints())
-        facts = [pending.popleft() for _ in fps]
+    for facts, fps in windows:
         ok = [(f, fp) for f, fp in zip(facts, fps, strict=True) if fp.status == "ok"]
         tally.ok += len(ok)
         if publisher is None:

@@ -43,6 +43,7 @@ from typing import Any
 import sdnotify
 from prometheus_client import CollectorRegistry
 
+from .accounting import account, histories
 from .config import WATCHDOG_SECONDS, Config
 from .engine import Engine, build_engine
 from .errors import CarbondError, ConfigError, IntensityUnavailable, SlurmError, VictoriaError
@@ -56,8 +57,7 @@ from .metrics import Metrics, serve
 from .publish import WRITTEN, Publisher
 from .reconcile import Reconciler
 from .running import RunningGauge
-from .runs import combine, pieces
-from .slurm import JobFacts, JobNotInDatabase, Run, SlurmCommandError, SlurmIO, SlurmUnsupported, node_cpu_lookup
+from .slurm import JobFacts, JobNotInDatabase, SlurmCommandError, SlurmIO, SlurmUnsupported, node_cpu_lookup
 from .spool import Spool, SpoolRecord
 from .suspend import SuspendWatch
 from .token import parse
@@ -242,16 +242,11 @@ class Daemon:
         ready = [(r, f) for r, f in ready if not self._power_pending(r, f)]
         if not ready:
             return []
-        runs = self.slurm.read_runs([f.job.job_id for _, f in ready])
-        plan = [(rec, f, pieces(f.job, runs.get(f.job.job_id, ()), self._suspends_of(f.job.job_id, runs)))
-                for rec, f in ready]
-        flat = [p.job for _, _, ps in plan for p in ps]
-        fps = iter(list(self.engine.account(flat)))
+        fps = account(self.engine, histories(self.slurm, self.ledger, [f.job for _, f in ready]))
         self.metrics.success("victoriametrics")
         self.metrics.success("intensity")
         final: list[tuple[SpoolRecord, JobFacts, JobFootprint]] = []
-        for rec, f, ps in plan:
-            fp = combine(f.job.job_id, [(p, next(fps)) for p in ps])
+        for (rec, f), fp in zip(ready, fps, strict=True):
             if fp.status == "error":
                 self._retry(rec, f"cannot account: {fp.error or 'error'}",
                             bury_as=Entry.dead(rec.job_id_key, fp.error or "", f.job.end))
@@ -279,11 +274,6 @@ class Daemon:
         here never holds back the token (the report then sums those jobs without their breakdown)."""
         if self.details is not None and any(new):
             self._guard("ledger", lambda: self.details(pairs, new))  # type: ignore[misc]
-
-    def _suspends_of(self, job_id: str, runs: dict[str, list[Run]]) -> list[tuple[float, float | None]]:
-        if not any(r.suspended > 0 for r in runs.get(job_id, ())):
-            return []
-        return self.ledger.suspended(job_id)
 
     def _power_pending(self, rec: SpoolRecord, f: JobFacts) -> bool:
         """Wait (up to settle_seconds after the end) until every node has a sample past the end."""

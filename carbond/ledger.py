@@ -71,6 +71,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     PRIMARY KEY (cluster, job_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (state) WHERE state = 'pending-write';
+CREATE TABLE IF NOT EXISTS gpu_indices (
+    cluster     TEXT NOT NULL,
+    job_id      TEXT NOT NULL,
+    node        TEXT NOT NULL,
+    indices     TEXT NOT NULL,
+    PRIMARY KEY (cluster, job_id, node)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS suspends (
     cluster     TEXT NOT NULL,
     job_id      TEXT NOT NULL,
@@ -381,6 +388,29 @@ class Ledger:
         with self._lock:
             return self._db.execute("SELECT start, end FROM suspends WHERE cluster=? AND job_id=? ORDER BY start",
                                     (self.cluster, job_id)).fetchall()
+
+    # --- GPU indices (see carbond/gpu_capture.py) ---------------------------------------------
+
+    def record_gpu_indices(self, job_id: str, per_node: dict[str, str]) -> None:
+        """The GPU indices a running job holds per node ("0,2"), as slurmctld shows them."""
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO gpu_indices (cluster, job_id, node, indices) VALUES (?, ?, ?, ?)",
+                           [(self.cluster, job_id, n, ix) for n, ix in per_node.items()])
+
+    def gpu_indices(self, job_id: str) -> tuple[tuple[str, str], ...]:
+        with self._lock:
+            return tuple(self._db.execute("SELECT node, indices FROM gpu_indices WHERE cluster=? AND job_id=? "
+                                          "ORDER BY node", (self.cluster, job_id)).fetchall())
+
+    def gpu_jobs_captured(self, job_ids: Iterable[str]) -> set[str]:
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        with self._lock:
+            marks = ",".join("?" * len(ids))
+            rows = self._db.execute(f"SELECT DISTINCT job_id FROM gpu_indices WHERE cluster=? AND job_id IN ({marks})",  # noqa: S608
+                                    (self.cluster, *ids)).fetchall()
+        return {r[0] for r in rows}
 
     def open_suspends(self) -> set[str]:
         with self._lock:

@@ -87,6 +87,7 @@ def combine(job_id: str, parts: Sequence[tuple[Piece, JobFootprint]]) -> JobFoot
     co2e = sum((fp.co2e_g or 0.0) * p.scale for p, fp in ok)
     oper = sum((fp.operational_g or 0.0) * p.scale for p, fp in ok)
     embodied = sum(fp.embodied_g * p.scale for p, fp in ok)
+    gpu = [fp.gpu_energy_kwh * p.scale for p, fp in ok if fp.gpu_energy_kwh is not None]
     weights = [fp.energy_kwh * p.scale for p, fp in ok]
     known = [(w, fp.intensity_g_per_kwh) for w, (_, fp) in zip(weights, ok, strict=True)
              if fp.intensity_g_per_kwh is not None]
@@ -108,4 +109,5 @@ def combine(job_id: str, parts: Sequence[tuple[Piece, JobFootprint]]) -> JobFoot
         end=max(fp.end for _, fp in ok if fp.end is not None),
         nodes=tuple(n for _, fp in ok for n in fp.nodes), periods=tuple(x for _, fp in ok for x in fp.periods),
         warnings=tuple(dict.fromkeys(w for _, fp in ok for w in fp.warnings)) + notes,
+        gpu_energy_kwh=sum(gpu) if gpu else None,
     )

@@ -1,0 +1,63 @@
+"""One way from a job's facts to its footprint, whichever command asks (docs/accounting.md).
+
+The daemon, `backfill`, `footprint --jobs` and `idle` all account a job the same way: its runs
+(`sacct -D`: a requeued job ran several times, each on its own nodes), without its recorded
+suspend intervals (R7), with the GPU indices captured while it ran (R5), through the one engine.
+`histories` gathers those facts from Slurm and the ledger; `account` turns them into footprints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from .footprint import JobFootprint
+from .jobs import Job
+from .runs import combine, pieces
+from .slurm import Run
+
+
+@dataclass(frozen=True)
+class JobHistory:
+    """What the accounting needs of one job beyond slurmdbd's final record."""
+
+    job: Job
+    runs: tuple[Run, ...] = ()
+    """Every run (oldest first); empty: the job's own start, end and nodes are its one run."""
+    suspends: tuple[tuple[float, float | None], ...] = ()
+    """Recorded suspend intervals (carbond.suspend)."""
+
+
+class Accountant(Protocol):
+    def account(self, items: Iterable[Job]) -> Iterable[JobFootprint]: ...
+
+
+class History(Protocol):
+    """The ledger's side of a job's facts (carbond.ledger.Ledger)."""
+
+    def suspended(self, job_id: str) -> list[tuple[float, float | None]]: ...
+
+    def gpu_indices(self, job_id: str) -> tuple[tuple[str, str], ...]: ...
+
+
+def account(engine: Accountant, items: Sequence[JobHistory]) -> list[JobFootprint]:
+    """Footprints in input order: each job's stretches through the engine at once, then combined."""
+    plan = [pieces(h.job, h.runs, h.suspends) for h in items]
+    fps = iter(list(engine.account([p.job for ps in plan for p in ps])))
+    return [combine(h.job.job_id, [(p, next(fps)) for p in ps]) for h, ps in zip(items, plan, strict=True)]
+
+
+def histories(slurm, ledger: History | None, jobs: Sequence[Job]) -> list[JobHistory]:
+    """Each job with its runs (one `sacct -D` call for all), and from the ledger its suspend
+    intervals and captured GPU indices (none without a ledger)."""
+    if not jobs:
+        return []
+    runs = slurm.read_runs([j.job_id for j in jobs])
+    out = []
+    for j in jobs:
+        rs = tuple(runs.get(j.job_id, ()))
+        sus = tuple(ledger.suspended(j.job_id)) if ledger is not None and any(r.suspended > 0 for r in rs) else ()
+        ids = ledger.gpu_indices(j.job_id) if ledger is not None and j.gpus and not j.gpu_ids else ()
+        out.append(JobHistory(replace(j, gpu_ids=ids) if ids else j, rs, sus))
+    return out
