@@ -8,7 +8,7 @@ suspend intervals (R7), with the GPU indices captured while it ran (R5), through
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -61,3 +61,25 @@ def histories(slurm, ledger: History | None, jobs: Sequence[Job]) -> list[JobHis
         ids = ledger.gpu_indices(j.job_id) if ledger is not None and j.gpus and not j.gpu_ids else ()
         out.append(JobHistory(replace(j, gpu_ids=ids) if ids else j, rs, sus))
     return out
+
+
+def recorded_suspends(state_dir: str, cluster: str) -> Callable[[str], list[tuple[float, float | None]]] | None:
+    """job id -> its recorded suspend intervals, read-only from the ledger in `state_dir`; None when
+    this user cannot read one (`footprint --jobs` then charges suspended runs pro rata, flagged)."""
+    import os
+    import sqlite3
+
+    path = os.path.join(state_dir, "ledger.sqlite")
+    if not os.access(path, os.R_OK):
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2, check_same_thread=False)
+        db.execute("SELECT 1 FROM suspends LIMIT 1")
+    except sqlite3.Error:
+        return None
+
+    def suspended(job_id: str) -> list[tuple[float, float | None]]:
+        return db.execute("SELECT start, end FROM suspends WHERE cluster=? AND job_id=? ORDER BY start",
+                          (cluster, job_id)).fetchall()
+
+    return suspended

@@ -235,30 +235,54 @@ class _Failures:
 
 
 def _footprint_jobs(args: argparse.Namespace, cfg, t0: float) -> int:
-    """Jobs of a sacct table, streamed by start time (or all at once with --window 0)."""
+    """Jobs of a sacct table, streamed by start time (or all at once with --window 0). A job of
+    several lines (`sacct -D`: its runs) or with suspended time is accounted whole at the end,
+    as the daemon accounts it (carbond.accounting)."""
     from . import report
-    from .engine import build_engine, one_malloc_arena
-    from .jobs import TimeBuckets, read_sacct
+    from .engine import WINDOW, build_engine, one_malloc_arena
+    from .jobs import TimeBuckets
 
     stream = sys.stdin if args.jobs == "-" else _open(args.jobs)
     engine, victoria = build_engine(cfg)
     failed = _Failures()
-    with stream:
-        if not args.window:
-            batches = map(failed.batch, engine.batches(list(read_sacct(stream, args.timezone))))
-            n = _write(report, batches, args.json)
+    window = args.window * 3600 or ALL_AT_ONCE
+    one_malloc_arena()
+    with stream, TimeBuckets(stream, window, args.timezone) as buckets:
+        workers = args.workers if args.workers is not None else _workers(buckets.jobs)
+        if args.json and workers > 1:
+            return _footprint_segments(args, cfg, t0, buckets, engine, failed, workers, window)
+        batches = map(failed.batch, engine.stream(buckets.windows(), span=(buckets.lo, buckets.hi),
+                                                  align=min(window, WINDOW)))
+        if args.json:
+            n = report.write_json_batches(batches, sys.stdout)
+            n += report.write_json(map(failed.footprint, _specials(cfg, engine, buckets)), sys.stdout)
         else:
-            window = args.window * 3600
-            one_malloc_arena()
-            with TimeBuckets(stream, window, args.timezone) as buckets:
-                workers = args.workers if args.workers is not None else _workers(buckets.jobs)
-                if args.json and workers > 1:
-                    return _footprint_segments(args, cfg, t0, buckets, engine, failed, workers, window)
-                batches = engine.stream(buckets.windows(), span=(buckets.lo, buckets.hi), align=window)
-                n = _write(report, map(failed.batch, batches), args.json)
+            fps = (fp for b in batches for fp in b.footprints())
+            n = report.write_table(_chain(fps, lambda: map(failed.footprint, _specials(cfg, engine, buckets))),
+                                   sys.stdout)
     if args.stats:
         _stats(n, t0, victoria.requests_made, engine.cache.stats.samples if engine.cache else None)
     return failed.exit_status(n, args.json)
+
+
+ALL_AT_ONCE = 1e12
+"""--window 0: one window for any real span."""
+
+
+def _chain(first, then):
+    yield from first
+    yield from then()
+
+
+def _specials(cfg, engine, buckets) -> list:
+    """The jobs TimeBuckets set aside (runs, suspends), through carbond.accounting; suspend intervals
+    from the ledger when this user may read it."""
+    from .accounting import JobHistory, account, recorded_suspends
+    from .engine import _bad
+
+    items = buckets.special_histories(recorded_suspends(cfg.state_dir, cfg.cluster))
+    done = iter(account(engine, [h for h in items if isinstance(h, JobHistory)]))
+    return [next(done) if isinstance(h, JobHistory) else _bad(h, cfg.pue) for h in items]
 
 
 def _footprint_segments(args: argparse.Namespace, cfg, t0: float, buckets, engine, failed: _Failures, workers: int,
@@ -271,6 +295,11 @@ def _footprint_segments(args: argparse.Namespace, cfg, t0: float, buckets, engin
     totals = write_parallel(buckets, engine, lambda: build_engine(cfg), sys.stdout.buffer, workers, window)
     sys.stdout.flush()
     failed.count += totals.failures
+    if buckets.specials:
+        from . import report
+
+        buckets.collect_specials()  # the workers set them aside in their own processes
+        totals.lines += report.write_json(map(failed.footprint, _specials(cfg, engine, buckets)), sys.stdout)
     if args.stats:
         _stats(totals.lines, t0, engine.power.requests_made + totals.requests, totals.samples)
     return failed.exit_status(totals.lines, args.json)
@@ -282,12 +311,6 @@ def _workers(jobs: int) -> int:
     import os
 
     return (os.cpu_count() or 1) if jobs >= 20_000 else 0
-
-
-def _write(report, batches, as_json: bool) -> int:
-    if as_json:
-        return report.write_json_batches(batches, sys.stdout)
-    return report.write_table((fp for b in batches for fp in b.footprints()), sys.stdout)
 
 
 def _stats(n: int, t0: float, requests: int, samples: int | None = None) -> None:

@@ -7,7 +7,7 @@ where, and how many CPUs it held on each node.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import itemgetter, methodcaller
@@ -424,12 +424,22 @@ class TimeBuckets:
         self.jobs = 0
         self.counts: dict[int, int] = {}
         """Lines per window (to share windows out evenly)."""
+        self._ids: list[str] = []
+        self._key_parts: list[np.ndarray] = []
+        self._special_keys: list[int] = []
+        self._suspended: set[str] = set()
+        self.specials: frozenset[str] = frozenset()
+        """Jobs of several lines (`sacct -D`: one per run of a requeued job) or suspended for some
+        time: kept out of the windows and accounted whole by `special_histories` (carbond.accounting)."""
+        self.special_lines: list[tuple[str, int]] = []
         self._fill(iter(lines))
 
     def _fill(self, it: Iterator[str]) -> None:
         import itertools
 
-        self.header = SacctHeader.parse(next(it, ""))
+        first = next(it, "")
+        self.header = SacctHeader.parse(first)
+        self._header_line = first.rstrip("\n")
         line_no = 2
         while True:
             block = list(itertools.islice(it, BLOCK))
@@ -437,12 +447,23 @@ class TimeBuckets:
                 break
             self._add_block(block, line_no)
             line_no += len(block)
+        from collections import Counter
+
+        counts = Counter(self._ids)
+        self.specials = frozenset(k for k, c in counts.items() if c > 1) | self._suspended
+        if self.specials:
+            ids = np.empty(len(self._ids), dtype=object)
+            ids[:] = self._ids
+            keys = np.concatenate(self._key_parts)
+            self._special_keys = sorted(set(keys[np.isin(ids, list(self.specials))].tolist()))
+        del self._ids, self._key_parts
 
     def _add_block(self, block: list[str], first_no: int) -> None:
         """One split per line, the start column converted in one call, lines moved by window."""
 
         c_id, c_start, c_end = (self.header.col[k] for k in ("JobIDRaw", "Start", "End"))
-        need = max(c_id, c_start, c_end) + 1
+        c_susp = self.header.col.get("Suspended", -1)
+        need = max(c_id, c_start, c_end, c_susp) + 1
         lines = [ln.rstrip("\n") for ln in block]
         fields = list(map(methodcaller("split", "|", need), lines))
         whole = min(map(len, fields)) >= need
@@ -457,6 +478,9 @@ class TimeBuckets:
             fields = [fields[i] for i in keep] if len(keep) < len(fields) else fields
             lines = [lines[i] for i in keep] if len(keep) < len(lines) else lines
         nos = np.asarray(keep) + first_no
+        self._ids.extend(map(itemgetter(c_id), fields) if whole else (f[c_id] if len(f) > c_id else "" for f in fields))
+        if c_susp >= 0:
+            self._suspended.update(f[c_id] for f in fields if len(f) > c_susp and f[c_susp].strip("0:- "))
         start = self._column(fields, c_start, whole)
         end = self._column(fields, c_end, whole)
         with np.errstate(invalid="ignore"):
@@ -465,6 +489,7 @@ class TimeBuckets:
             if np.isfinite(end).any():
                 self.hi = max(self.hi, float(np.nanmax(end)))
             keys = np.where(np.isfinite(start), np.floor(start / self.window), NO_WINDOW).astype(np.int64)
+        self._key_parts.append(keys)
         order = np.argsort(keys, kind="stable")
         sk = keys[order]
         cuts = np.flatnonzero(np.diff(sk)) + 1
@@ -514,7 +539,13 @@ class TimeBuckets:
         return [k for k in keys if k != NO_WINDOW] + [k for k in keys if k == NO_WINDOW]
 
     def table(self, key: int) -> JobTable:
-        """The jobs of one window, in input order, with their bad lines."""
+        """The jobs of one window, in input order, with their bad lines (special jobs set aside)."""
+        body, nos = self._lines(key)
+        if self.specials:
+            body, nos = self._set_aside(body, nos)
+        return read_table(body, nos, self.header, self.names, self.zone)
+
+    def _lines(self, key: int) -> tuple[list[str], list[int]]:
         nos: list[int] = []
         body: list[str] = []
         if key in self._spilled:
@@ -524,7 +555,52 @@ class TimeBuckets:
         for text, more in self._mem.get(key, []):
             body.extend(text.split("\n"))
             nos.extend(more.tolist())
-        return read_table(body, nos, self.header, self.names, self.zone)
+        return body, nos
+
+    def _set_aside(self, body: list[str], nos: list[int]) -> tuple[list[str], list[int]]:
+        """The special jobs' lines out of a window, into `special_lines`."""
+        c = self.header.col["JobIDRaw"]
+        keep_b, keep_n = [], []
+        for line, no in zip(body, nos, strict=True):
+            parts = line.split("|", c + 1)
+            if len(parts) > c and parts[c] in self.specials:
+                self.special_lines.append((line, no))
+            else:
+                keep_b.append(line)
+                keep_n.append(no)
+        return keep_b, keep_n
+
+    def collect_specials(self) -> None:
+        """Set the special jobs' lines aside without reading the windows as tables (a parent whose
+        worker processes read the windows: their `special_lines` stayed in them)."""
+        self.special_lines = []
+        for key in self._special_keys:
+            self._set_aside(*self._lines(key))
+
+    def special_histories(self, suspended: Callable[[str], list] | None = None) -> list:
+        """The special jobs as carbond.accounting.JobHistory: each line a run (the latest the job's
+        record), its `Suspended` seconds, and the recorded intervals where `suspended` gives them."""
+        from .accounting import JobHistory
+        from .slurm import Run, parse_elapsed
+
+        lines = sorted(self.special_lines, key=itemgetter(1))
+        header = self._header_line
+        c_susp = self.header.col.get("Suspended")
+        runs: dict[str, list[tuple[Job, float]]] = {}
+        out: list = []
+        for item, (line, _no) in zip(read_sacct([header, *(ln for ln, _ in lines)], self.zone), lines, strict=True):
+            if isinstance(item, BadLine):
+                out.append(item)
+                continue
+            secs = parse_elapsed(line.split("|")[c_susp]) if c_susp is not None else 0.0
+            runs.setdefault(item.job_id, []).append((item, secs))
+        for job_id, rs in runs.items():
+            rs.sort(key=lambda r: (r[0].start is None, r[0].start or 0.0))
+            final = rs[-1][0]
+            ran = tuple(Run(job_id, "", j.start, j.end, j.nodes, int(sum(j.cpus)), secs) for j, secs in rs)
+            sus = tuple(suspended(job_id)) if suspended is not None and any(secs > 0 for _, secs in rs) else ()
+            out.append(JobHistory(final, ran, sus))
+        return out
 
     def windows(self) -> Iterator[JobTable]:
         """Every window's table in time order (jobs without a start last), dropping each once read."""

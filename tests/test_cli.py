@@ -295,3 +295,30 @@ def test_the_cli_keeps_numpy_to_one_thread():
     code = "import carbond.cli, numpy, os; print(len(os.listdir('/proc/self/task')))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
+
+
+def test_jobs_mode_charges_every_run_and_no_suspended_time_as_the_daemon_does(setup, capsys, tmp_path):
+    """`sacct -D` output (a requeued job: one line per run, on other nodes) and a `Suspended` column:
+    the job's footprint is the sum of its runs, and a suspended job is charged its unsuspended share
+    (no ledger here: pro rata, flagged), against a hand computation from the traces."""
+    cfg, a, b = setup
+    table = tmp_path / "sacct.txt"
+    table.write_text("JobIDRaw|Start|End|NodeList|AllocTRES|Suspended\n"
+                     f"7|{T0}|{T0 + 1800}|{a}|cpu=8|00:00:00\n"
+                     f"8|{T0}|{T0 + 3600}|{b}|cpu=4|00:30:00\n"
+                     f"7|{T0 + 1800}|{T0 + 3600}|{b}|cpu=8|00:00:00\n"
+                     f"9|{T0}|{T0 + 1800}|{b}|cpu=8|00:00:00\n")
+    for window in ("24", "0"):
+        code, out, err = run(capsys, "--config", cfg, "footprint", "--jobs", str(table), "--json", "--window", window)
+        assert code == 0, err
+        got = {d["job_id"]: d for d in map(json.loads, out.splitlines())}
+        assert sorted(got) == ["7", "8", "9"]
+        # job 7: the ramp on a over the first half-hour (100 W at T0 - 600 rising 0.05 W/s), then 200 W on b
+        ramp_j = (100 + 0.05 * 600) * 1800 + 0.05 * 1800 ** 2 / 2
+        assert got["7"]["energy_kwh"] == pytest.approx((ramp_j + 200 * 1800) / 3.6e6, rel=1e-9)
+        assert got["7"]["co2e_g"] == pytest.approx((ramp_j * 100 + 200 * 1800 * 110) / 3.6e6, rel=1e-9)
+        assert [n["node"] for n in got["7"]["nodes"]] == [a, b]
+        # job 8: 4 of 8 CPUs of b's 200 W for an hour, half of it suspended: half the footprint, flagged
+        assert got["8"]["energy_kwh"] == pytest.approx(100 * 3600 / 2 / 3.6e6, rel=1e-9)
+        assert got["8"]["method"] == "mixed" and any("suspended" in w for w in got["8"]["warnings"])
+        assert got["9"]["energy_kwh"] == pytest.approx(200 * 1800 / 3.6e6, rel=1e-9)
