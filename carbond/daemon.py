@@ -48,6 +48,7 @@ from .config import WATCHDOG_SECONDS, Config
 from .engine import Engine, build_engine
 from .errors import CarbondError, ConfigError, IntensityUnavailable, SlurmError, VictoriaError
 from .footprint import JobFootprint
+from .gpu_capture import GpuCapture
 from .idle import Closer
 from .instance_lock import InstanceLock
 from .jobs import Job
@@ -125,6 +126,7 @@ class Daemon:
     progress: Progress = field(default_factory=Progress)
     reconciler: Reconciler | None = None
     suspends: SuspendWatch | None = None
+    gpu_capture: GpuCapture | None = None
     watchdog: float | None = None
     """systemd's WatchdogSec for this process (from WATCHDOG_USEC); None: the unit's shipped value."""
     recovered: dict[str, SpoolRecord] = field(default_factory=dict)
@@ -160,6 +162,8 @@ class Daemon:
         if self.suspends is not None and self.clock() - self._suspend_at >= self.cfg.slurm.suspend_poll_seconds:
             self._suspend_at = self.clock()
             self._guard("slurm", self.suspends.poll)
+            if self.gpu_capture is not None:
+                self._guard("slurm", self.gpu_capture.poll)
         if self.reconciler is not None and self.reconciler.due():
             self._guard("slurm", self._reconcile)
         if self.closer is not None and not self.stop.is_set():
@@ -586,6 +590,8 @@ def build(cfg: Config, registry: CollectorRegistry | None = None, progress: Prog
                                        cfg.slurm.reconcile_lag_seconds)
     if cfg.slurm.suspend_poll_seconds > 0:
         daemon.suspends = SuspendWatch(slurm, ledger, clock)
+        if cfg.gpu is not None:
+            daemon.gpu_capture = GpuCapture(slurm, ledger, clock)
     daemon.details = lambda pairs, new: after_record(cfg.state_dir, cfg, pairs, new, metrics)
     daemon.closer = Closer(cfg, engine, slurm, metrics, clock)
     daemon.running = RunningGauge(engine, slurm, metrics, clock)

@@ -329,6 +329,19 @@ class SlurmIO:
         m = re.search(r"(?:^|\s)SuspendTime=(\d+)(?:\s|$)", text)
         return float(m.group(1)) if m else None
 
+    def running_gpu_jobs(self) -> set[str]:
+        """Ids of the running jobs that hold GPUs (one squeue call; carbond.gpu_capture)."""
+        from .gpu_capture import parse_running_gpu_jobs
+
+        squeue = os.path.join(os.path.dirname(self.cfg.sacct), "squeue")
+        cmd = [squeue, "-h", "-t", "RUNNING", *self._cluster_opt(), "-O", "JobID:30,tres-alloc:2000"]
+        return parse_running_gpu_jobs(self._run(cmd, {}))
+
+    def job_details(self, job_id: str) -> str:
+        """`scontrol -d -o show job ID` (per-node GRES indices while the job runs)."""
+        scontrol = os.path.join(os.path.dirname(self.cfg.sacct), "scontrol")
+        return self._run([scontrol, "-d", "-o", "show", "job", str(job_id)], {})
+
     # --- nodes -----------------------------------------------------------------------------
 
     def node_cpus(self) -> dict[str, int]:
