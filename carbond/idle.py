@@ -52,15 +52,16 @@ def idle_table(alloc: Allocation, acc: Accounting, row_node: np.ndarray, node_tr
     """Reconcile every node over the half-hours of [lo, hi) (slot-aligned) with the jobs' measured
     pieces in `acc` (footprint.compute of `alloc`, jobs clipped to the range; `row_node`: each
     allocation row's index into `names`): docs/accounting.md R10."""
-    if lo % HALF_HOUR or hi % HALF_HOUR or hi <= lo:
-        raise ValueError("the window must be whole UTC half-hours")
-    lo, hi = int(lo), int(hi)
+    if lo % HALF_HOUR or hi <= lo:
+        raise ValueError("the window must start on a UTC half-hour")
+    lo = int(lo)
     slots = np.arange(lo, hi, HALF_HOUR, dtype=np.int64)
     n_t, n_s = len(names), slots.size
     measured = np.zeros((n_t, n_s))
+    ends = np.minimum(slots + float(HALF_HOUR), hi)  # the last half-hour may be cut at `hi` (a look, not a close)
     for i, tr in enumerate(node_traces):
         if tr is not None:
-            measured[i] = window(tr, slots.astype(float), slots + float(HALF_HOUR))[0]
+            measured[i] = window(tr, slots.astype(float), ends)[0]
     row = acc.piece_row
     piece_j = acc.piece_measured_j
     weight = alloc.share[row] * acc.piece_seconds
@@ -253,9 +254,14 @@ def run(args, cfg, out=None) -> int:
 
     out = out or sys.stdout
     lo = math.floor(parse_time(args.start)[0] / HALF_HOUR) * HALF_HOUR
-    hi = math.ceil(parse_time(args.end)[0] / HALF_HOUR) * HALF_HOUR
-    if hi > time.time() - cfg.settle_seconds:
-        raise JobInputError("--end must be in the past (settle_seconds before now): a half-hour closes once it is over")
+    end = parse_time(args.end)[0]
+    hi = math.ceil(end / HALF_HOUR) * HALF_HOUR
+    latest = time.time() - cfg.settle_seconds
+    if hi > latest and (args.write or end > latest):
+        raise JobInputError("--end must be in the past (settle_seconds before now): a half-hour closes once it is "
+                            "over" + ("" if args.write else "; without --write it may end inside a half-hour"))
+    if hi > latest:
+        hi = end  # a look at the half-hour so far: nothing is recorded
     slurm = SlurmIO(cfg.slurm, cluster=cfg.cluster or None)
     engine, _ = build_engine(cfg, node_cpus=node_cpu_lookup(slurm))
     db = connect(cfg.state_dir) if args.write else None

@@ -34,7 +34,8 @@ def add_parsers(command) -> None:
     p = command("idle", "energy no job carried, per node, over a past range "
                 "(measured = jobs + unattributed for every node and half-hour)")
     p.add_argument("--start", required=True, help="first half-hour (ISO 8601 with offset, or epoch)")
-    p.add_argument("--end", required=True, help="end of the range, rounded up to a half-hour (in the past)")
+    p.add_argument("--end", required=True, help="end of the range, rounded up to a half-hour (in the past); "
+                   "without --write it may fall inside a half-hour that is not over (the books so far)")
     p.add_argument("--write", action="store_true", help="record it in the ledger for `carbond report`")
     p.add_argument("--json", action="store_true", help="one JSON object per node")
 
