@@ -8,7 +8,7 @@ suspend intervals (R7), with the GPU indices captured while it ran (R5), through
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -63,9 +63,30 @@ def histories(slurm, ledger: History | None, jobs: Sequence[Job]) -> list[JobHis
     return out
 
 
-def recorded_suspends(state_dir: str, cluster: str) -> Callable[[str], list[tuple[float, float | None]]] | None:
-    """job id -> its recorded suspend intervals, read-only from the ledger in `state_dir`; None when
-    this user cannot read one (`footprint --jobs` then charges suspended runs pro rata, flagged)."""
+class LedgerView:
+    """A ledger read-only, for commands that may run without the daemon's rights: the suspend
+    intervals and GPU indices it recorded (`footprint --jobs` accounts history with them)."""
+
+    def __init__(self, db, cluster: str) -> None:
+        self._db, self._cluster = db, cluster
+
+    def suspended(self, job_id: str) -> list[tuple[float, float | None]]:
+        return self._db.execute("SELECT start, end FROM suspends WHERE cluster=? AND job_id=? ORDER BY start",
+                                (self._cluster, job_id)).fetchall()
+
+    def gpu_indices(self, job_id: str) -> tuple[tuple[str, str], ...]:
+        import sqlite3
+
+        try:
+            return tuple(self._db.execute("SELECT node, indices FROM gpu_indices WHERE cluster=? AND job_id=? "
+                                          "ORDER BY node", (self._cluster, job_id)).fetchall())
+        except sqlite3.OperationalError:  # a ledger from before GPU indices were captured
+            return ()
+
+
+def ledger_view(state_dir: str, cluster: str) -> LedgerView | None:
+    """The ledger in `state_dir`, read-only; None when this user cannot read one (`footprint --jobs`
+    then charges suspended runs pro rata and finds GPUs by label or count, flagged)."""
     import os
     import sqlite3
 
@@ -77,9 +98,4 @@ def recorded_suspends(state_dir: str, cluster: str) -> Callable[[str], list[tupl
         db.execute("SELECT 1 FROM suspends LIMIT 1")
     except sqlite3.Error:
         return None
-
-    def suspended(job_id: str) -> list[tuple[float, float | None]]:
-        return db.execute("SELECT start, end FROM suspends WHERE cluster=? AND job_id=? ORDER BY start",
-                          (cluster, job_id)).fetchall()
-
-    return suspended
+    return LedgerView(db, cluster)

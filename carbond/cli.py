@@ -239,6 +239,7 @@ def _footprint_jobs(args: argparse.Namespace, cfg, t0: float) -> int:
     several lines (`sacct -D`: its runs) or with suspended time is accounted whole at the end,
     as the daemon accounts it (carbond.accounting)."""
     from . import report
+    from .accounting import ledger_view
     from .engine import WINDOW, build_engine, one_malloc_arena
     from .jobs import TimeBuckets
 
@@ -247,18 +248,20 @@ def _footprint_jobs(args: argparse.Namespace, cfg, t0: float) -> int:
     failed = _Failures()
     window = args.window * 3600 or ALL_AT_ONCE
     one_malloc_arena()
-    with stream, TimeBuckets(stream, window, args.timezone) as buckets:
+    ledger = ledger_view(cfg.state_dir, cfg.cluster)
+    with stream, TimeBuckets(stream, window, args.timezone, gpu_special=cfg.gpu is not None and ledger is not None
+                             ) as buckets:
         workers = args.workers if args.workers is not None else _workers(buckets.jobs)
         if args.json and workers > 1:
-            return _footprint_segments(args, cfg, t0, buckets, engine, failed, workers, window)
+            return _footprint_segments(args, cfg, t0, buckets, engine, failed, workers, window, ledger)
         batches = map(failed.batch, engine.stream(buckets.windows(), span=(buckets.lo, buckets.hi),
                                                   align=min(window, WINDOW)))
         if args.json:
             n = report.write_json_batches(batches, sys.stdout)
-            n += report.write_json(map(failed.footprint, _specials(cfg, engine, buckets)), sys.stdout)
+            n += report.write_json(map(failed.footprint, _specials(cfg, engine, buckets, ledger)), sys.stdout)
         else:
             fps = (fp for b in batches for fp in b.footprints())
-            n = report.write_table(_chain(fps, lambda: map(failed.footprint, _specials(cfg, engine, buckets))),
+            n = report.write_table(_chain(fps, lambda: map(failed.footprint, _specials(cfg, engine, buckets, ledger))),
                                    sys.stdout)
     if args.stats:
         _stats(n, t0, victoria.requests_made, engine.cache.stats.samples if engine.cache else None)
@@ -274,19 +277,19 @@ def _chain(first, then):
     yield from then()
 
 
-def _specials(cfg, engine, buckets) -> list:
-    """The jobs TimeBuckets set aside (runs, suspends), through carbond.accounting; suspend intervals
-    from the ledger when this user may read it."""
-    from .accounting import JobHistory, account, recorded_suspends
+def _specials(cfg, engine, buckets, ledger) -> list:
+    """The jobs TimeBuckets set aside (runs, suspends, GPUs), through carbond.accounting; suspend
+    intervals and GPU indices from the ledger when this user may read it."""
+    from .accounting import JobHistory, account
     from .engine import _bad
 
-    items = buckets.special_histories(recorded_suspends(cfg.state_dir, cfg.cluster))
+    items = buckets.special_histories(ledger)
     done = iter(account(engine, [h for h in items if isinstance(h, JobHistory)]))
     return [next(done) if isinstance(h, JobHistory) else _bad(h, cfg.pue) for h in items]
 
 
 def _footprint_segments(args: argparse.Namespace, cfg, t0: float, buckets, engine, failed: _Failures, workers: int,
-                        window: float) -> int:
+                        window: float, ledger=None) -> int:
     """JSON lines of many jobs, segments of windows accounted on every core (carbond.segments)."""
     from .engine import build_engine
     from .segments import write_parallel
@@ -299,7 +302,7 @@ def _footprint_segments(args: argparse.Namespace, cfg, t0: float, buckets, engin
         from . import report
 
         buckets.collect_specials()  # the workers set them aside in their own processes
-        totals.lines += report.write_json(map(failed.footprint, _specials(cfg, engine, buckets)), sys.stdout)
+        totals.lines += report.write_json(map(failed.footprint, _specials(cfg, engine, buckets, ledger)), sys.stdout)
     if args.stats:
         _stats(totals.lines, t0, engine.power.requests_made + totals.requests, totals.samples)
     return failed.exit_status(totals.lines, args.json)

@@ -7,8 +7,8 @@ where, and how many CPUs it held on each node.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from operator import itemgetter, methodcaller
 
@@ -405,7 +405,7 @@ class TimeBuckets:
     """
 
     def __init__(self, lines: Iterable[str], window: float, zone: str | None = None,
-                 limit: int = 8 << 20, spill_dir: str | None = None) -> None:
+                 limit: int = 8 << 20, spill_dir: str | None = None, gpu_special: bool = False) -> None:
         import tempfile
 
         self.window = float(window)
@@ -427,7 +427,9 @@ class TimeBuckets:
         self._ids: list[str] = []
         self._key_parts: list[np.ndarray] = []
         self._special_keys: list[int] = []
-        self._suspended: set[str] = set()
+        self._marked: set[str] = set()
+        self._gpu_special = gpu_special
+        """GPU jobs are special too (their captured indices are in a readable ledger)."""
         self.specials: frozenset[str] = frozenset()
         """Jobs of several lines (`sacct -D`: one per run of a requeued job) or suspended for some
         time: kept out of the windows and accounted whole by `special_histories` (carbond.accounting)."""
@@ -450,7 +452,7 @@ class TimeBuckets:
         from collections import Counter
 
         counts = Counter(self._ids)
-        self.specials = frozenset(k for k, c in counts.items() if c > 1) | self._suspended
+        self.specials = frozenset(k for k, c in counts.items() if c > 1) | self._marked
         if self.specials:
             ids = np.empty(len(self._ids), dtype=object)
             ids[:] = self._ids
@@ -463,7 +465,8 @@ class TimeBuckets:
 
         c_id, c_start, c_end = (self.header.col[k] for k in ("JobIDRaw", "Start", "End"))
         c_susp = self.header.col.get("Suspended", -1)
-        need = max(c_id, c_start, c_end, c_susp) + 1
+        c_tres = self.header.col["AllocTRES"] if self._gpu_special else -1
+        need = max(c_id, c_start, c_end, c_susp, c_tres) + 1
         lines = [ln.rstrip("\n") for ln in block]
         fields = list(map(methodcaller("split", "|", need), lines))
         whole = min(map(len, fields)) >= need
@@ -480,7 +483,9 @@ class TimeBuckets:
         nos = np.asarray(keep) + first_no
         self._ids.extend(map(itemgetter(c_id), fields) if whole else (f[c_id] if len(f) > c_id else "" for f in fields))
         if c_susp >= 0:
-            self._suspended.update(f[c_id] for f in fields if len(f) > c_susp and f[c_susp].strip("0:- "))
+            self._marked.update(f[c_id] for f in fields if len(f) > c_susp and f[c_susp].strip("0:- "))
+        if c_tres >= 0:
+            self._marked.update(f[c_id] for f in fields if len(f) > c_tres and "gres/gpu" in f[c_tres])
         start = self._column(fields, c_start, whole)
         end = self._column(fields, c_end, whole)
         with np.errstate(invalid="ignore"):
@@ -577,9 +582,10 @@ class TimeBuckets:
         for key in self._special_keys:
             self._set_aside(*self._lines(key))
 
-    def special_histories(self, suspended: Callable[[str], list] | None = None) -> list:
+    def special_histories(self, ledger=None) -> list:
         """The special jobs as carbond.accounting.JobHistory: each line a run (the latest the job's
-        record), its `Suspended` seconds, and the recorded intervals where `suspended` gives them."""
+        record), its `Suspended` seconds, and the suspend intervals and GPU indices a read-only
+        ledger (carbond.accounting.LedgerView) recorded."""
         from .accounting import JobHistory
         from .slurm import Run, parse_elapsed
 
@@ -598,8 +604,9 @@ class TimeBuckets:
             rs.sort(key=lambda r: (r[0].start is None, r[0].start or 0.0))
             final = rs[-1][0]
             ran = tuple(Run(job_id, "", j.start, j.end, j.nodes, int(sum(j.cpus)), secs) for j, secs in rs)
-            sus = tuple(suspended(job_id)) if suspended is not None and any(secs > 0 for _, secs in rs) else ()
-            out.append(JobHistory(final, ran, sus))
+            sus = tuple(ledger.suspended(job_id)) if ledger is not None and any(secs > 0 for _, secs in rs) else ()
+            ids = ledger.gpu_indices(job_id) if ledger is not None and final.gpus else ()
+            out.append(JobHistory(replace(final, gpu_ids=ids) if ids else final, ran, sus))
         return out
 
     def windows(self) -> Iterator[JobTable]:
