@@ -23,13 +23,14 @@ from typing import TextIO
 
 from .accounting import account, histories
 from .config import Config
-from .engine import WINDOW, Engine, build_engine, one_malloc_arena
+from .engine import WINDOW, Engine, one_malloc_arena
 from .footprint import JobFootprint
 from .ledger import PENDING_WRITE, UNWRITABLE, Ledger
 from .ledger_columns import after_record
 from .publish import WRITTEN, Publisher
 from .report import write_json, write_table
-from .slurm import JobFacts, SlurmIO, node_cpu_lookup
+from .services import build as build_services
+from .slurm import JobFacts, SlurmIO
 from .times import iso, parse_time
 from .token import format_token, parse
 
@@ -94,13 +95,14 @@ def backfill(cfg: Config, start: str, end: str, write: bool = False, as_json: bo
     lo, _ = parse_time(start)
     hi, _ = parse_time(end)
     window = window or max(hi - lo, 1.0)
-    slurm = slurm or SlurmIO(cfg.slurm, cluster=cfg.cluster or None)
+    services = None if slurm is not None and engine is not None else build_services(cfg)
+    slurm = slurm or services.slurm  # type: ignore[union-attr]
     if engine is None:
         one_malloc_arena()
     tally = Tally()
     progress = Progress(lo, hi, progress_out or sys.stderr)
     with Ledger(cfg.state_dir, cfg.cluster) as ledger:
-        engine = engine or build_engine(cfg, node_cpus=node_cpu_lookup(slurm))[0]
+        engine = engine or services.engine  # type: ignore[union-attr]
         publisher = Publisher(ledger, slurm, None, cfg.slurm.comment_field, slurm.lowercases()) if write else None
         windows = _windows(slurm, ledger, cfg, lo, hi, window, tally, publisher if rewrite else None, write)
         accounted = ((facts, account(engine, histories(slurm, ledger, [f.job for f in facts]))) for facts in windows)

@@ -181,10 +181,10 @@ def _show_config(path: str | None):
 
 def _footprint(args: argparse.Namespace, cfg) -> int:
     from . import report
-    from .engine import build_engine
     from .errors import JobInputError
     from .hostlist import expand
     from .jobs import Job, even_split
+    from .services import build
     from .times import parse_time
 
     t0 = time.perf_counter()
@@ -200,7 +200,8 @@ def _footprint(args: argparse.Namespace, cfg) -> int:
         if args.start or args.end or args.cpus:
             raise JobInputError("--start/--end/--cpus go with --nodes, not --jobs")
         return _footprint_jobs(args, cfg, t0)
-    engine, victoria = build_engine(cfg)
+    services = build(cfg)
+    engine, victoria = services.engine, services.victoria
     failed = _Failures()
     if args.json:
         n = report.write_json_batches(map(failed.batch, engine.batches(items)), sys.stdout)
@@ -240,11 +241,13 @@ def _footprint_jobs(args: argparse.Namespace, cfg, t0: float) -> int:
     as the daemon accounts it (carbond.accounting)."""
     from . import report
     from .accounting import ledger_view
-    from .engine import WINDOW, build_engine, one_malloc_arena
+    from .engine import WINDOW, one_malloc_arena
     from .jobs import TimeBuckets
+    from .services import build
 
     stream = sys.stdin if args.jobs == "-" else _open(args.jobs)
-    engine, victoria = build_engine(cfg)
+    services = build(cfg)
+    engine, victoria = services.engine, services.victoria
     failed = _Failures()
     window = args.window * 3600 or ALL_AT_ONCE
     one_malloc_arena()
@@ -291,11 +294,15 @@ def _specials(cfg, engine, buckets, ledger) -> list:
 def _footprint_segments(args: argparse.Namespace, cfg, t0: float, buckets, engine, failed: _Failures, workers: int,
                         window: float, ledger=None) -> int:
     """JSON lines of many jobs, segments of windows accounted on every core (carbond.segments)."""
-    from .engine import build_engine
     from .segments import write_parallel
+    from .services import build
+
+    def fresh():
+        s = build(cfg)
+        return s.engine, s.victoria
 
     sys.stdout.flush()
-    totals = write_parallel(buckets, engine, lambda: build_engine(cfg), sys.stdout.buffer, workers, window)
+    totals = write_parallel(buckets, engine, fresh, sys.stdout.buffer, workers, window)
     sys.stdout.flush()
     failed.count += totals.failures
     if buckets.specials:

@@ -45,7 +45,7 @@ from prometheus_client import CollectorRegistry
 
 from .accounting import account, histories
 from .config import WATCHDOG_SECONDS, Config
-from .engine import Engine, build_engine
+from .engine import Engine
 from .errors import CarbondError, ConfigError, IntensityUnavailable, SlurmError, VictoriaError
 from .footprint import JobFootprint
 from .gpu_capture import GpuCapture
@@ -58,7 +58,8 @@ from .metrics import Metrics, serve
 from .publish import WRITTEN, Publisher
 from .reconcile import Reconciler
 from .running import RunningGauge
-from .slurm import JobFacts, JobNotInDatabase, SlurmCommandError, SlurmIO, SlurmUnsupported, node_cpu_lookup
+from .services import build as build_services
+from .slurm import JobFacts, JobNotInDatabase, SlurmCommandError, SlurmIO, SlurmUnsupported
 from .spool import Spool, SpoolRecord
 from .suspend import SuspendWatch
 from .token import parse
@@ -574,8 +575,8 @@ def build(cfg: Config, registry: CollectorRegistry | None = None, progress: Prog
         finally:
             progress.touch()
 
-    slurm = SlurmIO(cfg.slurm, cluster=cfg.cluster or None, runner=runner, timeout=cfg.slurm.timeout)
-    engine, victoria = build_engine(cfg, node_cpus=node_cpu_lookup(slurm))
+    services = build_services(cfg, runner)
+    slurm, engine, victoria = services.slurm, services.engine, services.victoria
     # Every VictoriaMetrics response is progress too (a long fetch is many bounded requests).
     victoria.on_response = progress.touch
     ledger = Ledger(cfg.state_dir, cfg.cluster)

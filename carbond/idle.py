@@ -246,10 +246,9 @@ def run(args, cfg, out=None) -> int:
     import sys
     import time
 
-    from .engine import build_engine
     from .errors import JobInputError
     from .ledger_columns import connect
-    from .slurm import SlurmIO, node_cpu_lookup
+    from .services import build
     from .times import iso, parse_time
 
     out = out or sys.stdout
@@ -262,8 +261,8 @@ def run(args, cfg, out=None) -> int:
                             "over" + ("" if args.write else "; without --write it may end inside a half-hour"))
     if hi > latest:
         hi = end  # a look at the half-hour so far: nothing is recorded
-    slurm = SlurmIO(cfg.slurm, cluster=cfg.cluster or None)
-    engine, _ = build_engine(cfg, node_cpus=node_cpu_lookup(slurm))
+    services = build(cfg)
+    slurm, engine = services.slurm, services.engine
     db = connect(cfg.state_dir) if args.write else None
     try:
         table, rows = close_and_record(cfg, engine, slurm, lo, hi, db)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .config import Config
 from .report import equivalent
+from .services import slurm_io
 from .slurm import ACTIVE_STATES, FIELD_OPTIONS, JobFacts, SlurmIO
 from .token import method_of, parse
 
@@ -36,7 +37,7 @@ def show(cfg: Config, job_ids: list[str], as_json: bool = False, out=None, any_f
     """
     out = out or sys.stdout
     valid = [j for j in dict.fromkeys(job_ids) if JOB_ID.fullmatch(j)]
-    io = slurm or SlurmIO(cfg.slurm, cluster=cfg.cluster or None)
+    io = slurm or slurm_io(cfg)
     facts = list(io.read_jobs(valid, groups=True).values()) if valid else []
     fields = tuple(FIELD_OPTIONS) if any_field else (cfg.slurm.comment_field,)
     rows = [(jid, f) for jid in job_ids for f in ((_matches(jid, facts) if jid in valid else []) or [None])]
