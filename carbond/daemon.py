@@ -281,12 +281,16 @@ class Daemon:
             self._guard("ledger", lambda: self.details(pairs, new))  # type: ignore[misc]
 
     def _power_pending(self, rec: SpoolRecord, f: JobFacts) -> bool:
-        """Wait (up to settle_seconds after the end) until every node has a sample past the end."""
+        """Wait (up to settle_seconds after the end) until every node, and every GPU series on it,
+        has a sample past the end: history (backfill, footprint) then sees the same samples."""
         end, nodes = f.job.end, f.job.nodes
         if end is None or not nodes or self.clock() > end + self.cfg.settle_seconds:
             return False
         latest = self.victoria.latest_sample(nodes, end)
-        if all(latest.get(n, 0) >= end for n in nodes):
+        gpu = self.engine.gpu_power
+        # GPU series of the job's nodes seen lately must have reached the end too (CPU-only nodes have none)
+        lagging = gpu is not None and any(t < end for t in gpu.latest_sample(nodes, end - self.cfg.max_gap).values())
+        if all(latest.get(n, 0) >= end for n in nodes) and not lagging:
             return False
         self._retry(rec, "waiting for power samples past the job's end", quick=True, ages=False, quiet=True)
         return True
@@ -594,7 +598,7 @@ def build(cfg: Config, registry: CollectorRegistry | None = None, progress: Prog
         if cfg.gpu is not None:
             daemon.gpu_capture = GpuCapture(slurm, ledger, clock)
     daemon.details = lambda pairs, new: after_record(cfg.state_dir, cfg, pairs, new, metrics)
-    daemon.closer = Closer(cfg, engine, slurm, metrics, clock)
+    daemon.closer = Closer(cfg, engine, slurm, metrics, clock, ledger=ledger)
     daemon.running = RunningGauge(engine, slurm, metrics, clock)
     return daemon
 

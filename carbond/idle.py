@@ -136,14 +136,15 @@ def ledger_rows(table: IdleTable, partitions: dict[str, str], node_class) -> lis
 # ---- the daemon's and the command's entry points --------------------------------------------------
 
 
-def close_and_record(cfg, engine, slurm, lo: float, hi: float, db=None, metrics=None):
+def close_and_record(cfg, engine, slurm, lo: float, hi: float, db=None, metrics=None, ledger=None):
     """Close [lo, hi) from sacct and record it: the one call the daemon makes per closed half-hour(s)
     (with its engine, SlurmIO, an open ledger_columns.connect() and its Metrics). Returns the table
-    and the ledger rows; `db` None records nothing (a dry run)."""
+    and the ledger rows; `db` None records nothing (a dry run). The jobs are their stretches as
+    carbond.accounting sees them (every run, no suspended time, captured GPU indices from `ledger`)."""
     from .ledger_columns import record_spread, record_unattributed
 
-    jobs = jobs_overlapping(slurm, lo, hi)
-    table, parts = close_window(engine, jobs, lo, hi, cfg.idle, sorted(slurm.node_cpus()))
+    jobs = stretches(slurm, ledger, jobs_overlapping(slurm, lo, hi))
+    table, parts = close_window(engine, jobs, lo, hi, cfg.idle, every_node(cfg, slurm))
     rows = ledger_rows(table, parts, lambda n: _label(cfg, n))
     if db is not None:
         record_unattributed(db, cfg.cluster, rows)
@@ -154,6 +155,29 @@ def close_and_record(cfg, engine, slurm, lo: float, hi: float, db=None, metrics=
             for _node, _slot, partition, _cls, joules in rows:
                 metrics.add_unattributed(partition, joules)
     return table, rows
+
+
+def stretches(slurm, ledger, jobs: Sequence) -> list:
+    """Each job as the stretches it really ran (docs/accounting.md R7), under its own id: a requeued
+    job's earlier runs on their own nodes, a suspended job's intervals cut out. A run charged pro rata
+    (intervals unknown) stays whole here: its suspended share is not known to the second."""
+    from .accounting import histories
+    from .runs import pieces
+
+    ended = [j for j in jobs if j.end is not None]
+    out = [j for j in jobs if j.end is None]
+    for h in histories(slurm, ledger, ended):
+        out += [replace(p.job, job_id=h.job.job_id) for p in pieces(h.job, h.runs, h.suspends)]
+    return out
+
+
+def every_node(cfg, slurm) -> list[str]:
+    """Slurm's nodes and every node the config's `nodes` name: a node that ran nothing (or that
+    Slurm no longer lists) is closed too, its whole meter unattributed."""
+    from .hostlist import expand
+
+    named = {n for c in cfg.nodes for n in expand(c.match)}
+    return sorted(set(slurm.node_cpus()) | named)
 
 
 def _label(cfg, node: str) -> str:
@@ -190,6 +214,8 @@ class Closer:
     slurm: object
     metrics: object
     clock: object
+    ledger: object = None
+    """The daemon's ledger: suspend intervals and GPU indices for the jobs' stretches."""
     next_slot: float | None = None
     not_before: float = 0.0
     _db: object = None
@@ -216,7 +242,7 @@ class Closer:
             self.not_before = self.next_slot + HALF_HOUR + self.cfg.settle_seconds
             return 0
         lo, hi = self.next_slot, min(hi, self.next_slot + MAX_SLOTS * HALF_HOUR)
-        close_and_record(self.cfg, self.engine, self.slurm, lo, hi, self._db, self.metrics)
+        close_and_record(self.cfg, self.engine, self.slurm, lo, hi, self._db, self.metrics, self.ledger)
         self.next_slot = hi
         self.not_before = 0.0
         return int((hi - lo) // HALF_HOUR)
@@ -246,6 +272,7 @@ def run(args, cfg, out=None) -> int:
     import sys
     import time
 
+    from .accounting import ledger_view
     from .errors import JobInputError
     from .ledger_columns import connect
     from .services import build
@@ -265,7 +292,7 @@ def run(args, cfg, out=None) -> int:
     slurm, engine = services.slurm, services.engine
     db = connect(cfg.state_dir) if args.write else None
     try:
-        table, rows = close_and_record(cfg, engine, slurm, lo, hi, db)
+        table, rows = close_and_record(cfg, engine, slurm, lo, hi, db, ledger=ledger_view(cfg.state_dir, cfg.cluster))
     finally:
         if db is not None:
             db.close()

@@ -121,6 +121,8 @@ def _job_from_row(row: list[str], col: dict[str, int], opt: dict[str, int | None
     nodes_expr = row[col["NodeList"]]
     nodes = () if nodes_expr.lower() in ("none assigned", "", "none") else expand(nodes_expr)
     cpus, gpus = tres_counts(row[col["AllocTRES"]])
+    if nodes and cpus <= 0:
+        cpus = _cpu_column(row, col)
 
     def get(k: str) -> str:
         i = opt[k]
@@ -139,6 +141,20 @@ def _job_from_row(row: list[str], col: dict[str, int], opt: dict[str, int | None
         display_id=get("JobID"),
         warnings=tuple(warnings),
     )
+
+
+CPU_COLUMNS = ("AllocCPUS", "NCPUS")
+"""Where a job's CPU count is found when its AllocTRES is empty (seen in real sacct output)."""
+
+
+def _cpu_column(row: list[str] | tuple[str, ...], col: dict[str, int]) -> int:
+    """The job's CPUs from AllocCPUS/NCPUS; an error, never 0, when neither holds a count."""
+    for name in CPU_COLUMNS:
+        i = col.get(name)
+        if i is not None and i < len(row) and row[i].strip().isdigit() and int(row[i]) > 0:
+            return int(row[i])
+    raise JobInputError("AllocTRES has no cpu count and there is no AllocCPUS or NCPUS column to take it from "
+                        "(add AllocCPUS to the sacct -o columns)")
 
 
 def _time(text: str, zone: str | None, warnings: list[str]) -> float | None:
@@ -300,6 +316,13 @@ def read_table(lines: list[str], line_nos: list[int], header: SacctHeader, names
     end = _times(cols[col["End"]], zone, warnings, time_err)
     node_ids, node_err = _node_column(cols[col["NodeList"]], names)
     tres, tres_err = _tres_column(cols[col["AllocTRES"]])
+    counts = np.fromiter(map(len, node_ids), dtype=np.int64, count=n)
+    if n and np.any((tres[:, 0] <= 0) & (counts > 0)):  # an empty AllocTRES: AllocCPUS/NCPUS, or an error
+        for i in np.flatnonzero((tres[:, 0] <= 0) & (counts > 0)).tolist():
+            try:
+                tres[i, 0] = _cpu_column([c[i] for c in cols], col)
+            except CarbondError as exc:
+                tres_err[i] = str(exc)
     failed = {**tres_err, **node_err, **time_err}
     for i, e in failed.items():
         jid = cols[col["JobIDRaw"]][i]
@@ -310,7 +333,6 @@ def read_table(lines: list[str], line_nos: list[int], header: SacctHeader, names
         keep_idx = np.flatnonzero(ok)
     else:
         keep_idx = None
-    counts = np.fromiter(map(len, node_ids), dtype=np.int64, count=n)
     cpus = tres[:, 0] if n else np.zeros(0)
     per_node = np.divide(cpus, counts, out=np.zeros(n), where=counts > 0)
     table = JobTable(

@@ -620,9 +620,12 @@ def _facts(*, job_id: str, display_id: str, state: str, start: float | None, end
     nodes = () if nodelist.strip().lower() in NO_NODES else expand(nodelist)
     if not nodes:
         start = None  # cancelled before it ran: sacct shows Start == End == the cancel time
+    unknown = bool(nodes) and cpus <= 0  # an empty AllocTRES (seen in real sacct output): never 0 CPUs
     job = Job(job_id=job_id, start=float(start) if start is not None else None,
-              end=float(end) if end is not None else None, nodes=nodes, cpus=even_split(cpus, len(nodes)),
-              gpus=gpus, partition=partition, account=account, user=user, display_id=display_id)
+              end=float(end) if end is not None else None, nodes=nodes,
+              cpus=() if unknown else even_split(cpus, len(nodes)), gpus=gpus, partition=partition, account=account,
+              user=user, display_id=display_id,
+              warnings=(f"AllocTRES has no CPU count: charged whole nodes ({len(nodes)})",) if unknown else ())
     return JobFacts(job=job, state=state.split(" ")[0].upper(), admin_comment=admin_comment,
                     system_comment=system_comment, comment=comment, cluster=cluster)
 

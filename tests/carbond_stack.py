@@ -35,7 +35,7 @@ def free_port() -> int:
 class CarbondStack:
     def __init__(self, slurm, vm_url: str, workdir: Path, settle: float = 20.0, feed_interval: float = 1.0,
                  extra_config: str = "", slurm_extra: str = "", bin_dir: str | None = None,
-                 state_dir: Path | None = None, user: str | None = None) -> None:
+                 state_dir: Path | None = None, user: str | None = None, nodes: str = "n[1-3]") -> None:
         """`slurm_extra`: more lines (2-space indented) for the config's `slurm:` block; `bin_dir`:
         where sacct, sacctmgr, squeue, scontrol and sinfo are (a directory of fault wrappers;
         default: the testbed's own clients)."""
@@ -57,7 +57,7 @@ class CarbondStack:
             f"settle_seconds: {settle}\n"
             f"victoriametrics:\n  url: {vm_url}\n  timeout: 5\n"
             "intensity:\n  provider: constant\n  value: 200\n"
-            "nodes:\n  - match: n[1-3]\n    cpus: 2\n    idle_watts: 100\n    max_watts: 300\n"
+            f"nodes:\n  - match: {nodes}\n    cpus: 2\n    idle_watts: 100\n    max_watts: 300\n"
             f"metrics:\n  listen: 127.0.0.1:{self.port}\n"
             f"slurm:\n  sacct: {client('sacct')}\n  sacctmgr: {client('sacctmgr')}\n"
             + ("" if "retry_seconds" in slurm_extra else "  retry_seconds: 600\n")

@@ -322,3 +322,27 @@ def test_jobs_mode_charges_every_run_and_no_suspended_time_as_the_daemon_does(se
         assert got["8"]["energy_kwh"] == pytest.approx(100 * 3600 / 2 / 3.6e6, rel=1e-9)
         assert got["8"]["method"] == "mixed" and any("suspended" in w for w in got["8"]["warnings"])
         assert got["9"]["energy_kwh"] == pytest.approx(200 * 1800 / 3.6e6, rel=1e-9)
+
+
+def test_an_empty_alloctres_takes_alloccpus_or_is_an_error_never_zero(setup, capsys, tmp_path):
+    """Seen in real sacct output: AllocTRES empty for a job that ran. Before, such a job was accounted
+    as 0 kWh, status ok, method measured, with no warning."""
+    cfg, _, b = setup
+    table = tmp_path / "sacct.txt"
+    table.write_text("JobIDRaw|Start|End|NodeList|AllocTRES|AllocCPUS\n"
+                     f"1|{T0}|{T0 + 1800}|{b}||4\n"
+                     f"2|{T0}|{T0 + 1800}|{b}||\n")
+    code, out, err = run(capsys, "--config", cfg, "footprint", "--jobs", str(table), "--json")
+    got = {d["job_id"]: d for d in map(json.loads, out.splitlines())}
+    assert code == 1 and "1 of 2 job(s) could not be accounted" in err
+    assert got["1"]["status"] == "ok" and got["1"]["energy_kwh"] == pytest.approx(200 * 4 / 8 * 1800 / 3.6e6, rel=1e-9)
+    assert got["2"]["status"] == "error" and "AllocCPUS" in got["2"]["error"]
+
+
+def test_slurms_empty_alloctres_charges_whole_nodes_and_says_so():
+    from carbond.slurm import parse_parsable
+
+    row = "\x1f".join(["5", "5", "COMPLETED", "100", "200", "n1", "", "p", "a", "u", "c", "", "", "", "5"])
+    (f,) = parse_parsable(row + "\n")
+    assert f.job.cpus == () and f.job.nodes == ("n1",)  # () = whole nodes, never 0 CPUs
+    assert any("no CPU count" in w for w in f.job.warnings)

@@ -170,6 +170,11 @@ class ClusterSlurm:
     def node_cpus(self):
         return {"n1": 2, "n2": 2}
 
+    def read_runs(self, job_ids):
+        """Each job ran once, as its record says; asked only for jobs this fake listed."""
+        assert set(job_ids) <= {j.job_id for j in self.jobs}
+        return {}
+
 
 def _engine(tmp_path):
     cfg = from_mapping({"state_dir": str(tmp_path), "settle_seconds": 60, "nodes": [{"match": "n[1-2]", "cpus": 2}]})

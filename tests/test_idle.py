@@ -112,6 +112,11 @@ class FakeSlurm:
     def node_cpus(self):
         return {n: 8 for n in NODES}
 
+    def read_runs(self, job_ids):
+        """Each job ran once, as its record says; asked only for jobs this fake listed."""
+        assert set(job_ids) <= {j.job_id for j in self.jobs}
+        return {}
+
 
 def test_spread_is_recorded_and_reported_with_the_jobs(tmp_path):
     from carbond.idle import close_and_record
