@@ -287,7 +287,7 @@ class Daemon:
         if end is None or not nodes or self.clock() > end + self.cfg.settle_seconds:
             return False
         latest = self.victoria.latest_sample(nodes, end)
-        gpu = self.engine.gpu_power
+        gpu = getattr(self.engine, "gpu_power", None)
         # GPU series of the job's nodes seen lately must have reached the end too (CPU-only nodes have none)
         lagging = gpu is not None and any(t < end for t in gpu.latest_sample(nodes, end - self.cfg.max_gap).values())
         if all(latest.get(n, 0) >= end for n in nodes) and not lagging:

@@ -210,7 +210,7 @@ def test_gpu_and_unattributed_energy_equal_the_ledger_whoever_wrote_it(tmp_path)
     m = Metrics(reg, "c1")
     job = Job("1", 0.0, 3600.0, ("g1",), (8.0,), gpus=1, partition="gpu", account="a", user="u")
     fp = JobFootprint("1", "ok", energy_kwh=0.325, co2e_g=32.5, pue=1.0, method="measured", coverage=1.0,
-                      nodes=(NodeEnergy("g1", 0.075, 0.125), NodeEnergy("g1/gpu0", 0.25, 1.0)))
+                      nodes=(NodeEnergy("g1", 0.325, 0.125),), gpu_energy_kwh=0.25)
     with Ledger(tmp_path, "c1") as led:
         m.resume(led)
         entries = [Entry.from_footprint(job, fp)]
