@@ -187,16 +187,18 @@ class Asked:
 class NodePower(Asked):
     """Node meters as VictoriaMetrics answers: only the nodes asked, only the samples in [start, end]."""
 
-    def __init__(self, cluster: O.Cluster) -> None:
+    def __init__(self, cluster: O.Cluster, clip: bool = True) -> None:
         super().__init__(cluster.max_gap)
         self.series = {n.name: n.samples for n in cluster.nodes}
+        self.clip = clip
+        """False (measurements only): every sample whatever the window, to see the other errors."""
 
     def fetch_power(self, nodes, start, end):
         assert start < end and set(nodes) <= set(self.series), (nodes, start, end)
         self.calls.append((frozenset(nodes), float(start), float(end)))
         out = {}
         for n in nodes:
-            s = [(t, w) for t, w in self.series[n] if start <= t <= end]
+            s = [(t, w) for t, w in self.series[n] if not self.clip or start <= t <= end]
             if s:
                 out[n] = (np.array([t for t, _ in s]), np.array([w for _, w in s]))
         return out
@@ -244,7 +246,7 @@ class Intensity:
                                stale=np.zeros(v.size, bool))
 
 
-def engine_for(cluster: O.Cluster) -> tuple[Engine, NodePower, GpuPower | None]:
+def engine_for(cluster: O.Cluster, clip: bool = True) -> tuple[Engine, NodePower, GpuPower | None]:
     nodes = [{"match": n.name, "cpus": n.cpus, **({"gpus": len({s.index for s in n.gpus})} if n.gpus else {}),
               **({"idle_watts": n.idle_watts, "max_watts": n.max_watts} if n.idle_watts is not None else {})}
              for n in cluster.nodes]
@@ -254,7 +256,7 @@ def engine_for(cluster: O.Cluster) -> tuple[Engine, NodePower, GpuPower | None]:
                         "embodied": {"g_per_node_hour": cluster.embodied_g_per_node_hour},
                         **({"gpu": {"job_label": "hpc_job"} if labels else {}} if any(n.gpus for n in cluster.nodes)
                            else {})})
-    power = NodePower(cluster)
+    power = NodePower(cluster, clip)
     gpu = GpuPower(cluster) if any(n.gpus for n in cluster.nodes) else None
     return Engine(cfg, power, Intensity(dict(cluster.intensity)), gpu_power=gpu), power, gpu
 
@@ -298,7 +300,8 @@ class Got:
 def engine_account(cluster: O.Cluster, strict: bool = True) -> tuple[dict[str, Got], list]:
     """THE place the engine accounts jobs: each job's runs and suspends as the daemon's _account
     turns them into pieces, accounted, combined. Returns per job its numbers, and the power needs no
-    fetch covered (strict: none may be missed)."""
+    fetch covered (strict: none may be missed). When carbond has one accounting function from a job's
+    facts (runs, suspends, GPU indices), call it here instead of pieces/account/combine."""
     eng, power, gpu = engine_for(cluster)
     plan = []
     for j in cluster.jobs:
@@ -320,10 +323,10 @@ def engine_account(cluster: O.Cluster, strict: bool = True) -> tuple[dict[str, G
     return out, missed
 
 
-def engine_idle(cluster: O.Cluster, lo: int, hi: int, strict: bool = True) -> tuple[dict, list]:
+def engine_idle(cluster: O.Cluster, lo: int, hi: int, strict: bool = True, clip: bool = True) -> tuple[dict, list]:
     """THE place the engine closes half-hours: carbond.idle.close_window over the jobs' stretches and
     every configured node; (node, slot) -> O.IdleRow with a node's GPUs folded in."""
-    eng, power, gpu = engine_for(cluster)
+    eng, power, gpu = engine_for(cluster, clip)
     jobs = []
     for j in cluster.jobs:
         final, runs = carbond_job(j)
@@ -360,8 +363,9 @@ def job_diffs(exp: dict[str, O.Expected], got: dict[str, Got], fields) -> dict[s
     out: dict[str, tuple[float, str]] = {f: (0.0, "") for f in fields}
     for job_id, e in exp.items():
         g = got[job_id]
-        if g.status != "ok":
-            return {f: (math.inf, f"{job_id}: {g.status}") for f in fields}
+        if g.status != "ok":  # the oracle accounts every job here
+            out["status"] = (math.inf, f"{job_id}: {g.status}")
+            continue
         for f in fields:
             r = rel(getattr(e, f), getattr(g, f), FLOOR[f])
             if f == "coverage" and "suspend-pro-rata" in e.flags:
@@ -372,13 +376,24 @@ def job_diffs(exp: dict[str, O.Expected], got: dict[str, Got], fields) -> dict[s
 
 
 def idle_diffs(exp: dict, got: dict) -> dict[str, tuple[float, str]]:
-    out = {f: (0.0, "") for f in ("measured_j", "jobs_j", "unattributed_j")}
+    """Per field, the largest relative difference of a (node, half-hour), and of a node's sum over the window."""
+    fields = ("measured_j", "jobs_j", "unattributed_j")
+    out = {f: (0.0, "") for f in fields} | {f"node {f}": (0.0, "") for f in fields}
+    sums: dict[str, list[list[float]]] = {}
     for key, e in exp.items():
-        g = got.get(key, O.IdleRow(0.0, 0.0, 0.0))
-        for f in out:
+        g = got.get(key, O.IdleRow(0.0, 0.0, 0.0))  # a node without a row: nothing measured
+        s = sums.setdefault(key[0], [[0.0] * 3, [0.0] * 3])
+        for k, f in enumerate(fields):
+            s[0][k] += getattr(e, f)
+            s[1][k] += getattr(g, f)
             r = rel(getattr(e, f), getattr(g, f), FLOOR[f])
             if r > out[f][0]:
                 out[f] = (r, f"{key[0]}@{key[1] - MIDNIGHT}")
+    for node, (e, g) in sums.items():
+        for k, f in enumerate(fields):
+            r = rel(e[k], g[k], FLOOR[f])
+            if r > out[f"node {f}"][0]:
+                out[f"node {f}"] = (r, node)
     return out
 
 
@@ -640,11 +655,26 @@ def test_gpu_jobs_found_by_the_hpc_job_label(cluster):
     check_jobs(cluster, ENERGY)
 
 
-@pytest.mark.xfail(strict=True, reason="R5: count fraction (no indices, no label) on top of rest_power's grid error")
+@pytest.mark.xfail(strict=True, reason="R5: with hpc_job labels, even on the node's sample grid: the labelled and "
+                   "unlabelled series of a GPU are two traces, the GPU's power subtracted from the node twice")
+@KNOWN_BAD
+@given(clusters(gpu_modes=("labels", "both"), same_grid=True, embodied=False))
+def test_gpu_jobs_found_by_the_hpc_job_label_on_one_sample_grid(cluster):
+    check_jobs(cluster, ("energy_j", "gpu_energy_j", "operational_g", "intensity"))
+
+
+@pytest.mark.xfail(strict=True, reason="R5: the node's rest formed at its sample times (rest_power), here under the "
+                   "count fraction (which agrees on one sample grid)")
 @KNOWN_BAD
 @given(clusters(gpu_modes=("count",), embodied=False))
 def test_gpu_jobs_charged_their_count_fraction(cluster):
     check_jobs(cluster, ENERGY)
+
+
+@FAST
+@given(clusters(gpu_modes=("count",), same_grid=True, embodied=False))
+def test_gpu_jobs_charged_their_count_fraction_on_one_sample_grid(cluster):
+    check_jobs(cluster, ("energy_j", "gpu_energy_j", "operational_g", "intensity"))
 
 
 @pytest.mark.xfail(strict=True, reason="R9: embodied CO2 is charged per GPU row as a node-hour, not by the "
@@ -708,12 +738,18 @@ CASES = {
     "R5 captured indices": (clusters(gpu_modes=("ids",), embodied=False), ENERGY, "jobs"),
     "R5 GPU meters above the node": (clusters(gpu_modes=("ids",), over=True, embodied=False), ENERGY, "jobs"),
     "R5 hpc_job labels": (clusters(gpu_modes=("labels", "both"), embodied=False), ENERGY, "jobs"),
+    "R5 hpc_job labels, one grid": (clusters(gpu_modes=("labels", "both"), same_grid=True, embodied=False),
+                                    ("energy_j", "gpu_energy_j", "operational_g", "intensity"), "jobs"),
+    "R5 count fraction, one grid": (clusters(gpu_modes=("count",), same_grid=True, embodied=False),
+                                    ("energy_j", "gpu_energy_j", "operational_g", "intensity"), "jobs"),
     "R5 count fraction": (clusters(gpu_modes=("count",), embodied=False), ENERGY, "jobs"),
     "R9 GPU embodied": (clusters(gpu_modes=("ids",)), ("embodied_g",), "jobs"),
     "all at once": (clusters(gpu_modes=("ids", "labels", "both", "count"), over=True, requeue=True,
                              suspend="exact", dark=True), ALL, "jobs"),
     "R10 CPU nodes": (clusters(requeue=True, suspend="exact"), None, "idle"),
     "R10 GPU nodes": (clusters(gpu_modes=("ids", "labels", "count"), over=True), None, "idle"),
+    "R10 CPU nodes, node power not clipped to the asked window": (clusters(requeue=True, suspend="exact"), None,
+                                                                  "idle-unclipped"),
 }
 
 
@@ -733,7 +769,8 @@ def measure(name: str) -> tuple[dict[str, tuple[float, str]], int, set[str]]:
                 d = job_diffs(O.account(cluster), engine_account(cluster, strict=False)[0], fields)
             else:
                 lo, hi = idle_window(cluster)
-                d = idle_diffs(O.idle(cluster, lo, hi), engine_idle(cluster, lo, hi, strict=False)[0])
+                got = engine_idle(cluster, lo, hi, strict=False, clip=kind == "idle")[0]
+                d = idle_diffs(O.idle(cluster, lo, hi), got)
         except Exception as exc:  # noqa: BLE001 - reported, not hidden
             errors.add(f"{type(exc).__name__}: {exc}"[:160])
             return
