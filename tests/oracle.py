@@ -47,6 +47,10 @@ class Node:
     gpus: tuple[GpuSeries, ...] = ()
     idle_watts: float | None = None
     max_watts: float | None = None
+    weights: tuple[float, float, float] | None = None
+    """The node class's `weights: {cpu, gpu, mem_gb}` (R3), with its `gpus` and `mem_gb` below."""
+    class_gpus: int = 0
+    mem_gb: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ class Job:
     """GPU indices held per node, captured while the job ran; None: not captured."""
     suspends: tuple[tuple[float, float], ...] = ()
     """Suspend intervals carbond recorded (squeue polls)."""
+    mem_gb: float = 0.0
+    """Allocated memory (AllocTRES mem), for R3's weights."""
 
 
 @dataclass(frozen=True)
@@ -247,6 +253,21 @@ def cpu_load(node: Node, cpus: float | None) -> float:
     return min(1.0, cpus / node.cpus)
 
 
+def cpu_share(cluster: Cluster, node: Node, job: Job, run: Run, cpus: float | None, load: float) -> float:
+    """R3 on a node without GPU series: exclusive 1; the class's TRES weights; else CPUs held / node CPUs."""
+    if cluster.attribution == "exclusive":
+        return 1.0
+    if node.weights is None:
+        return load
+    wc, wg, wm = node.weights
+    # choice: with weights, unknown CPUs held count as none (the rules give 1 only for the CPU ratio)
+    c, g, m = cpus or 0.0, job.gpus / len(run.nodes), job.mem_gb / len(run.nodes)
+    cap = node.cpus * wc + node.class_gpus * wg + node.mem_gb * wm
+    if not cap > 0:  # choice: nothing to split by -> the CPU ratio
+        return load
+    return min(1.0, max(0.0, (c * wc + g * wg + m * wm) / cap))
+
+
 def piece(meters: Meters, job: Job, run: Run, i: int, slot: int, a: float, b: float) -> PieceResult:
     """R3-R5 for the piece [a, b] of `job` on node `run.nodes[i]`."""
     cluster = meters.cluster
@@ -259,7 +280,7 @@ def piece(meters: Meters, job: Job, run: Run, i: int, slot: int, a: float, b: fl
     c_s = trace.covered(a, b)
     gpus = meters.gpus.get(name)
     if not gpus:
-        share = 1.0 if cluster.attribution == "exclusive" else load  # R3
+        share = cpu_share(cluster, node, job, run, cpus, load)  # R3
         return PieceResult(name, slot, a, b, share * n_j, 0.0, c_s, n_j, share, load)
     g = {idx: tr.energy(a, b) for idx, tr in gpus.items()}
     s = sum(g.values())

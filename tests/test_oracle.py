@@ -248,6 +248,8 @@ class Intensity:
 
 def engine_for(cluster: O.Cluster, clip: bool = True) -> tuple[Engine, NodePower, GpuPower | None]:
     nodes = [{"match": n.name, "cpus": n.cpus, **({"gpus": len({s.index for s in n.gpus})} if n.gpus else {}),
+              **({"gpus": n.class_gpus, "mem_gb": n.mem_gb,
+                  "weights": dict(zip(("cpu", "gpu", "mem_gb"), n.weights, strict=True))} if n.weights else {}),
               **({"idle_watts": n.idle_watts, "max_watts": n.max_watts} if n.idle_watts is not None else {})}
              for n in cluster.nodes]
     labels = any(s.job for n in cluster.nodes for s in n.gpus)
@@ -431,12 +433,13 @@ def _gap(rng: random.Random, samples: list, max_gap: float) -> list:
 
 @st.composite
 def clusters(draw, gpu_modes=(), over=False, requeue=False, suspend=None, gaps=True, dark=False,
-             embodied=True, pue=True, same_grid=False, exclusive=False):
+             embodied=True, pue=True, same_grid=False, exclusive=False, weights=None):
     """A small random cluster. gpu_modes: how GPU jobs' indices are known ("ids", "labels", "both",
     "count"); over: GPU meters may add up to more than the node meter; suspend: None, "exact" or
     "pro-rata"; dark: a node without samples (idle/max watts configured); same_grid: a GPU node's
     GPUs sampled at its meter's times, no gaps (what the engine's rest_power is exact on);
-    exclusive: `attribution` drawn from cpus and exclusive."""
+    exclusive: `attribution` drawn from cpus and exclusive; weights: CPU nodes get a class with TRES
+    weights ("cpu-gpu", or "mem" with a memory weight too) and jobs GPU counts and memory."""
     rng = random.Random(draw(st.integers(0, 2**32 - 1)))
     max_gap = draw(st.sampled_from([120.0, 300.0]))
     lo, hi = MIDNIGHT - 900.0, MIDNIGHT + SPAN + 900.0
@@ -482,7 +485,8 @@ def clusters(draw, gpu_modes=(), over=False, requeue=False, suspend=None, gaps=T
             runs[-1] = replace(r, suspended=float(total))
             # another job on the freed CPUs
             extra.append(O.Job(f"{j}s", (O.Run(s, e, r.nodes, r.cpus),)))
-        jobs.append(O.Job(str(j), tuple(runs), suspends=suspends))
+        tres = {"gpus": rng.randint(0, 2), "mem_gb": rng.uniform(0, 128)} if weights else {}
+        jobs.append(O.Job(str(j), tuple(runs), suspends=suspends, **tres))
     jobs += extra
 
     # GPUs: each GPU job takes distinct indices on each GPU node it ran on
@@ -529,7 +533,9 @@ def clusters(draw, gpu_modes=(), over=False, requeue=False, suspend=None, gaps=T
             s.insert(rng.randrange(len(s)), (rng.uniform(lo, hi), math.nan))
         if gaps and rng.random() < 0.5:
             s = _gap(rng, s, max_gap)
-        nodes.append(O.Node(name, c, tuple(s), idle_watts=100.0, max_watts=400.0))
+        w = {"weights": (1.0, rng.uniform(0, 50), rng.uniform(0, 5) if weights == "mem" else 0.0),
+             "class_gpus": 4, "mem_gb": 256.0} if weights else {}
+        nodes.append(O.Node(name, c, tuple(s), idle_watts=100.0, max_watts=400.0, **w))
     for name, c, g in gpu_nodes:
         gpus = []
         node_t = _grid(rng, draw(st.sampled_from([15.0, 30.0])), lo, hi, 0.3)
@@ -623,12 +629,41 @@ def test_captured_none_on_a_node_is_none():
     check_jobs(c, ENERGY)
 
 
+@pytest.mark.xfail(strict=True, reason="R6: a gap in the job's GPU series makes the job an error (no power samples "
+                   "for node/gpuN): coverage and the estimate are the node meter's alone")
+def test_a_gap_in_a_gpu_series_is_no_error():
+    gap = [(t, w) for t, w in flat(MIDNIGHT - 600, MIDNIGHT + 4200, 200) if not MIDNIGHT + 500 < t < MIDNIGHT + 1500]
+    node = O.Node("g0", 32, flat(MIDNIGHT - 600, MIDNIGHT + 4200, 1000),
+                  (O.GpuSeries("0", tuple(gap)), O.GpuSeries("1", flat(MIDNIGHT - 600, MIDNIGHT + 4200, 100))),
+                  idle_watts=200, max_watts=1600)
+    job = O.Job("1", (O.Run(MIDNIGHT + 600, MIDNIGHT + 1200, ("g0",), (8,)),), gpus=1, gpu_ids={"g0": ("0",)})
+    c = O.Cluster((node,), (job,), intensity())
+    e = O.account(c)["1"]
+    assert e.gpu_energy_j == 0 and e.energy_j == pytest.approx(0.25 * 900 * 600) and e.coverage == 1
+    check_jobs(c, ENERGY)
+
+
 @pytest.mark.xfail(strict=True, reason="R7: a pro-rata run's GPU energy is not scaled (runs.combine keeps the "
                    "pieces' node rows unscaled)")
 @KNOWN_BAD
 @given(clusters(gpu_modes=("ids",), same_grid=True, suspend="pro-rata", embodied=False))
 def test_gpu_energy_of_a_pro_rata_run_is_scaled(cluster):
     check_jobs(cluster, ENERGY)
+
+
+@FAST
+@given(clusters(weights="cpu-gpu", requeue=True))
+def test_tres_weights_of_cpus_and_gpus(cluster):
+    """R3 with a node class's weights (no memory weight)."""
+    check_jobs(cluster)
+
+
+@pytest.mark.xfail(strict=True, reason="R3: weights.mem_gb is ignored (the job's allocated memory never reaches "
+                   "the engine)")
+@KNOWN_BAD
+@given(clusters(weights="mem"))
+def test_tres_weights_with_memory(cluster):
+    check_jobs(cluster)
 
 
 @pytest.mark.xfail(strict=True, reason="R5: the node trace minus the GPUs is formed at the node's sample times "
@@ -726,6 +761,8 @@ def test_the_oracle_closes_every_node_to_its_meter(cluster):
 
 CASES = {
     "R1-R4,R6,R8,R9 CPU nodes": (clusters(dark=True, exclusive=True), ALL, "jobs"),
+    "R3 TRES weights cpu, gpu": (clusters(weights="cpu-gpu", requeue=True), ALL, "jobs"),
+    "R3 TRES weights with mem_gb": (clusters(weights="mem"), ALL, "jobs"),
     "R7 requeues, recorded suspends": (clusters(requeue=True, suspend="exact"), ALL, "jobs"),
     "R7 pro-rata suspends": (clusters(requeue=True, suspend="pro-rata"), ALL, "jobs"),
     "R5 captured indices, one grid": (clusters(gpu_modes=("ids",), same_grid=True, requeue=True, suspend="exact",
