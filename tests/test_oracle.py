@@ -720,7 +720,7 @@ def test_gpu_jobs_embodied_by_energy_share(cluster):
     check_jobs(cluster, ("embodied_g",))
 
 
-@pytest.mark.xfail(strict=True, reason="R5, R7, R9 together (see the single-rule tests)")
+@pytest.mark.xfail(strict=True, reason="R5, R6, R7, R9 together (see the single-rule tests)")
 @KNOWN_BAD
 @given(clusters(gpu_modes=("ids", "labels", "both", "count"), over=True, requeue=True, suspend="exact", dark=True))
 def test_everything_at_once(cluster):
