@@ -6,8 +6,8 @@ jobs twice); two on one state_dir would each export half of the truth. The lock 
 dies, even by SIGKILL, so a crash never leaves a stale lock behind.
 
 SlurmUser owns the spool and can plant anything there (docs/security.md): the lock file is
-opened O_NOFOLLOW and must be a plain file of ours (one link, our uid), else the daemon refuses
-to start; it is never truncated before that check. A lock on a file follows that file, not its
+opened O_NOFOLLOW and must be a plain file (regular, one link), else the daemon refuses to
+start; it is never truncated before that check. A lock on a file follows that file, not its
 directory: check() (every pass) re-locks when the file at the path is no longer the one held (the
 spool deleted and recreated), or stops the daemon when another one already holds the new file.
 """
@@ -112,9 +112,8 @@ def _lock(path: Path, make_dir: bool = True) -> int:
 
 
 def _check_plain(fd: int, path: Path) -> None:
-    """Only a regular file of ours with one name may be truncated (a hard link to a ledger may not)."""
+    """Only a regular file with one name may be truncated (a hard link to a ledger may not)."""
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
-        raise CarbondError(f"refusing the lock file {path}: not a plain file of this user (mode "
-                           f"{stat.filemode(st.st_mode)}, {st.st_nlink} links, uid {st.st_uid}); nothing was "
-                           f"written to it; remove it and start again")
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        raise CarbondError(f"refusing the lock file {path}: not a plain file ({stat.filemode(st.st_mode)}, "
+                           f"{st.st_nlink} links); nothing was written to it; remove it and start again")
