@@ -63,10 +63,16 @@ class InstanceLock:
                 if not path.parent.is_dir():
                     continue
                 now = None
+            except OSError:
+                continue  # cannot tell (a transient error): the next pass asks again
             held = os.fstat(fd)
             if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
                 continue
-            new = _lock(path, make_dir=False)  # raises AlreadyRunning: we stop, the other one stays
+            try:
+                new = _lock(path, make_dir=False)
+            except AlreadyRunning as exc:  # the other one stays, we stop: never two
+                raise AlreadyRunning(f"stopping: the lock file {path} was replaced (its directory recreated?) "
+                                     f"and {exc}") from None
             os.close(fd)
             self._fds[i] = new
             log.warning("lock file %s was removed or replaced (its directory recreated?): locked again", path)
