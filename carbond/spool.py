@@ -511,7 +511,11 @@ def _read_regular(dir_fd: int, name: str) -> tuple[bytes, int] | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_BYTES:
             return None
-        return os.read(fd, MAX_BYTES + 1), st.st_ino
+        chunks, size = [], 0
+        while size <= MAX_BYTES and (chunk := os.read(fd, 65536)):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks), st.st_ino
     finally:
         os.close(fd)
 
