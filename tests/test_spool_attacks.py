@@ -11,12 +11,16 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_epilog import BASE, EPILOG, SHELLS
 
 from carbond.errors import CarbondError
@@ -101,6 +105,58 @@ def test_records_are_not_world_readable(site, shell):
     spool, source, _, _ = site
     assert epilog(spool, source, shell).returncode == 0
     assert (spool / "1239.job").stat().st_mode & 0o777 == 0o640
+
+
+KINDS = ("absent", "file", "link-file", "link-dir", "dangling", "link-fifo", "dir")
+
+
+def plant_line(kind: str, path: str, victim: Path, outside: Path) -> str:
+    """One sh command planting `kind` at `path` (a quoted sh word)."""
+    return {
+        "absent": ":",
+        "file": f"printf 'planted\\n' >{path}",
+        "link-file": f'ln -s "{victim}" {path}',
+        "link-dir": f'ln -s "{outside}" {path}',
+        "dangling": f'ln -s "{outside}/new" {path}',
+        "link-fifo": f'ln -s "{outside}/fifo" {path}',
+        "dir": f"mkdir {path}",
+    }[kind]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(temps=st.tuples(*[st.sampled_from(KINDS)] * 3), final=st.sampled_from(KINDS),
+       unique=st.sampled_from(KINDS), shell=st.sampled_from(SHELLS))
+def test_whatever_is_planted_the_epilog_writes_only_its_record_in_the_spool(temps, final, unique, shell):
+    """Property: any mix of files, links (to a file, a directory, a FIFO, nowhere) and
+    directories at every name the epilog may use: it exits 0 silently, nothing outside the spool
+    changes, nothing planted is written through, and the record is there unless every temp name
+    was taken or the final name is a directory."""
+    with tempfile.TemporaryDirectory(prefix="sa-") as d:
+        root = Path(d)
+        spool, source, victim, outside = root / "spool", root / "uuid", root / "victim", root / "outside"
+        spool.mkdir()
+        outside.mkdir()
+        source.write_text(UUID + "\n")
+        victim.write_bytes(SECRET)
+        os.mkfifo(outside / "fifo")
+        lines = [plant_line(k, n, victim, outside) for k, n in zip(temps, temp_names()[:3], strict=True)]
+        lines.append(plant_line(final, '"$SPOOL/1239.job"', victim, outside))
+        lines.append("now=$(date +%s); for t in 0 1 2 3 4; do "
+                     + plant_line(unique, '"$SPOOL/1239.$((now + t)).$$.job"', victim, outside) + "; done")
+        proc = epilog(spool, source, shell, "\n".join(lines))
+        assert proc.returncode == 0 and proc.stderr == b""
+        assert victim.read_bytes() == SECRET
+        assert sorted(p.name for p in outside.iterdir()) == ["fifo"]
+        assert stat.S_ISFIFO((outside / "fifo").stat().st_mode)
+        records = [p for p in spool.iterdir() if p.name.endswith(".job") and not p.is_symlink() and p.is_file()
+                   and p.read_bytes() != b"planted\n"]
+        expected = "absent" in temps and (unique if final != "absent" else final) != "dir"
+        assert len(records) == (1 if expected else 0), (temps, final, unique, sorted(os.listdir(spool)))
+        if records:
+            assert read_record(str(records[0])).job_id == "1239"
+            assert records[0].stat().st_mode & 0o777 == 0o640
+        planted_temps = sum(k != "absent" for k in temps)
+        assert len([n for n in os.listdir(spool) if n.endswith(".tmp")]) == planted_temps  # none of ours left
 
 
 # ---- the daemon's side ------------------------------------------------------------------------
