@@ -136,6 +136,8 @@ class Daemon:
     """After the ledger records footprints: (pairs, new flags) -> ledger_columns.after_record."""
     closer: Closer | None = None
     running: RunningGauge | None = None
+    lock: InstanceLock | None = None
+    """Re-checked every pass: a spool or state_dir recreated under us is locked again, or we stop."""
     _energy_tres: bool | None = None
     """slurm.write_energy_tres: None until sacctmgr's version is known, then whether it can."""
     _intensity_at: float = 0.0
@@ -151,6 +153,8 @@ class Daemon:
         beat.start()
         while not self.stop.is_set():
             self.progress.touch()
+            if self.lock is not None:
+                self.lock.check()  # AlreadyRunning ends the daemon: never two on one spool
             busy = self.step()
             self._guard("spool", self._health)
             if not busy:
@@ -628,6 +632,7 @@ def run(cfg: Config) -> int:
     registry = CollectorRegistry()
     daemon = build(cfg, registry)
     daemon.notify = _notifier()
+    daemon.lock = lock
     daemon.watchdog = watchdog_seconds()
     if daemon.watchdog is not None and cfg.slurm.timeout >= daemon.watchdog / 2:
         log.warning("slurm.timeout (%g s) is not below half of this unit's WatchdogSec (%g s): one slow Slurm "

@@ -33,16 +33,25 @@ epilog, records left in the spool across an upgrade) have none of them and are s
 The reader is strict and evaluates nothing: an unknown version, an unknown, repeated or
 missing key, a control character, or a missing `end` line rejects the whole file, which then
 goes to `<dir>/dead/` with a `.reason` file beside it, so nothing is dropped silently.
+
+SlurmUser owns the spool and can plant anything in it, so nothing here follows a link
+(docs/security.md): records are opened O_NOFOLLOW, `dead/` is opened O_NOFOLLOW|O_DIRECTORY
+and everything in it is created O_EXCL|O_NOFOLLOW relative to that descriptor. A dead letter
+is a copy the daemon owns (0640, group of `dead/`), so operators with read access to `dead/`
+can read it without any access to the spool.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import re
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -400,30 +409,37 @@ class Spool:
     def dead_count(self) -> int:
         """Dead letters waiting for an operator (for the metrics gauge)."""
         try:
-            with os.scandir(self.dead_dir) as it:
+            with _dir(self.dir) as spool_fd, _dead_dir(spool_fd, self.dead_dir, create=False) as dead_fd, \
+                    os.scandir(dead_fd) as it:
                 return sum(1 for e in it if e.name.endswith(SUFFIX) and not e.name.startswith("."))
         except FileNotFoundError:
             return 0
 
     def _bury(self, path: str, reason: str) -> DeadLetter:
-        reason = " ".join(reason.split()) or "no reason given"
-        try:
-            self.dead_dir.mkdir(mode=0o750, exist_ok=True)
-            target = self._dead_name(os.path.basename(path))
-            _write_atomic(target.with_name(target.name + REASON_SUFFIX), f"{reason}\ndead_at={int(self.clock())}\n")
-            os.replace(path, target)
-        except OSError as e:
-            log.error("cannot dead-letter %s (%s): %s", path, reason, e)
-            return DeadLetter(path, reason, moved=False)
-        log.warning("dead-lettered %s: %s", target, reason)
-        return DeadLetter(str(target), reason)
+        """Copy the record into dead/ as a file the daemon owns, its reason first, then remove it.
 
-    def _dead_name(self, name: str) -> Path:
-        target = self.dead_dir / name
-        if not target.exists():
-            return target
-        stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
-        return self.dead_dir / f"{stem}.{time.time_ns()}{SUFFIX}"
+        A record that is not a regular file (a planted link, a FIFO) cannot be copied: the entry
+        itself is renamed, which never follows it.
+        """
+        reason = " ".join(reason.split()) or "no reason given"
+        name = os.path.basename(path)
+        try:
+            with _dir(self.dir) as spool_fd, _dead_dir(spool_fd, self.dead_dir) as dead_fd:
+                target = _free_name(dead_fd, name)
+                _write_new(dead_fd, target + REASON_SUFFIX, f"{reason}\ndead_at={int(self.clock())}\n".encode())
+                copied = _read_regular(spool_fd, name)
+                if copied is None:
+                    os.rename(name, target, src_dir_fd=spool_fd, dst_dir_fd=dead_fd)
+                else:
+                    data, inode = copied
+                    _write_new(dead_fd, target, data)
+                    if os.stat(name, dir_fd=spool_fd, follow_symlinks=False).st_ino == inode:
+                        os.unlink(name, dir_fd=spool_fd)
+        except OSError as e:
+            log.error("cannot dead-letter %s (%s): %s", path, reason, e.strerror or e)
+            return DeadLetter(path, reason, moved=False)
+        log.warning("dead-lettered %s: %s", self.dead_dir / target, reason)
+        return DeadLetter(str(self.dead_dir / target), reason)
 
     def _sweep_temps(self, temps: list[os.DirEntry[str]]) -> None:
         """Remove temp files of epilogs killed mid-write (older than STALE_TEMP_SECONDS)."""
@@ -441,10 +457,84 @@ class Spool:
                 log.error("cannot remove stale temp file %s: %s", e.path, err)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+@contextmanager
+def _dir(name: str | os.PathLike[str], dir_fd: int | None = None, follow: bool = True) -> Iterator[int]:
+    """A directory descriptor; with follow=False a link in its place fails (ELOOP), never followed."""
+    fd = os.open(name, _DIR_FLAGS | (0 if follow else os.O_NOFOLLOW), dir_fd=dir_fd)
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        yield fd
     finally:
-        tmp.unlink(missing_ok=True)
+        os.close(fd)
+
+
+@contextmanager
+def _dead_dir(spool_fd: int, shown: Path, create: bool = True) -> Iterator[int]:
+    """dead/ inside the spool, created if missing; a link or a file in its place is refused."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(DEAD, 0o750, dir_fd=spool_fd)
+    try:
+        fd = os.open(DEAD, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=spool_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OSError(e.errno, f"{shown} is not a directory (a symbolic link?): refused, nothing "
+                                   f"is written through it; remove it (the daemon recreates it)") from None
+        raise
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _free_name(dir_fd: int, name: str) -> str:
+    """`name`, or `<stem>.<ns>.job` when anything (even a dangling link) already has it."""
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return name
+    stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+    return f"{stem}.{time.time_ns()}{SUFFIX}"
+
+
+def _read_regular(dir_fd: int, name: str) -> tuple[bytes, int] | None:
+    """(content, inode) of a regular file of at most MAX_BYTES, never through a link; else None."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENXIO, errno.EACCES):
+            return None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_BYTES:
+            return None
+        chunks, size = [], 0
+        while size <= MAX_BYTES and (chunk := os.read(fd, 65536)):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks), st.st_ino
+    finally:
+        os.close(fd)
+
+
+def _write_new(dir_fd: int, name: str, data: bytes) -> None:
+    """Write `name` in dir_fd atomically: an exclusive, link-refusing temp file, then a rename
+    (which replaces whatever has the name, a link included, never its target)."""
+    tmp = f".{name}.{os.getpid()}.{time.time_ns()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640, dir_fd=dir_fd)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise

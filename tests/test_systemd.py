@@ -348,10 +348,10 @@ def test_tmpfiles_spool_owner_and_mode(installed) -> None:
     b.sh("chmod 0755 /var/spool/carbond && chown root:root /var/spool/carbond && rm -rf /var/spool/carbond/dead")
     b.sh("systemd-tmpfiles --create carbond.conf")
     out = b.sh("stat -c '%a %U:%G' /var/spool/carbond /var/spool/carbond/dead").stdout.split()
-    assert out == ["2770", "slurm:carbond", "2750", "carbond:carbond"]
+    assert out == ["2771", "slurm:carbond", "2750", "carbond:carbond-read"]
     doc = (REPO / "systemd" / "README.md").read_text()
-    assert "| `/var/spool/carbond` | SlurmUser:carbond | 2770 |" in doc
-    assert "| `/var/spool/carbond/dead` | carbond:carbond | 2750 |" in doc
+    assert "| `/var/spool/carbond` | SlurmUser:carbond | 2771 |" in doc
+    assert "| `/var/spool/carbond/dead` | carbond:carbond-read | 2750 |" in doc
 
 
 def test_epilog_failures_reach_the_journal_under_its_tag(installed) -> None:
