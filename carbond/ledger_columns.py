@@ -171,7 +171,13 @@ def charged_seconds(periods) -> float | None:
     None when there are no periods."""
     from .times import parse_time
 
-    spans = sorted((parse_time(p.start)[0], parse_time(p.end)[0]) for p in periods)
+    chains: list[list[str]] = []  # consecutive periods that meet (same text): only their ends are parsed
+    for p in periods:
+        if chains and chains[-1][1] == p.start:
+            chains[-1][1] = p.end
+        else:
+            chains.append([p.start, p.end])
+    spans = sorted((parse_time(a)[0], parse_time(b)[0]) for a, b in chains)
     if not spans:
         return None
     total, (lo, hi) = 0.0, spans[0]

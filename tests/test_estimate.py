@@ -5,9 +5,12 @@ import io
 import json
 import sqlite3
 import time
+from itertools import pairwise
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from carbond.cli import build_parser
 from carbond.config import from_mapping
@@ -340,3 +343,25 @@ def test_unknown_class_or_partition_names_the_known_ones(tmp_path):
     assert rc == 1 and err == "carbond: unknown node class 'cpus': the config's node classes are cpu, gpu"
     rc, err = cli(config, "--partition", "cpu", "--cpus", "1", "--time", "1h")
     assert rc == 1 and err.endswith("unknown partition 'cpu': Slurm does not list it; Slurm's partitions: cpuq, gpuq")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 20_000), st.integers(1, 5_000), st.booleans()), min_size=1, max_size=6),
+       st.randoms())
+def test_charged_seconds_is_the_union_of_the_periods(runs, rnd):
+    """Pieces (some with a fraction of a second) cut at half-hours as the engine cuts them, in any order:
+    the seconds charged are the measure of their union (counted here by half-second cells)."""
+    from carbond.footprint import Period
+    from carbond.ledger_columns import charged_seconds
+    from carbond.times import iso
+
+    cells, periods = set(), []
+    for a, n, half in runs:
+        a = T + a + (0.5 if half else 0.0)
+        b = a + n
+        cells.update(range(round((a - T) * 2), round((b - T) * 2)))
+        cuts = [a, *(k * 1800.0 for k in range(int(a // 1800) + 1, int(-(-b // 1800)))), b]
+        periods += [Period(iso(x), iso(y), 0.0, None, "constant", None) for x, y in pairwise(cuts)]
+    rnd.shuffle(periods)
+    assert charged_seconds(periods) == pytest.approx(len(cells) / 2, abs=1e-6)
+    assert charged_seconds([]) is None
