@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from .errors import JobInputError
@@ -218,21 +219,12 @@ def target(cfg, node_class: str | None, partition: str | None, db: sqlite3.Conne
     assert partition is not None
     slurm = partitions()
     if slurm and partition in slurm:
-        nodes = slurm[partition]
-        found = Counter(c.label for c in (cfg.node_class(n) for n in nodes) if c is not None)
-        cls = _find_class(cfg, found.most_common(1)[0][0]) if found else None
-        cpus = cls.cpus if cls is not None and cls.cpus else (Counter(nodes.values()).most_common(1)[0][0] or None)
-        how = f"partition {partition}: nodes {compress(sorted(nodes))} (sinfo)"
-        how += f", node class {cls.label}" if cls else ", in no node class of the config"
-        if len(found) > 1:
-            how += f" (the most of its nodes; also {', '.join(sorted(set(found) - {cls.label}))})"  # type: ignore[union-attr]
-        return Target(cls, cpus, how + (f", {cpus} CPUs per node" if cpus else ""))
+        return _from_sinfo(cfg, partition, slurm[partition])
     recorded = _ledger_classes(db, cfg.cluster, partition)
-    if recorded:
-        cls = _find_class(cfg, recorded[0])
-        if cls is not None:
-            return Target(cls, cls.cpus, f"partition {partition}: node class {cls.label}, recorded for its jobs "
-                          "in the ledger" + (" (Slurm not reachable)" if slurm is None else ""))
+    cls = next((c for c in map(partial(_find_class, cfg), recorded or ()) if c is not None), None)
+    if cls is not None:
+        return Target(cls, cls.cpus, f"partition {partition}: node class {cls.label}, recorded for its jobs "
+                      "in the ledger" + (" (Slurm not reachable)" if slurm is None else ""))
     slurm_says = "Slurm (sinfo) cannot be asked" if slurm is None else "Slurm does not list it"
     if recorded is not None:
         raise JobInputError(f"partition {partition!r}: {slurm_says} and its jobs in the ledger have no node class "
@@ -241,6 +233,19 @@ def target(cfg, node_class: str | None, partition: str | None, db: sqlite3.Conne
     src = "Slurm's partitions" if slurm else "partitions in the ledger"
     raise JobInputError(f"unknown partition {partition!r}: {slurm_says}"
                         + (f"; {src}: {', '.join(known)}" if known else "; no partition is known"))
+
+
+def _from_sinfo(cfg, partition: str, nodes: dict[str, int]) -> Target:
+    """The class of most of the partition's nodes; a node's CPUs from the class, else from Slurm."""
+    found = Counter(c.label for c in (cfg.node_class(n) for n in nodes) if c is not None)
+    label = found.most_common(1)[0][0] if found else None
+    cls = _find_class(cfg, label)
+    cpus = cls.cpus if cls is not None and cls.cpus else (Counter(nodes.values()).most_common(1)[0][0] or None)
+    how = f"partition {partition}: nodes {compress(sorted(nodes))} (sinfo)"
+    how += f", node class {label}" if label else ", in no node class of the config"
+    if len(found) > 1:
+        how += f" (the most of its nodes; also {', '.join(sorted(set(found) - {label}))})"
+    return Target(cls, cpus, how + (f", {cpus} CPUs per node" if cpus else ""))
 
 
 def _ledger_classes(db: sqlite3.Connection | None, cluster: str, partition: str) -> list[str] | None:
