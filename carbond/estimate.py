@@ -225,14 +225,16 @@ def target(cfg, node_class: str | None, partition: str | None, db: sqlite3.Conne
     if cls is not None:
         return Target(cls, cls.cpus, f"partition {partition}: node class {cls.label}, recorded for its jobs "
                       "in the ledger" + (" (Slurm not reachable)" if slurm is None else ""))
-    slurm_says = "Slurm (sinfo) cannot be asked" if slurm is None else "Slurm does not list it"
-    if recorded is not None:
-        raise JobInputError(f"partition {partition!r}: {slurm_says} and its jobs in the ledger have no node class "
-                            f"of the config ({_classes(cfg)})")
-    known = sorted(slurm) if slurm else _ledger_partitions(db, cfg.cluster)
-    src = "Slurm's partitions" if slurm else "partitions in the ledger"
-    raise JobInputError(f"unknown partition {partition!r}: {slurm_says}"
-                        + (f"; {src}: {', '.join(known)}" if known else "; no partition is known"))
+    if recorded:
+        raise JobInputError(f"partition {partition!r}: its jobs in the ledger have no node class of the config "
+                            f"({_classes(cfg)}), and " + ("Slurm (sinfo) cannot be asked" if slurm is None
+                                                           else "Slurm does not list it"))
+    if slurm:
+        raise JobInputError(f"unknown partition {partition!r}: Slurm's partitions are {', '.join(sorted(slurm))}")
+    known = _ledger_partitions(db, cfg.cluster)
+    raise JobInputError(f"unknown partition {partition!r}: " + ("Slurm (sinfo) cannot be asked" if slurm is None
+                                                                else "Slurm lists no partition")
+                        + (f"; partitions in the ledger: {', '.join(known)}" if known else ", nor is it in the ledger"))
 
 
 def _from_sinfo(cfg, partition: str, nodes: dict[str, int]) -> Target:
@@ -460,7 +462,8 @@ def _text(e: Estimate) -> str:
         f"Planned job: {e.cpus} CPU(s), {e.gpus} GPU(s), {e.hours:.3g} h on "
         f"{'node class ' + e.node_class if e.node_class else 'partition ' + str(e.partition)}",
         f"Start: {e.start}",
-        f"Power: {e.power_w:.4g} W ({e.how['power']})",
+        f"Power: {e.power_w:.4g} W ({e.how['power']}"
+        + (f"; {e.how['max_power']})" if e.how["max_power"].startswith("capped") else ")"),
         f"Energy: {e.energy_consumption_kwh:.4g} kWh",
         f"Grid intensity: {e.carbon_intensity_g_per_kwh:.4g} gCO2e/kWh ({e.how['intensity']})",
         f"Carbon footprint: {e.carbon_footprint_g:.4g} g CO2e (Scope 2 {e.operational_g:.4g} g, "

@@ -342,7 +342,7 @@ def test_unknown_class_or_partition_names_the_known_ones(tmp_path):
     rc, err = cli(config, "--nodes-class", "cpus", "--cpus", "1", "--time", "1h")
     assert rc == 1 and err == "carbond: unknown node class 'cpus': the config's node classes are cpu, gpu"
     rc, err = cli(config, "--partition", "cpu", "--cpus", "1", "--time", "1h")
-    assert rc == 1 and err.endswith("unknown partition 'cpu': Slurm does not list it; Slurm's partitions: cpuq, gpuq")
+    assert rc == 1 and err.endswith("unknown partition 'cpu': Slurm's partitions are cpuq, gpuq")
 
 
 @settings(max_examples=200, deadline=None)
@@ -365,3 +365,18 @@ def test_charged_seconds_is_the_union_of_the_periods(runs, rnd):
     rnd.shuffle(periods)
     assert charged_seconds(periods) == pytest.approx(len(cells) / 2, abs=1e-6)
     assert charged_seconds([]) is None
+
+
+def test_partition_without_slurm_takes_the_class_its_jobs_recorded(tmp_path):
+    config = write_config(tmp_path)  # no sinfo beside sacct: Slurm cannot be asked
+    (tmp_path / "state").mkdir()
+    record_as_the_daemon(config, history())
+    rc, d = cli(config, "--partition", "cpuq", "--cpus", "32", "--time", "30m")
+    assert rc == 0, d
+    # 5 W per CPU learned x 32 CPUs x 0.5 h = 0.08 kWh x 240 = 19.2 g; embodied 64 x 32/64 x 0.5 h = 16 g
+    assert (d["power_w"], d["operational_g"], d["embodied_g"]) == pytest.approx((160.0, 19.2, 16.0), rel=1e-9)
+    assert d["how"]["node_class"] == "partition cpuq: node class cpu, recorded for its jobs in the ledger " \
+                                     "(Slurm not reachable)"
+    rc, err = cli(config, "--partition", "gpuq", "--cpus", "1", "--time", "1h")
+    assert rc == 1 and err == ("carbond: unknown partition 'gpuq': Slurm (sinfo) cannot be asked; "
+                               "partitions in the ledger: cpuq")

@@ -32,5 +32,4 @@ def test_partition_from_the_real_sinfo(slurm, tmp_path):
     p = estimate(slurm, tmp_path, "--partition", "nosuch", "--cpus", "1", "--time", "2h")
     assert p.returncode == 1
     parts = sorted(slurm.run(["sinfo", "-h", "-o", "%R"]).stdout.split())
-    assert p.stderr.strip() == (f"carbond: unknown partition 'nosuch': Slurm does not list it; "
-                                f"Slurm's partitions: {', '.join(parts)}")
+    assert p.stderr.strip() == f"carbond: unknown partition 'nosuch': Slurm's partitions are {', '.join(parts)}"
