@@ -225,7 +225,7 @@ def target(cfg, node_class: str | None, partition: str | None, db: sqlite3.Conne
     if cls is not None:
         return Target(cls, cls.cpus, f"partition {partition}: node class {cls.label}, recorded for its jobs "
                       "in the ledger" + (" (Slurm not reachable)" if slurm is None else ""))
-    if recorded:
+    if recorded is not None:
         raise JobInputError(f"partition {partition!r}: its jobs in the ledger have no node class of the config "
                             f"({_classes(cfg)}), and " + ("Slurm (sinfo) cannot be asked" if slurm is None
                                                            else "Slurm does not list it"))
