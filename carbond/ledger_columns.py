@@ -32,6 +32,7 @@ COLUMNS = {
     "intensity_kind": "TEXT",
     "forecast_energy_j": "REAL",
     "rolled_up": "INTEGER",
+    "charged_s": "REAL",
 }
 """Column -> SQL type added to `jobs`; every one nullable."""
 
@@ -132,6 +133,8 @@ class Details:
     gpu_energy_j: float | None = None
     intensity_kind: str | None = None
     forecast_energy_j: float | None = None
+    charged_s: float | None = None
+    """Seconds the job was charged for: its runs without their suspended intervals (`charged_seconds`)."""
 
     @classmethod
     def of(cls, job: object, fp: object, node_class: str | None = None) -> Details:
@@ -153,7 +156,35 @@ class Details:
             gpu_energy_j=gpu_energy_j,
             intensity_kind=kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else None),
             forecast_energy_j=fc,
+            charged_s=charged_seconds(periods),
         )
+
+
+def charged_seconds(periods) -> float | None:
+    """Wall-clock seconds covered by a footprint's periods (the union of their [start, end]).
+
+    The periods are cut from the pieces the job was accounted as: every run (`sacct -D`), each
+    without its recorded suspend intervals, so this is the run time without suspended time
+    (end - start of the ledger row is the last run only, suspended seconds included). A run
+    charged pro rata (intervals unknown) spans its whole run here: its method is not `measured`.
+    None when there are no periods."""
+    from .times import parse_time
+
+    chains: list[list[str]] = []  # consecutive periods that meet (same text): only their ends are parsed
+    for p in periods:
+        if chains and chains[-1][1] == p.start:
+            chains[-1][1] = p.end
+        else:
+            chains.append([p.start, p.end])
+    spans = sorted((parse_time(a)[0], parse_time(b)[0]) for a, b in chains)
+    if not spans:
+        return None
+    total, (lo, hi) = 0.0, spans[0]
+    for a, b in spans[1:]:
+        if a > hi:
+            total, lo = total + hi - lo, a
+        hi = max(hi, b)
+    return total + hi - lo
 
 
 def record_details(state_dir_or_db: str | Path | sqlite3.Connection, cluster: str, details: Iterable[Details]) -> int:

@@ -2,7 +2,8 @@
 
 The job is accounted like a finished one whose end is the newest sample on its nodes; its current
 power is its energy over the last `RECENT` seconds; the projection runs that power to the time
-limit at the latest half-hour's grid intensity. Nothing is written anywhere: the job's token
+limit at the latest half-hour's grid intensity, plus the embodied CO2 of its node share for the
+remaining hours (the rate it was charged over the last `RECENT` seconds). Nothing is written anywhere: the job's token
 comes when it ends.
 """
 
@@ -35,17 +36,23 @@ class Projection:
     projected_energy_kwh: float | None
     projected_co2e_g: float | None
     method: str
+    projected_embodied_g: float | None = None
+    """Embodied CO2 of the remaining hours (in projected_co2e_g)."""
     warnings: tuple[str, ...] = ()
 
 
 def project(so_far_kwh: float, so_far_g: float, power_w: float, elapsed_s: float, limit_s: float | None,
-            intensity: float | None, pue: float) -> tuple[float | None, float | None]:
-    """(kWh, g) at the time limit if the job keeps drawing `power_w` at `intensity` (pure)."""
+            intensity: float | None, pue: float, embodied_g_per_s: float
+            ) -> tuple[float | None, float | None, float | None]:
+    """(kWh, g, embodied g of the remaining time) at the time limit if the job keeps drawing `power_w`
+    at `intensity` and holding its nodes' share (`embodied_g_per_s`: g/node-hour x share / 3600) (pure)."""
     if limit_s is None:
-        return None, None
-    left_kwh = power_w * max(0.0, limit_s - elapsed_s) / J_PER_KWH
-    g = None if intensity is None else so_far_g + left_kwh * intensity * pue
-    return so_far_kwh + left_kwh, g
+        return None, None, None
+    left_s = max(0.0, limit_s - elapsed_s)
+    left_kwh = power_w * left_s / J_PER_KWH
+    left_emb = embodied_g_per_s * left_s
+    g = None if intensity is None else so_far_g + left_kwh * intensity * pue + left_emb
+    return so_far_kwh + left_kwh, g, left_emb
 
 
 def so_far(engine, job, now: float, limit_s: float | None, newest: Callable[[Sequence[str], float], dict]) -> Projection:
@@ -70,9 +77,10 @@ def so_far(engine, job, now: float, limit_s: float | None, newest: Callable[[Seq
     power = fp_recent.energy_kwh * J_PER_KWH / recent_s
     current_i = fp_all.periods[-1].intensity_g_per_kwh if fp_all.periods else None
     elapsed = until - job.start
-    kwh, g = project(fp_all.energy_kwh, fp_all.co2e_g, power, elapsed, limit_s, current_i, engine.cfg.pue)
+    kwh, g, emb = project(fp_all.energy_kwh, fp_all.co2e_g, power, elapsed, limit_s, current_i, engine.cfg.pue,
+                          fp_recent.embodied_g / recent_s)
     return Projection(job.job_id, elapsed, until, fp_all.energy_kwh, fp_all.co2e_g, power, current_i, limit_s, kwh, g,
-                      fp_all.method, tuple(warnings) + tuple(fp_all.warnings))
+                      fp_all.method, emb, tuple(warnings) + tuple(fp_all.warnings))
 
 
 def time_limit(sacct: str, job_id: str, runner=subprocess.run) -> float | None:
@@ -120,7 +128,9 @@ def text(label: str, state: str, p: Projection) -> str:
     if p.projected_energy_kwh is not None:
         g = "-" if p.projected_co2e_g is None else f"{p.projected_co2e_g:.4g}"
         lines.append(f"At its time limit ({p.time_limit_s / 3600:.2f} h), at this power: "
-                     f"{p.projected_energy_kwh:.4g} kWh, {g} g CO2e")
+                     f"{p.projected_energy_kwh:.4g} kWh, {g} g CO2e"
+                     + (f" ({p.projected_embodied_g:.4g} g embodied for the remaining hours)"
+                        if p.projected_embodied_g else ""))
     else:
         lines.append("Time limit: none known (no projection)")
     lines += [f"Note: {w}" for w in p.warnings]

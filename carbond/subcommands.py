@@ -21,7 +21,8 @@ def add_parsers(command) -> None:
 
     p = command("estimate", "energy and CO2e of a planned job; with --window, the greenest start")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--partition", help="the partition the job would run in")
+    which.add_argument("--partition", help="the partition the job would run in (its nodes' class from sinfo, else "
+                       "the class recorded for its jobs)")
     which.add_argument("--nodes-class", dest="node_class", help="a `nodes` entry's name (or match)")
     p.add_argument("--cpus", type=int, required=True, help="CPUs the job would hold")
     p.add_argument("--gpus", type=int, default=0, help="GPUs the job would hold (default 0)")

@@ -54,8 +54,31 @@ def test_so_far_and_projection_by_hand():
 
 
 def test_project_without_a_limit_or_intensity():
-    assert project(1.0, 2.0, 100.0, 10.0, None, 100.0, 1.0) == (None, None)
-    assert project(1.0, 2.0, 3.6e6, 0.0, 1.0, None, 1.0) == (2.0, None)
+    assert project(1.0, 2.0, 100.0, 10.0, None, 100.0, 1.0, 0.5) == (None, None, None)
+    assert project(1.0, 2.0, 3.6e6, 0.0, 1.0, None, 1.0, 0.5) == (2.0, None, 0.5)
+
+
+def test_projection_includes_the_embodied_co2_of_the_remaining_hours(tmp_path):
+    """`show` on a running job: 4 of r1's 8 CPUs, embodied 50 g per node-hour, PUE 1.5, time limit 3 h
+    from sacct (a fake that answers only `sacct -X -n -P -j 55 -o Timelimit`)."""
+    sacct = tmp_path / "sacct"
+    sacct.write_text('#!/bin/sh\n[ "$*" = "-X -n -P -j 55 -o Timelimit" ] || { echo "asked: $*" >&2; exit 9; }\n'
+                     "echo 03:00:00\n")
+    os.chmod(sacct, 0o755)
+    cfg = from_mapping({"nodes": [{"match": "r1", "cpus": 8}], "slurm": {"sacct": str(sacct)}, "pue": 1.5,
+                        "embodied": {"g_per_node_hour": 50}})
+    eng = Engine(cfg, Power(), FakeIntensity(100))
+    buf = io.StringIO()
+    show_running(cfg, SimpleNamespace(job=JOB, state="RUNNING"), buf, as_json=True, engine=eng, now=NOW)
+    d = json.loads(buf.getvalue())["running"]
+    # so far (1 h): operational SO_FAR_KWH x 100 g/kWh x 1.5, embodied 50 g x 4/8 of a node x 1 h = 25 g
+    assert d["co2e_g"] == pytest.approx(SO_FAR_KWH * 150 + 25, rel=1e-9)
+    # the 2 h left: 300 W = 0.6 kWh x 150 = 90 g, and 50 g x 4/8 x 2 h = 50 g embodied
+    assert d["projected_embodied_g"] == pytest.approx(50.0, rel=1e-9)
+    assert d["projected_co2e_g"] == pytest.approx(SO_FAR_KWH * 150 + 25 + 90 + 50, rel=1e-9)
+    buf = io.StringIO()
+    show_running(cfg, SimpleNamespace(job=JOB, state="RUNNING"), buf, engine=eng, now=NOW)
+    assert "(50 g embodied for the remaining hours)" in buf.getvalue()
 
 
 def test_show_running_with_the_time_limit_from_sacct(tmp_path):

@@ -36,7 +36,7 @@ def test_show_running_job_so_far_and_projected(slurm, vm, monkeypatch, tmp_path)
             "state_dir": str(tmp_path),
             "victoriametrics": {"url": vm.url, "query": f'carbond_running_e2e{{suite="{suite}"}}', "node_label": "node"},
             "intensity": {"provider": "constant", "value": 100},
-            "nodes": [{"match": "n[1-3]", "cpus": 2}],
+            "nodes": [{"match": "n[1-3]", "cpus": 2}], "embodied": {"g_per_node_hour": 36},
             "slurm": {"sacct": slurm.bin("sacct"), "sacctmgr": slurm.bin("sacctmgr")},
         })
         monkeypatch.setenv("SLURM_CONF", slurm.env["SLURM_CONF"])
@@ -50,7 +50,10 @@ def test_show_running_job_so_far_and_projected(slurm, vm, monkeypatch, tmp_path)
         assert r["power_w"] == pytest.approx(200.0, rel=1e-6)
         assert r["energy_kwh"] == pytest.approx(200.0 * r["elapsed_s"] / 3.6e6, rel=1e-6)
         assert r["projected_energy_kwh"] == pytest.approx(200.0 * 300 / 3.6e6, rel=1e-6)
-        assert r["projected_co2e_g"] == pytest.approx(200.0 * 300 / 3.6e6 * 100, rel=1e-6)
+        # embodied: 36 g per node-hour x 1/2 of the node, so far and for the rest of the 300 s limit
+        assert r["co2e_g"] == pytest.approx(200.0 * r["elapsed_s"] / 3.6e6 * 100 + 18 * r["elapsed_s"] / 3600, rel=1e-6)
+        assert r["projected_embodied_g"] == pytest.approx(18 * (300 - r["elapsed_s"]) / 3600, rel=1e-6)
+        assert r["projected_co2e_g"] == pytest.approx(200.0 * 300 / 3.6e6 * 100 + 18 * 300 / 3600, rel=1e-6)
         buf = io.StringIO()
         show(cfg, [jid], out=buf)
         assert "At its time limit (0.08 h)" in buf.getvalue() and "Energy so far" in buf.getvalue()
