@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -230,8 +231,13 @@ class Daemon:
                 self._retry(rec, "slurmdbd does not know the job yet")
             elif not f.ended:
                 self._retry(rec, f"job is {f.state.lower() or 'not finished'} in slurmdbd", quick=True, ages=False)
+            elif not complete(f.job, rec) and self.clock() < (f.job.end or 0) + self.cfg.settle_seconds:
+                self._retry(rec, "slurmdbd's record of the job is not complete yet", quick=True, ages=False)
             else:
-                ready.append((rec, replace(f, job=with_record(f.job, rec))))
+                try:
+                    ready.append((rec, replace(f, job=with_record(f.job, rec))))
+                except RecordContradicts as exc:
+                    self._give_up(rec, f"the spool record contradicts slurmdbd: {exc}")
         fresh = [(r, f) for r, f in ready if known.get(r.job_id_key) != PENDING_WRITE]
         writes = [(r, f) for r, f in ready if known.get(r.job_id_key) == PENDING_WRITE]
         writes += self._account(fresh)
@@ -523,47 +529,74 @@ def short(exc: object, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def with_record(job: Job, rec: SpoolRecord) -> Job:
-    """The job's facts: slurmdbd's once its record is complete, the epilog's as a hint before that.
+class RecordContradicts(CarbondError):
+    """A spool record that contradicts slurmdbd's record of the job: it is dead-lettered, never written."""
 
-    For about a second after a job ends, slurmdbd's record can be incomplete: NodeList only the
-    batch host, no partition. Until then the spool record's nodes, CPUs and labels stand in.
-    Once slurmdbd has a partition and as many nodes as the record, slurmdbd wins for nodes, CPUs,
-    user, account and partition (a requeued job's record names the first run's nodes; slurmdbd
-    the last); the record then only gives exact CPUs per node when it names the same nodes.
-    Array and het ids always come from the record: `sacctmgr ... where jobid=<raw id of task 1>`
-    would rewrite every task of the array, while `1234_1` hits one (`1234+1`: one het component).
+
+def complete(job: Job, rec: SpoolRecord) -> bool:
+    """Does slurmdbd's record look final next to the spool record?
+
+    For about a second after a job ends slurmdbd's record can be incomplete: NodeList only the
+    batch host, no partition, the raw id where the epilog saw an array task. The daemon waits
+    that out (at most settle_seconds after the end) instead of taking the record's word for it.
     """
+    try:
+        hosts = rec.hosts()
+    except CarbondError:
+        hosts = ()
+    narrows = rec.display_id != rec.job_id
+    return (bool(job.partition) and bool(job.nodes) and (not hosts or len(hosts) == len(job.nodes))
+            and (not narrows or _narrowed(job)))
+
+
+def with_record(job: Job, rec: SpoolRecord) -> Job:
+    """slurmdbd's facts of the job, narrowed (never replaced) by its spool record.
+
+    slurmdbd is the truth for nodes, CPUs, user, account and partition: a requeued job's record
+    names the nodes of the run that just ended, slurmdbd the last run's, and a forged or stale
+    record must never move a footprint to other nodes, users or accounts. The record only
+    narrows: exact CPUs per node when it names slurmdbd's nodes and their total, and labels
+    slurmdbd left empty. Array and het ids must agree with sacct's JobID (`sacctmgr ... where
+    jobid=1234_7` then hits that one task, never another job's). Raises RecordContradicts
+    when the record names another task or component, or another user, than slurmdbd.
+    """
+    _check_ids(job, rec)
+    if rec.user and job.user and rec.user != job.user:
+        raise RecordContradicts(f"the record's user {rec.user!r} is not slurmdbd's {job.user!r}")
     try:
         hosts, cpus = rec.hosts(), rec.cpus()
     except CarbondError:
         hosts, cpus = (), []
     changes: dict[str, object] = {}
-    complete = bool(job.partition) and bool(job.nodes) and (not hosts or len(hosts) == len(job.nodes))
-    if complete:
-        if hosts and len(cpus) == len(hosts) and set(hosts) == set(job.nodes):
-            held = dict(zip(hosts, cpus, strict=True))
-            changes["cpus"] = tuple(float(held[n]) for n in job.nodes)
-        for key in ("partition", "account", "user"):
-            if not getattr(job, key) and getattr(rec, key):
-                changes[key] = getattr(rec, key)
-    else:
-        if hosts:
-            per_node = tuple(float(c) for c in cpus) if len(cpus) == len(hosts) else ()
-            if not per_node and job.cpus:
-                per_node = (sum(job.cpus) / len(hosts),) * len(hosts)
-            changes.update(nodes=tuple(hosts), cpus=per_node)
-        for key in ("partition", "account", "user"):
-            if getattr(rec, key):
-                changes[key] = getattr(rec, key)
-    if rec.array_job_id or rec.het_job_id:
-        changes["display_id"] = rec.display_id
+    if (hosts and len(cpus) == len(hosts) and len(set(hosts)) == len(hosts) == len(job.nodes)
+            and set(hosts) == set(job.nodes) and abs(sum(cpus) - sum(job.cpus)) < 1e-6):
+        held = dict(zip(hosts, cpus, strict=True))
+        changes["cpus"] = tuple(float(held[n]) for n in job.nodes)
+    for key in ("partition", "account", "user"):
+        if not getattr(job, key) and getattr(rec, key):
+            changes[key] = getattr(rec, key)
+    if not _narrowed(job):
+        changes["display_id"] = job.job_id  # plain job: sacctmgr addresses its raw id
     # v2 records (Slurm 23.02+) carry the epilog's start/end: hints only where sacct has none
     if job.start is None and rec.start_time is not None:
         changes["start"] = float(rec.start_time)
     if job.end is None and rec.end_time is not None and (job.start is not None or "start" in changes):
         changes["end"] = float(rec.end_time)
     return replace(job, **changes)
+
+
+def _narrowed(job: Job) -> bool:
+    """sacct's JobID names one array task (`1234_7`) or het component (`1234+1`)."""
+    return re.fullmatch(r"\d+[_+]\d+", job.display_id or "") is not None
+
+
+def _check_ids(job: Job, rec: SpoolRecord) -> None:
+    if rec.job_id != job.job_id:
+        raise RecordContradicts(f"the record is of job {rec.job_id}, slurmdbd's row of job {job.job_id}")
+    claimed = rec.display_id if rec.display_id != rec.job_id else ""
+    if claimed and claimed != job.display_id:
+        raise RecordContradicts(f"the record names {claimed} but slurmdbd's JobID of {job.job_id} is "
+                                f"{job.display_id or job.job_id}")
 
 
 _with_record = with_record  # the name earlier tests use

@@ -7,12 +7,13 @@ import logging
 import math
 import os
 import sqlite3
+from dataclasses import replace
 
 import pytest
 from daemon_fakes import T0, WATTS, Killed, job, rig
 
 from carbond import ledger as L
-from carbond.daemon import POISON_TRIES, with_record
+from carbond.daemon import POISON_TRIES, RecordContradicts, complete, with_record
 from carbond.instance_lock import AlreadyRunning, InstanceLock
 from carbond.slurm import JobFacts, Run
 from carbond.spool import parse_record
@@ -210,10 +211,50 @@ def test_slurmdbds_complete_record_wins_over_the_spool_hint():
     rec = parse_record(b"carbond-spool 1\njob_id=60\narray_job_id=\narray_task_id=\nnodes=n1\ncpus_per_node=2\n"
                        b"partition=debug\naccount=a\nuser=alice\nuid=1\nexit_code=0:0\ncluster=c1\n"
                        b"epilog_time=1\nend\n", "/s/60.job")
-    final = job("60", nodes=("n2",), cpus=(2.0,), account="b", user="bob")  # requeued onto n2
-    assert with_record(final, rec).nodes == ("n2",) and with_record(final, rec).user == "bob"
-    early = job("60", nodes=("n1",), cpus=(2.0,), partition="")  # incomplete: hint used
+    final = job("60", nodes=("n2",), cpus=(2.0,), account="b", user="alice")  # requeued onto n2
+    assert with_record(final, rec).nodes == ("n2",) and with_record(final, rec).account == "b"
+    early = job("60", nodes=("n1",), cpus=(2.0,), partition="")  # incomplete: waited out, empties filled
+    assert not complete(early, rec)
     assert with_record(early, rec).partition == "debug" and with_record(early, rec).user == "alice"
+    with pytest.raises(RecordContradicts, match="bob"):
+        with_record(replace(final, user="bob"), rec)  # another user than slurmdbd's: never written
+
+
+def test_a_record_that_contradicts_slurmdbd_is_dead_lettered_never_written(tmp_path, caplog):
+    # issue 16: `sacctmgr ... where jobid=777_3` received job 1239's comment and token
+    r = rig(tmp_path)
+    r.slurm.add(job("1239", user="alice"))
+    r.record("1239", array_job_id="777", array_task_id="3")
+    with caplog.at_level(logging.ERROR, logger="carbond.daemon"):
+        r.run()
+    assert r.slurm.written == [] and r.dead() == ["1239.job"]
+    reason = (r.spool / "dead" / "1239.job.reason").read_text()
+    assert "contradicts slurmdbd" in reason and "777_3" in reason
+    assert any("contradicts slurmdbd" in m for m in caplog.messages)
+    assert r.ledger.get("1239").state == L.DEAD and accounted(r) == 0
+
+
+def test_a_forged_record_never_changes_whose_or_where_a_footprint_is(tmp_path):
+    # issue 16: a forged record made a 1-node job of one user a 64-node job of another account
+    r = rig(tmp_path)
+    r.slurm.add(job("301", account="physics", user="alice"))
+    r.record("301", nodes="n[1-64]", cpus_per_node="2(x64)", partition="gpu", account="other")
+    r.run()
+    e = r.ledger.get("301")
+    assert (e.state, e.partition, e.account, e.user) == (L.WRITTEN, "debug", "physics", "alice")
+    assert [j.nodes for j in r.engine.seen] == [("n1",)]
+
+
+def test_slurmdbds_first_second_is_waited_out_then_its_record_wins(tmp_path):
+    r = rig(tmp_path)
+    r.daemon.cfg = replace(r.daemon.cfg, settle_seconds=30.0)
+    r.slurm.add(job("302", nodes=("n1",), cpus=(4.0,), partition="", end=T0 - 1))  # batch host only
+    r.record("302", nodes="n[1-2]", cpus_per_node="2(x2)")
+    r.run(advance=1.0)
+    assert r.slurm.written == [] and r.ledger.get("302") is None  # waiting, not accounted on the hint
+    r.slurm.add(job("302", nodes=("n1", "n2"), cpus=(2.0, 2.0), end=T0 - 1))
+    r.run(advance=1.0)
+    assert r.ledger.get("302").state == L.WRITTEN and [j.nodes for j in r.engine.seen] == [("n1", "n2")]
 
 
 def test_a_requeued_job_is_charged_every_run_each_on_its_own_nodes_once(tmp_path):
