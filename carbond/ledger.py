@@ -15,7 +15,9 @@ always equals what the Prometheus counters were incremented by.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -167,6 +169,111 @@ class LedgerError(CarbondError):
     """The ledger cannot be opened or used; names the file."""
 
 
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+"""Modes of the ledger and of a state directory carbond creates, whatever the umask."""
+_MAGIC = b"SQLite format 3\x00"
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _recovery(path: Path) -> str:
+    return (f"carbond will not start over it, which would silently lose the history of every job it holds. "
+            f"Restore {path} from a backup (docs/operations.md, \"The ledger\"), or, to start an empty ledger "
+            f"knowingly, move it aside: mv {path} {path}.broken")
+
+
+def check_file(path: Path) -> bool:
+    """Whether the ledger file exists; raises LedgerError for one that must never be opened.
+
+    A missing ledger is new (created on first start). An existing one that is empty, too short
+    or not an sqlite database (a crash during a full disk, a bad restore) is refused: sqlite
+    would take an empty file for a new, empty ledger. A symbolic link (the file or its -wal,
+    -shm, -journal) is refused too: carbond never follows one in its state directory.
+    """
+    for p in (path, *(path.with_name(path.name + s) for s in _SIDE_FILES)):
+        if p.is_symlink():
+            raise LedgerError(f"the ledger {p} is a symbolic link: carbond never follows links in its state "
+                              f"directory; replace it by the file itself")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise LedgerError(f"the ledger {path} is not a regular file")
+    if st.st_size == 0:
+        raise LedgerError(f"the ledger {path} is empty (0 bytes): {_recovery(path)}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            head = os.read(fd, len(_MAGIC))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
+    if head != _MAGIC:
+        raise LedgerError(f"the ledger {path} is not an sqlite database ({st.st_size} bytes): {_recovery(path)}")
+    return True
+
+
+def integrity(db: sqlite3.Connection, path: Path) -> None:
+    """PRAGMA quick_check at start: a truncated or damaged ledger is refused, never written on."""
+    try:
+        rows = db.execute("PRAGMA quick_check(5)").fetchall()
+    except sqlite3.DatabaseError as exc:
+        rows = [(str(exc),)]
+    problems = [str(r[0]) for r in rows if r and r[0] != "ok"]
+    if problems:
+        raise LedgerError(f"the ledger {path} is damaged or truncated (sqlite quick_check: "
+                          f"{'; '.join(problems)[:300]}): {_recovery(path)}")
+
+
+def make_state_dir(path: Path) -> None:
+    """The state directory, created 0750 whatever the umask (an existing one is left as it is)."""
+    if path.is_symlink():
+        raise LedgerError(f"the state directory {path} is a symbolic link: use the directory itself")
+    if path.is_dir():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        return
+    os.chmod(path, DIR_MODE, follow_symlinks=False)
+
+
+def _create(path: Path) -> None:
+    """A new, empty ledger file at `path`, 0640 whatever the umask, made whole before it appears
+    (built under a temporary name, then linked into place): a crash never leaves an empty ledger."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    for p in (tmp, *(tmp.with_name(tmp.name + s) for s in _SIDE_FILES)):
+        if os.path.lexists(p):
+            os.unlink(p)  # a stale one from a crash (unlink never follows a link)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+    try:
+        db = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            db.executescript(_SCHEMA)
+        finally:
+            db.close()
+        try:
+            os.link(tmp, path)  # never replaces: another process that made it first wins
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 def columns_of(db: sqlite3.Connection) -> set[str]:
     """The jobs table's columns (empty before it exists): what a ledger of any release has."""
     return {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
@@ -277,13 +384,23 @@ class Ledger:
         self._clock = clock
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_state_dir(self.path.parent)
+            if not check_file(self.path):
+                _create(self.path)
+                check_file(self.path)
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from None
+        try:
+            integrity(self._db, self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not just a crash
             self._db.executescript(_SCHEMA)
             self._migrate()
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, LedgerError) as exc:
+            self._db.close()
+            if isinstance(exc, LedgerError):
+                raise
             raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from None
 
     def _migrate(self) -> None:
