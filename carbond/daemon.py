@@ -96,7 +96,7 @@ class Progress:
 
 @dataclass
 class Backoff:
-    """When a record may be tried again, and why it is waiting."""
+    """When a record may be tried again, and why it is waiting (times on Daemon.monotonic)."""
 
     first: float
     """carbond's first attempt: the retry window starts here, never at the job's end."""
@@ -120,6 +120,10 @@ class Daemon:
     metrics: Metrics
     notify: Callable[[str], None] = lambda msg: None
     clock: Callable[[], float] = time.time
+    """Wall-clock time: job times (a job's end, settle_seconds after it)."""
+    monotonic: Callable[[], float] = time.monotonic
+    """Waiting and polling (backoff deadlines, the retry window, the suspend poll): a wall clock
+    stepped back an hour (NTP, a VM restore) must not stall every record in backoff for that hour."""
     waiting: dict[str, Backoff] = field(default_factory=dict)
     """Per spool record (its file name), never per job: two records of one job never mix."""
     stop: threading.Event = field(default_factory=threading.Event)
@@ -136,9 +140,9 @@ class Daemon:
     running: RunningGauge | None = None
     _energy_tres: bool | None = None
     """slurm.write_energy_tres: None until sacctmgr's version is known, then whether it can."""
-    _intensity_at: float = 0.0
+    _intensity_at: float = float("-inf")
     _notified_at: float = 0.0
-    _suspend_at: float = 0.0
+    _suspend_at: float = float("-inf")
     _outage: str = ""
 
     # ---- the loop ---------------------------------------------------------------------------
@@ -158,8 +162,8 @@ class Daemon:
     def step(self) -> int:
         """One pass over the spool; returns how many records made progress. Never raises."""
         done = self._guard("internal", self._step)
-        if self.suspends is not None and self.clock() - self._suspend_at >= self.cfg.slurm.suspend_poll_seconds:
-            self._suspend_at = self.clock()
+        if self.suspends is not None and self.monotonic() - self._suspend_at >= self.cfg.slurm.suspend_poll_seconds:
+            self._suspend_at = self.monotonic()
             self._guard("slurm", self.suspends.poll)
         if self.reconciler is not None and self.reconciler.due():
             self._guard("slurm", self._reconcile)
@@ -174,7 +178,7 @@ class Daemon:
         for d in dead:
             log.error("spool file %s dead-lettered: %s", d.path, d.reason)
         self._forget_gone()
-        now = self.clock()
+        now = self.monotonic()
         records += [r for r in self.recovered.values() if self._due_at(r, now)]
         known = self.ledger.known(r.job_id_key for r in records)
         done = 0
@@ -353,7 +357,7 @@ class Daemon:
 
     def _not_due(self, name: str) -> bool:
         b = self.waiting.get(name)
-        return b is not None and self.clock() < b.next_at
+        return b is not None and self.monotonic() < b.next_at
 
     def _due_at(self, rec: SpoolRecord, now: float) -> bool:
         b = self.waiting.get(_key(rec))
@@ -367,7 +371,7 @@ class Daemon:
 
     def _retry(self, rec: SpoolRecord, reason: str, quick: bool = False, ages: bool = True, quiet: bool = False,
                bury_as: Entry | None = None, unwritable: str = "", outage: bool = False) -> None:
-        now = self.clock()
+        now = self.monotonic()
         b = self.waiting.setdefault(_key(rec), Backoff(first=now))
         if ages:
             b.aging_from = now if b.aging_from is None else b.aging_from
@@ -381,7 +385,7 @@ class Daemon:
         b.next_at = now + b.delay
 
     def _poisoned(self, rec: SpoolRecord, exc: BaseException) -> None:
-        b = self.waiting.setdefault(_key(rec), Backoff(first=self.clock()))
+        b = self.waiting.setdefault(_key(rec), Backoff(first=self.monotonic()))
         b.poison += 1
         reason = f"fails on its own: {type(exc).__name__}: {short(exc)}"
         if b.poison >= POISON_TRIES:
@@ -448,7 +452,7 @@ class Daemon:
         count, oldest = self.spool.backlog()
         self.metrics.set_backlog(count + len(self.recovered), oldest)
         self.metrics.set_dead_letters(self.spool.dead_count())
-        now = self.clock()
+        now = self.monotonic()
         if now - self._intensity_at >= INTENSITY_EVERY:
             self._intensity_at = now
             try:

@@ -561,3 +561,27 @@ def test_sigterm_during_slow_writes_stops_within_one_call_and_loses_nothing(tmp_
     r2.run(2)
     assert r2.ledger.state_counts() == {L.WRITTEN: 10}
     assert len(r.slurm.written) == 10 - len(calls)
+
+
+def test_a_wall_clock_stepped_back_an_hour_never_stalls_backoff_or_the_suspend_poll(tmp_path):
+    # issue 16: backoff deadlines on the wall clock left 5 tokens pending 120 s after sacctmgr recovered
+    from daemon_fakes import Clock
+
+    r = rig(tmp_path, suspend_poll_seconds=5.0)
+    mono = Clock(1000.0)
+    r.daemon.monotonic = mono
+    polls: list[float] = []
+    r.daemon.suspends = type("Watch", (), {"poll": lambda self: polls.append(mono())})()
+    for i in range(80, 85):
+        r.slurm.add(job(str(i)))
+        r.record(str(i))
+    r.slurm.down = True
+    r.daemon.step()
+    assert r.slurm.written == [] and polls == [1000.0]
+    r.clock.advance(-3600.0)  # NTP steps the wall clock back an hour
+    r.slurm.down = False
+    for _ in range(12):
+        mono.advance(1.0)
+        r.daemon.step()
+    assert sorted(raw for raw, _ in r.slurm.written) == [str(i) for i in range(80, 85)]
+    assert len(polls) >= 3  # every 5 s of real time, whatever the wall clock says
