@@ -622,7 +622,7 @@ def build(cfg: Config, registry: CollectorRegistry | None = None, progress: Prog
     # Every VictoriaMetrics response is progress too (a long fetch is many bounded requests).
     victoria.on_response = progress.touch
     ledger = Ledger(cfg.state_dir, cfg.cluster)
-    metrics = Metrics(registry, cfg.cluster, cfg.metrics.per_user)
+    metrics = Metrics(registry, cfg.cluster, cfg.metrics.per_user, cfg.metrics.max_label_values)
     metrics.resume(ledger)
     publisher = Publisher(ledger, slurm, metrics, cfg.slurm.comment_field, None)
     clock = time.time

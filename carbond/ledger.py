@@ -41,9 +41,15 @@ FILENAME = "ledger.sqlite"
 RECOVERED = "recovered"
 """`origin` of a job found by reconciliation: it ended in slurmdbd with no spool record."""
 
-SKIP_REASONS = ("would-mangle", "foreign-payload", "refused", "gave-up")
+SKIP_REASONS = ("would-mangle", "foreign-payload", "refused", "gave-up", "too-long")
 """Why a counted job has no token: the field would be damaged, holds another tool's payload,
-sacctmgr refused the write (permissions, ambiguous id), or carbond gave up retrying it."""
+sacctmgr refused the write (permissions, ambiguous id), carbond gave up retrying it, or the
+field with the token is longer than one command-line argument may be (E2BIG, 128 KiB)."""
+EVENT_OUTCOME = "event:outcome"
+EVENT_SKIPPED = "event:skipped"
+STATE = "state"
+"""`counts` names: jobs that reached an outcome and writes skipped, counted when they happen and never
+taken back (the `_total` counters: monotonic), and the jobs in each state now (the gauges)."""
 
 
 def skip_label(reason: str | None) -> str:
@@ -145,6 +151,23 @@ END;
 CREATE TRIGGER IF NOT EXISTS jobs_recovered_delete AFTER DELETE ON jobs WHEN OLD.origin = '{RECOVERED}' BEGIN
     {count("OLD", "recovered", "''", -1)}
 END;
+CREATE TRIGGER IF NOT EXISTS jobs_events_insert AFTER INSERT ON jobs BEGIN
+    {count("NEW", STATE, "NEW.state", 1)}
+    {count("NEW", EVENT_OUTCOME, new, 1)}
+    INSERT INTO counts (cluster, name, label, n) SELECT NEW.cluster, '{EVENT_SKIPPED}', {skip_new}, 1
+        WHERE NEW.state = 'unwritable' ON CONFLICT (cluster, name, label) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_events_delete AFTER DELETE ON jobs BEGIN
+    {count("OLD", STATE, "OLD.state", -1)}
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_events_update AFTER UPDATE ON jobs
+    WHEN OLD.state IS NOT NEW.state OR OLD.cluster IS NOT NEW.cluster OR {skip_old} IS NOT {skip_new} BEGIN
+    {count("OLD", STATE, "OLD.state", -1)}
+    {count("NEW", STATE, "NEW.state", 1)}
+    INSERT INTO counts (cluster, name, label, n) SELECT NEW.cluster, '{EVENT_SKIPPED}', {skip_new}, 1
+        WHERE NEW.state = 'unwritable' AND (OLD.state IS NOT 'unwritable' OR {skip_old} IS NOT {skip_new})
+        ON CONFLICT (cluster, name, label) DO UPDATE SET n = n + 1;
+END;
 """
 
 
@@ -159,6 +182,21 @@ INSERT INTO counts (cluster, name, label, n)
 INSERT INTO counts (cluster, name, label, n)
     SELECT cluster, 'recovered', '', COUNT(*) FROM jobs WHERE origin = '{RECOVERED}' GROUP BY cluster;
 """
+
+_FILL_EVENTS = f"""
+INSERT INTO counts (cluster, name, label, n)
+    SELECT cluster, '{STATE}', state, COUNT(*) FROM jobs WHERE true GROUP BY cluster, state
+    ON CONFLICT (cluster, name, label) DO UPDATE SET n = excluded.n;
+INSERT INTO counts (cluster, name, label, n)
+    SELECT cluster, '{EVENT_OUTCOME}', CASE WHEN state IN ({", ".join(repr(s) for s in COUNTED)}) THEN 'accounted'
+           ELSE state END AS o, COUNT(*) FROM jobs WHERE true GROUP BY cluster, o
+    ON CONFLICT (cluster, name, label) DO UPDATE SET n = max(n, excluded.n);
+INSERT INTO counts (cluster, name, label, n)
+    SELECT cluster, '{EVENT_SKIPPED}', COALESCE(reason, ''), COUNT(*) FROM jobs WHERE state = 'unwritable'
+    GROUP BY cluster, COALESCE(reason, '')
+    ON CONFLICT (cluster, name, label) DO UPDATE SET n = max(n, excluded.n);
+"""
+"""A ledger from before the event counts: they start from its rows (what it can still tell)."""
 
 _MIGRATIONS = (("pue", "REAL"), ("origin", "TEXT NOT NULL DEFAULT ''"))
 """Columns added after the first release: ALTER TABLE ... ADD COLUMN on a ledger that lacks them."""
@@ -367,8 +405,16 @@ class Summary:
 
     totals: dict[tuple[str, str, str], Totals] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)
+    """Jobs by outcome now (a dead job re-queued and accounted moves from dead to accounted)."""
     skipped: dict[str, int] = field(default_factory=dict)
+    """UNWRITABLE jobs now, by reason (one re-published leaves it)."""
     recovered: int = 0
+    states: dict[str, int] = field(default_factory=dict)
+    """Jobs in each ledger state now."""
+    outcome_events: dict[str, int] = field(default_factory=dict)
+    """Jobs that reached each outcome, ever (never decreases: carbond_jobs_total)."""
+    skip_events: dict[str, int] = field(default_factory=dict)
+    """Writes skipped, by reason, ever (never decreases: carbond_writes_skipped_total)."""
 
 
 _COLUMNS = ("job_id", "state", "energy_j", "co2e_g", "partition", "account", "user", "end_time", "token",
@@ -410,10 +456,15 @@ class Ledger:
         try:
             add_columns(db, _MIGRATIONS)
             fresh = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='sums'").fetchone() is None
+            no_events = db.execute("SELECT 1 FROM sqlite_master WHERE type='trigger' "
+                                   "AND name='jobs_events_insert'").fetchone() is None
             for statement in _split(_summary_sql()):
                 db.execute(statement)
             if fresh:
                 for statement in _split(_FILL_SUMMARY):
+                    db.execute(statement)
+            if no_events:
+                for statement in _split(_FILL_EVENTS):
                     db.execute(statement)
             db.execute("COMMIT")
         except BaseException:
@@ -587,6 +638,13 @@ class Ledger:
             if name == "skipped":
                 key = skip_label(label)
                 out.skipped[key] = out.skipped.get(key, 0) + n
+            elif name == EVENT_SKIPPED:
+                key = skip_label(label)
+                out.skip_events[key] = out.skip_events.get(key, 0) + n
+            elif name == EVENT_OUTCOME:
+                out.outcome_events[label] = out.outcome_events.get(label, 0) + n
+            elif name == STATE:
+                out.states[label] = out.states.get(label, 0) + n
             elif name == RECOVERED:
                 out.recovered += n
         return out

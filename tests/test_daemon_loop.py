@@ -192,7 +192,9 @@ def test_a_refused_write_is_unwritable_with_a_fixed_label_and_requeuing_its_dead
     os.replace(r.spool / "dead" / "40.job", r.spool / "40.job")  # the operator re-queues it
     r.run()
     assert r.ledger.get("40").state == L.WRITTEN and r.slurm.written[-1][0] == "40"
-    assert r.value("carbond_writes_skipped_total", reason="refused") == 0 and accounted(r) == 1
+    # issue 16: the counter counts the skip that happened (a _total never goes down); the gauge is now
+    assert r.value("carbond_writes_skipped_total", reason="refused") == 1 and accounted(r) == 1
+    assert r.value("carbond_writes_unwritable", reason="refused") == 0
 
 
 def test_a_requeued_dead_letter_is_counted_once(tmp_path):
@@ -204,7 +206,9 @@ def test_a_requeued_dead_letter_is_counted_once(tmp_path):
     os.replace(r.spool / "dead" / "50.job", r.spool / "50.job")
     r.run()
     assert r.ledger.get("50").state == L.WRITTEN
-    assert r.value("carbond_jobs_total", outcome="dead") == 0 and accounted(r) == 1
+    # issue 16: carbond_jobs_total{outcome="dead"} went 1 -> 0 here, read by rate() as a reset
+    assert r.value("carbond_jobs_total", outcome="dead") == 1 and accounted(r) == 1
+    assert r.value("carbond_jobs", state="dead") == 0 and r.value("carbond_jobs", state="written") == 1
 
 
 def test_slurmdbds_complete_record_wins_over_the_spool_hint():
