@@ -28,6 +28,7 @@ after its token is written.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -54,7 +55,7 @@ from .jobs import Job
 from .ledger import COUNTED, PENDING_WRITE, RECOVERED, UNWRITABLE, Entry, Ledger, LedgerError
 from .ledger_columns import after_record
 from .metrics import Metrics, serve
-from .publish import WRITTEN, Publisher
+from .publish import TOO_LONG, WRITTEN, Publisher
 from .reconcile import Reconciler
 from .running import RunningGauge
 from .runs import combine, pieces
@@ -320,6 +321,9 @@ class Daemon:
                 done += 1
                 if res == WRITTEN and self.cfg.slurm.write_energy_tres and not self.stop.is_set():
                     self._guard("slurm", partial(self._write_energy, entries.get(rec.job_id_key), facts))
+            elif too_long(res):
+                self._give_up(rec, f"the field with the token is too long for sacctmgr: {short(res)}",
+                              unwritable=TOO_LONG)
             elif isinstance(res, SlurmError) and not getattr(res, "retryable", True):
                 self._give_up(rec, f"sacctmgr refused the write: {short(res)}", unwritable="refused")
             else:
@@ -515,11 +519,18 @@ def _outage_error(exc: object) -> bool:
     "Not in the database" is an answer about this job, not an outage: it ages the record, so a job
     slurmdbd never learns of is given up on (and can be re-queued) instead of retried for ever.
     """
-    if isinstance(exc, JobNotInDatabase):
+    if isinstance(exc, JobNotInDatabase) or too_long(exc):
         return False
     if isinstance(exc, SlurmCommandError):
         return exc.returncode != 0 or "timed out" in str(exc)
     return isinstance(exc, SlurmError) and "stopping" in str(exc)
+
+
+def too_long(exc: object) -> bool:
+    """A Slurm command that could not start because an argument is too long (E2BIG): a fact about
+    this record's data (e.g. a comment over 128 KiB), never an outage to retry for ever."""
+    return (isinstance(exc, SlurmCommandError) and exc.returncode is None
+            and os.strerror(errno.E2BIG) in exc.stderr)
 
 
 def short(exc: object, limit: int = 200) -> str:

@@ -589,3 +589,46 @@ def test_a_wall_clock_stepped_back_an_hour_never_stalls_backoff_or_the_suspend_p
         r.daemon.step()
     assert sorted(raw for raw, _ in r.slurm.written) == [str(i) for i in range(80, 85)]
     assert len(polls) >= 3  # every 5 s of real time, whatever the wall clock says
+
+
+def test_a_field_too_long_for_one_argument_is_skipped_as_too_long_never_retried_for_ever(tmp_path):
+    # issue 16: a comment over 128 KiB made sacctmgr fail to start (E2BIG), taken for an outage
+    import subprocess
+
+    from carbond.config import SlurmConfig
+    from carbond.slurm import SlurmIO
+
+    r = rig(tmp_path, retry=60)
+    ran: list[list[str]] = []
+
+    def runner(cmd, **kw):  # the real exec: the kernel refuses an argument over 128 KiB
+        ran.append(cmd)
+        return subprocess.run(["/bin/echo", " Modified jobs...\n  1 submitted at x", *cmd[1:]], **kw)
+
+    io = SlurmIO(SlurmConfig(concurrency=1, sacctmgr="/bin/true"), runner=runner)
+    io.read_jobs = r.slurm.read_jobs  # type: ignore[method-assign]
+    io.read_runs = r.slurm.read_runs  # type: ignore[method-assign]
+    io._version = (22, 5, 8)
+    r.daemon.slurm = r.daemon.publisher.slurm = io
+    r.slurm.add(job("90"), admin="x" * (128 * 1024))
+    r.slurm.add(job("91"), admin="short note")
+    r.record("90")
+    r.record("91")
+    r.run(3)
+    assert r.ledger.get("91").state == L.WRITTEN
+    e = r.ledger.get("90")
+    assert (e.state, e.reason) == (L.UNWRITABLE, "too-long") and e.co2e_g > 0  # counted, field left alone
+    assert not (r.spool / "90.job").exists() and r.value("carbond_writes_skipped_total", reason="too-long") == 1
+    assert r.value("carbond_loop_errors_total", kind="slurm") == 0
+    assert all(len(a) < 128 * 1024 for cmd in ran for a in cmd)
+
+
+def test_e2big_from_a_slurm_command_is_this_records_fault_not_an_outage():
+    from carbond.config import SlurmConfig
+    from carbond.daemon import _outage_error, error_kind, too_long
+    from carbond.slurm import SlurmIO
+
+    io = SlurmIO(SlurmConfig(sacctmgr="/bin/true"))
+    with pytest.raises(Exception) as err:
+        io.write_comment("5", "admin_comment", "x" * (200 * 1024))  # the real exec fails: E2BIG
+    assert too_long(err.value) and not _outage_error(err.value) and error_kind(err.value) == "poison"
