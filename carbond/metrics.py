@@ -203,7 +203,7 @@ class LabelCap:
         if len(new) <= room:
             admitted |= new
             return
-        first = first_seen(label) if first_seen is not None else {}
+        first = first_seen(label) if first_seen is not None and room > 0 else {}  # a scan: only to choose
         order = sorted(new, key=lambda v: (first.get(v, float("inf")), v))
         admitted.update(order[: max(room, 0)])
         if not other:

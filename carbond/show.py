@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .config import Config
+from .ledger import FILENAME, LedgerError, check_file
 from .report import equivalent
 from .slurm import ACTIVE_STATES, FIELD_OPTIONS, JobFacts, SlurmIO
 from .token import method_of, parse
@@ -128,12 +129,13 @@ def _ledger_pues(cfg: Config, raw_ids: list[str]) -> dict[str, float]:
     Read-only and best effort: an ordinary user on a login node has no ledger, and ledgers
     written before the `pue` column existed have none; then the token alone speaks.
     """
-    path = Path(cfg.state_dir) / "ledger.sqlite"
+    path = Path(cfg.state_dir) / FILENAME
     if not raw_ids or not os.access(path, os.R_OK):
         return {}
     try:
+        check_file(path)  # never a symbolic link, an empty or a foreign file
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
-    except sqlite3.Error:
+    except (sqlite3.Error, LedgerError):
         return {}
     try:
         marks = ",".join("?" * len(raw_ids))
