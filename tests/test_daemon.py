@@ -82,3 +82,53 @@ def test_a_het_component_must_be_slurmdbds():
     assert _with_record(ok, rec).display_id == "1238+1"
     with pytest.raises(RecordContradicts):
         _with_record(Job("1239", 1.0, 2.0, ("n1",), (2.0,), partition="debug", display_id="1239"), rec)
+
+
+# -- the invariant, over any record and any slurmdbd row (hypothesis) --
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from carbond.spool import SpoolRecord  # noqa: E402
+
+_ids = st.sampled_from(["", "7", "1239", "1234"])
+_names = st.sampled_from(["", "alice", "bob"])
+_hosts = st.sampled_from(["", "n1", "n[1-2]", "n[1-3]", "n[1-64]", "x[1-2]"])
+_cpus = st.sampled_from(["", "1", "2", "2(x2)", "1,3", "2(x64)", "4(x3)"])
+
+
+@st.composite
+def records(draw):
+    kind = draw(st.sampled_from(["plain", "array", "het"]))
+    array = (draw(_ids.filter(bool)), str(draw(st.integers(0, 4)))) if kind == "array" else ("", "")
+    het = (draw(_ids.filter(bool)), str(draw(st.integers(0, 2)))) if kind == "het" else ("", "")
+    return SpoolRecord(job_id="1239", array_job_id=array[0], array_task_id=array[1], nodes=draw(_hosts),
+                       cpus_per_node=draw(_cpus), partition=draw(st.sampled_from(["", "debug", "gpu"])),
+                       account=draw(st.sampled_from(["", "physics", "other"])), user=draw(_names), uid=None,
+                       exit_code="", cluster="c", epilog_time=1, path="/s/1239.job", het_job_id=het[0],
+                       het_job_offset=het[1])
+
+
+@st.composite
+def slurmdbd(draw):
+    nodes = draw(st.sampled_from([("n1",), ("n1", "n2"), ("n2",), ("n1", "n2", "n3")]))
+    total = draw(st.integers(1, 8))
+    return Job("1239", 1.0, 2.0, nodes, tuple(total / len(nodes) for _ in nodes),
+               partition=draw(st.sampled_from(["", "debug"])), account=draw(st.sampled_from(["", "physics"])),
+               user=draw(_names), display_id=draw(st.sampled_from(["1239", "1234_3", "1239_0", "1238+1", ""])))
+
+
+@settings(max_examples=500, deadline=None)
+@given(records(), slurmdbd())
+def test_a_record_only_ever_narrows_slurmdbds_facts(rec, job):
+    try:
+        out = _with_record(job, rec)
+    except RecordContradicts:
+        claimed = rec.display_id != rec.job_id
+        assert (claimed and rec.display_id != job.display_id) or (rec.user and job.user and rec.user != job.user)
+        return
+    assert out.nodes == job.nodes and out.job_id == job.job_id
+    assert abs(sum(out.cpus) - sum(job.cpus)) < 1e-9  # CPUs per node only redistributed, never more
+    for key in ("partition", "account", "user"):
+        assert getattr(out, key) == (getattr(job, key) or getattr(rec, key))
+    # the write target is slurmdbd's id of this very job: its task or component, else its raw id
+    assert out.display_id == (job.display_id if "_" in job.display_id or "+" in job.display_id else job.job_id)

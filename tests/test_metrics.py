@@ -337,3 +337,61 @@ def test_label_values_are_capped_with_an_other_bucket_and_the_first_seen_kept(tm
                      user="u") == 10.0  # the same values keep their series after a restart
         assert value(restarted, "carbond_emissions_grams_total", cluster="c1", partition="p", account="_other",
                      user="u") == 197 * 10.0
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_OPS = st.lists(st.tuples(st.sampled_from(["pending", "dead", "unwritable", "republish", "written", "accounted",
+                                           "zero", "delete"]),
+                          st.integers(0, 5), st.sampled_from(["gave-up", "refused", "too-long", "free text"])),
+                max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_OPS)
+def test_no_total_ever_decreases_whatever_happens_to_the_ledger(tmp_path_factory, ops):
+    d = tmp_path_factory.mktemp("mono")
+    seen: dict[tuple, float] = {}
+
+    def scrape(reg):
+        for m in reg.collect():
+            for s in m.samples:
+                if s.name.endswith("_total"):
+                    key = (s.name, tuple(sorted(s.labels.items())))
+                    assert s.value >= seen.get(key, 0.0), (key, s.value, seen.get(key))
+                    seen[key] = s.value
+
+    with Ledger(d, "c1") as led:
+        reg = CollectorRegistry()
+        m = Metrics(reg, "c1")
+        m.resume(led)
+        for op, i, reason in ops:
+            job = str(i)
+            if op == "pending":
+                led.record_many([_pending(i)])
+            elif op == "dead":
+                led.record_many([Entry(job, L.DEAD, reason="x")])
+            elif op == "unwritable":
+                led.mark_unwritable(job, reason)
+            elif op == "republish":
+                led.republish(job)
+            elif op == "written":
+                led.mark_written(job)
+            elif op == "accounted":
+                led.record_many([Entry(job, L.ACCOUNTED, 1.0, 1.0, "p", "a", "u")])
+            elif op == "zero":
+                led.record_many([Entry(job, L.ZERO_LENGTH)])
+            else:
+                led._db.execute("DELETE FROM jobs WHERE job_id=?", (job,))  # an operator's sqlite3
+            m.totals.invalidate()
+            scrape(reg)
+            states = dict(led._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+            assert {s: int(value(reg, "carbond_jobs", state=s)) for s in L.STATES} == {
+                s: states.get(s, 0) for s in L.STATES}  # the gauges are the ledger now
+    restarted = CollectorRegistry()
+    with Ledger(d, "c1") as led:
+        Metrics(restarted, "c1").resume(led)
+        for (name, labels), v in seen.items():
+            if name in ("carbond_jobs_total", "carbond_writes_skipped_total"):
+                assert value(restarted, name, **dict(labels)) >= v  # events survive a restart
