@@ -268,7 +268,8 @@ def integrity(db: sqlite3.Connection, path: Path) -> None:
 
 
 def make_state_dir(path: Path) -> None:
-    """The state directory, created 0750 whatever the umask (an existing one is left as it is)."""
+    """The state directory, created 0750 whatever the umask. An existing one is left as it is (it
+    may be a directory the operator chose); the ledger's own files are 0640 in any case."""
     if path.is_symlink():
         raise LedgerError(f"the state directory {path} is a symbolic link: use the directory itself")
     if path.is_dir():
@@ -279,6 +280,14 @@ def make_state_dir(path: Path) -> None:
     except FileExistsError:
         return
     os.chmod(path, DIR_MODE, follow_symlinks=False)
+
+
+def tighten(path: Path, mode: int) -> None:
+    """Take away the permission bits beyond `mode` from a file or directory this user owns."""
+    st = os.lstat(path)
+    extra = stat.S_IMODE(st.st_mode) & ~mode & 0o777
+    if extra and st.st_uid == os.geteuid() and not stat.S_ISLNK(st.st_mode):
+        os.chmod(path, stat.S_IMODE(st.st_mode) & ~extra, follow_symlinks=False)
 
 
 def _create(path: Path) -> None:
@@ -434,6 +443,9 @@ class Ledger:
             if not check_file(self.path):
                 _create(self.path)
                 check_file(self.path)
+            for p in (self.path, *(self.path.with_name(self.path.name + x) for x in _SIDE_FILES)):
+                if p.exists():
+                    tighten(p, FILE_MODE)  # a ledger an earlier release (or umask 022) left world-readable
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from None

@@ -103,3 +103,18 @@ def test_a_ledger_copied_back_whole_opens_with_its_history(tmp_path):
     with Ledger(state, "c1") as led:
         assert led.state_counts() == {L.WRITTEN: 20}
     assert stat.S_ISREG(os.lstat(state / "ledger.sqlite").st_mode)
+
+
+def test_a_world_readable_ledger_left_by_umask_022_is_tightened(tmp_path):
+    # issue 16: a CLI run as root with umask 022 created a world-readable ledger
+    state = tmp_path / "state"
+    old = os.umask(0o022)
+    try:
+        filled(state)
+        os.chmod(state / "ledger.sqlite", 0o666)
+        with Ledger(state, "c1"):
+            modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in [state, *state.iterdir()]}
+    finally:
+        os.umask(old)
+    assert modes == {"state": "0o750", "ledger.sqlite": "0o640", "ledger.sqlite-wal": "0o640",
+                     "ledger.sqlite-shm": "0o640"}
