@@ -242,7 +242,9 @@ class Daemon:
                 try:
                     ready.append((rec, replace(f, job=with_record(f.job, rec))))
                 except RecordContradicts as exc:
-                    self._give_up(rec, f"the spool record contradicts slurmdbd: {exc}")
+                    reason = f"the spool record contradicts slurmdbd: {exc}"
+                    log.error("job %s (%s): dead-lettered, never written: %s", rec.job_id, rec.name, reason)
+                    self._give_up(rec, reason, poison=True)  # poison=True: logged here already
         fresh = [(r, f) for r, f in ready if known.get(r.job_id_key) != PENDING_WRITE]
         writes = [(r, f) for r, f in ready if known.get(r.job_id_key) == PENDING_WRITE]
         writes += self._account(fresh)
