@@ -9,7 +9,7 @@ letter. Without a ledger (tests, one-shot tools) they count in memory.
 Every `_total` only ever grows (Prometheus' rate() reads a decrease as a reset): the job and
 skipped-write counters count events the ledger appends (a re-queued dead letter that is then
 accounted adds to `accounted`, never takes from `dead`); the current states are gauges
-(`carbond_jobs{state}`, `carbond_writes_unwritable{reason}`). Each exported counter is also held
+(`carbond_ledger_jobs{state}`, `carbond_writes_unwritable{reason}`). Each exported counter is also held
 at the highest value it has shown (a row an operator deletes never makes one go down). Label
 values are capped per label (`metrics.max_label_values`): the rest are summed under `_other`.
 """
@@ -347,7 +347,7 @@ class _Totals:
                                    labels=["outcome"])
         for outcome in OUTCOMES:
             self._counter(jobs, [outcome], snap.jobs.get(outcome, 0))
-        states = GaugeMetricFamily("carbond_jobs", "Jobs in the ledger now, by state.", labels=["state"])
+        states = GaugeMetricFamily("carbond_ledger_jobs", "Jobs in the ledger now, by state.", labels=["state"])
         for state in STATES:
             states.add_metric([state], snap.states.get(state, 0))
         skipped = CounterMetricFamily("carbond_writes_skipped",

@@ -208,7 +208,7 @@ def test_a_requeued_dead_letter_is_counted_once(tmp_path):
     assert r.ledger.get("50").state == L.WRITTEN
     # issue 16: carbond_jobs_total{outcome="dead"} went 1 -> 0 here, read by rate() as a reset
     assert r.value("carbond_jobs_total", outcome="dead") == 1 and accounted(r) == 1
-    assert r.value("carbond_jobs", state="dead") == 0 and r.value("carbond_jobs", state="written") == 1
+    assert r.value("carbond_ledger_jobs", state="dead") == 0 and r.value("carbond_ledger_jobs", state="written") == 1
 
 
 def test_slurmdbds_complete_record_wins_over_the_spool_hint():

@@ -271,7 +271,7 @@ def test_every_total_is_monotonic_across_requeues_and_restarts(tmp_path):
         assert value(reg, "carbond_writes_unwritable", reason="gave-up") == 0
         assert value(reg, "carbond_jobs_total", outcome="dead") == 1
         assert value(reg, "carbond_jobs_total", outcome="accounted") == 6
-        assert value(reg, "carbond_jobs", state="dead") == 0 and value(reg, "carbond_jobs", state="written") == 5
+        assert value(reg, "carbond_ledger_jobs", state="dead") == 0 and value(reg, "carbond_ledger_jobs", state="written") == 5
         led.mark_unwritable("9", "refused")
     restarted = CollectorRegistry()
     with Ledger(tmp_path, "c1") as led:
@@ -279,7 +279,7 @@ def test_every_total_is_monotonic_across_requeues_and_restarts(tmp_path):
         assert value(restarted, "carbond_writes_skipped_total", reason="gave-up") == 5
         assert value(restarted, "carbond_writes_skipped_total", reason="refused") == 1
         assert value(restarted, "carbond_jobs_total", outcome="dead") == 1
-        assert value(restarted, "carbond_jobs", state="unwritable") == 1
+        assert value(restarted, "carbond_ledger_jobs", state="unwritable") == 1
 
 
 def test_a_ledger_from_before_the_event_counts_starts_them_from_its_rows(tmp_path):
@@ -297,7 +297,7 @@ def test_a_ledger_from_before_the_event_counts_starts_them_from_its_rows(tmp_pat
         Metrics(reg, "c1").resume(led)
         assert value(reg, "carbond_writes_skipped_total", reason="refused") == 1
         assert value(reg, "carbond_jobs_total", outcome="dead") == 1
-        assert value(reg, "carbond_jobs", state="unwritable") == 1
+        assert value(reg, "carbond_ledger_jobs", state="unwritable") == 1
 
 
 def test_a_counter_never_goes_down_even_when_an_operator_deletes_rows(tmp_path):
@@ -387,7 +387,7 @@ def test_no_total_ever_decreases_whatever_happens_to_the_ledger(tmp_path_factory
             m.totals.invalidate()
             scrape(reg)
             states = dict(led._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
-            assert {s: int(value(reg, "carbond_jobs", state=s)) for s in L.STATES} == {
+            assert {s: int(value(reg, "carbond_ledger_jobs", state=s)) for s in L.STATES} == {
                 s: states.get(s, 0) for s in L.STATES}  # the gauges are the ledger now
     restarted = CollectorRegistry()
     with Ledger(d, "c1") as led:
@@ -395,3 +395,16 @@ def test_no_total_ever_decreases_whatever_happens_to_the_ledger(tmp_path_factory
         for (name, labels), v in seen.items():
             if name in ("carbond_jobs_total", "carbond_writes_skipped_total"):
                 assert value(restarted, name, **dict(labels)) >= v  # events survive a restart
+
+
+def test_the_openmetrics_exposition_has_no_family_twice(tmp_path):
+    # a gauge named like a counter's family (carbond_jobs vs carbond_jobs_total) breaks an OpenMetrics scrape
+    from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    with Ledger(tmp_path, "c1") as led:
+        reg = CollectorRegistry()
+        Metrics(reg, "c1").resume(led)
+        led.record_many([_pending(1), Entry("2", L.DEAD, reason="x")])
+        families = [f.name for f in text_string_to_metric_families(om_latest(reg).decode())]
+    assert len(families) == len(set(families)) and {"carbond_jobs", "carbond_ledger_jobs"} <= set(families)

@@ -54,7 +54,7 @@ def test_a_zero_length_ledger_is_refused_with_one_line_and_the_history_comes_bac
         shutil.copy(tmp_path / "backup.sqlite", path)  # the documented recovery
         stack.start()
         assert len(stack.ledger_rows()) == before >= 5
-        assert stack.metrics()[("carbond_jobs", (("state", "written"),))] >= 5
+        assert stack.metrics()[("carbond_ledger_jobs", (("state", "written"),))] >= 5
         stack.alive()
         print("\nFIGURES zero-length-ledger: " + json.dumps({"exit": proc.returncode, "line": lines[0][:200],
                                                             "rows_after_restore": before}))
