@@ -141,6 +141,8 @@ class SlurmConfig:
 class MetricsConfig:
     listen: str = "127.0.0.1:9847"
     per_user: bool = False
+    max_label_values: int = 500
+    """Distinct values of each of the partition, account and user labels; the rest are `_other`."""
 
 
 @dataclass(frozen=True)
@@ -397,6 +399,8 @@ def _check(cfg: Config) -> list[str]:
     for key in ("reconcile_seconds", "reconcile_lag_seconds", "suspend_poll_seconds"):
         if getattr(cfg.slurm, key) < 0:
             p.append(f"slurm.{key}: must not be negative")
+    if cfg.metrics.max_label_values < 1:
+        p.append("metrics.max_label_values: must be at least 1")
     host, _, port = cfg.metrics.listen.rpartition(":")
     if not host or not port.isdigit():
         p.append(f"metrics.listen: expected HOST:PORT, got {cfg.metrics.listen!r}")

@@ -28,8 +28,10 @@ after its token is written.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -55,7 +57,7 @@ from .jobs import Job
 from .ledger import COUNTED, PENDING_WRITE, RECOVERED, UNWRITABLE, Entry, Ledger, LedgerError
 from .ledger_columns import after_record
 from .metrics import Metrics, serve
-from .publish import WRITTEN, Publisher
+from .publish import TOO_LONG, WRITTEN, Publisher
 from .reconcile import Reconciler
 from .running import RunningGauge
 from .services import build as build_services
@@ -97,7 +99,7 @@ class Progress:
 
 @dataclass
 class Backoff:
-    """When a record may be tried again, and why it is waiting."""
+    """When a record may be tried again, and why it is waiting (times on Daemon.monotonic)."""
 
     first: float
     """carbond's first attempt: the retry window starts here, never at the job's end."""
@@ -121,6 +123,10 @@ class Daemon:
     metrics: Metrics
     notify: Callable[[str], None] = lambda msg: None
     clock: Callable[[], float] = time.time
+    """Wall-clock time: job times (a job's end, settle_seconds after it)."""
+    monotonic: Callable[[], float] = time.monotonic
+    """Waiting and polling (backoff deadlines, the retry window, the suspend poll): a wall clock
+    stepped back an hour (NTP, a VM restore) must not stall every record in backoff for that hour."""
     waiting: dict[str, Backoff] = field(default_factory=dict)
     """Per spool record (its file name), never per job: two records of one job never mix."""
     stop: threading.Event = field(default_factory=threading.Event)
@@ -140,9 +146,9 @@ class Daemon:
     """Re-checked every pass: a spool or state_dir recreated under us is locked again, or we stop."""
     _energy_tres: bool | None = None
     """slurm.write_energy_tres: None until sacctmgr's version is known, then whether it can."""
-    _intensity_at: float = 0.0
+    _intensity_at: float = float("-inf")
     _notified_at: float = 0.0
-    _suspend_at: float = 0.0
+    _suspend_at: float = float("-inf")
     _outage: str = ""
 
     # ---- the loop ---------------------------------------------------------------------------
@@ -164,8 +170,8 @@ class Daemon:
     def step(self) -> int:
         """One pass over the spool; returns how many records made progress. Never raises."""
         done = self._guard("internal", self._step)
-        if self.suspends is not None and self.clock() - self._suspend_at >= self.cfg.slurm.suspend_poll_seconds:
-            self._suspend_at = self.clock()
+        if self.suspends is not None and self.monotonic() - self._suspend_at >= self.cfg.slurm.suspend_poll_seconds:
+            self._suspend_at = self.monotonic()
             self._guard("slurm", self.suspends.poll)
             if self.gpu_capture is not None:
                 self._guard("slurm", self.gpu_capture.poll)
@@ -182,7 +188,7 @@ class Daemon:
         for d in dead:
             log.error("spool file %s dead-lettered: %s", d.path, d.reason)
         self._forget_gone()
-        now = self.clock()
+        now = self.monotonic()
         records += [r for r in self.recovered.values() if self._due_at(r, now)]
         known = self.ledger.known(r.job_id_key for r in records)
         done = 0
@@ -239,8 +245,15 @@ class Daemon:
                 self._retry(rec, "slurmdbd does not know the job yet")
             elif not f.ended:
                 self._retry(rec, f"job is {f.state.lower() or 'not finished'} in slurmdbd", quick=True, ages=False)
+            elif not complete(f.job, rec) and self.clock() < (f.job.end or 0) + self.cfg.settle_seconds:
+                self._retry(rec, "slurmdbd's record of the job is not complete yet", quick=True, ages=False)
             else:
-                ready.append((rec, replace(f, job=with_record(f.job, rec))))
+                try:
+                    ready.append((rec, replace(f, job=with_record(f.job, rec))))
+                except RecordContradicts as exc:
+                    reason = f"the spool record contradicts slurmdbd: {exc}"
+                    log.error("job %s (%s): dead-lettered, never written: %s", rec.job_id, rec.name, reason)
+                    self._give_up(rec, reason, poison=True)  # poison=True: logged here already
         fresh = [(r, f) for r, f in ready if known.get(r.job_id_key) != PENDING_WRITE]
         writes = [(r, f) for r, f in ready if known.get(r.job_id_key) == PENDING_WRITE]
         writes += self._account(fresh)
@@ -313,6 +326,9 @@ class Daemon:
                 done += 1
                 if res == WRITTEN and self.cfg.slurm.write_energy_tres and not self.stop.is_set():
                     self._guard("slurm", partial(self._write_energy, entries.get(rec.job_id_key), facts))
+            elif too_long(res):
+                self._give_up(rec, f"the field with the token is too long for sacctmgr: {short(res)}",
+                              unwritable=TOO_LONG)
             elif isinstance(res, SlurmError) and not getattr(res, "retryable", True):
                 self._give_up(rec, f"sacctmgr refused the write: {short(res)}", unwritable="refused")
             else:
@@ -350,7 +366,7 @@ class Daemon:
 
     def _not_due(self, name: str) -> bool:
         b = self.waiting.get(name)
-        return b is not None and self.clock() < b.next_at
+        return b is not None and self.monotonic() < b.next_at
 
     def _due_at(self, rec: SpoolRecord, now: float) -> bool:
         b = self.waiting.get(_key(rec))
@@ -364,7 +380,7 @@ class Daemon:
 
     def _retry(self, rec: SpoolRecord, reason: str, quick: bool = False, ages: bool = True, quiet: bool = False,
                bury_as: Entry | None = None, unwritable: str = "", outage: bool = False) -> None:
-        now = self.clock()
+        now = self.monotonic()
         b = self.waiting.setdefault(_key(rec), Backoff(first=now))
         if ages:
             b.aging_from = now if b.aging_from is None else b.aging_from
@@ -378,7 +394,7 @@ class Daemon:
         b.next_at = now + b.delay
 
     def _poisoned(self, rec: SpoolRecord, exc: BaseException) -> None:
-        b = self.waiting.setdefault(_key(rec), Backoff(first=self.clock()))
+        b = self.waiting.setdefault(_key(rec), Backoff(first=self.monotonic()))
         b.poison += 1
         reason = f"fails on its own: {type(exc).__name__}: {short(exc)}"
         if b.poison >= POISON_TRIES:
@@ -445,7 +461,7 @@ class Daemon:
         count, oldest = self.spool.backlog()
         self.metrics.set_backlog(count + len(self.recovered), oldest)
         self.metrics.set_dead_letters(self.spool.dead_count())
-        now = self.clock()
+        now = self.monotonic()
         if now - self._intensity_at >= INTENSITY_EVERY:
             self._intensity_at = now
             try:
@@ -508,11 +524,18 @@ def _outage_error(exc: object) -> bool:
     "Not in the database" is an answer about this job, not an outage: it ages the record, so a job
     slurmdbd never learns of is given up on (and can be re-queued) instead of retried for ever.
     """
-    if isinstance(exc, JobNotInDatabase):
+    if isinstance(exc, JobNotInDatabase) or too_long(exc):
         return False
     if isinstance(exc, SlurmCommandError):
         return exc.returncode != 0 or "timed out" in str(exc)
     return isinstance(exc, SlurmError) and "stopping" in str(exc)
+
+
+def too_long(exc: object) -> bool:
+    """A Slurm command that could not start because an argument is too long (E2BIG): a fact about
+    this record's data (e.g. a comment over 128 KiB), never an outage to retry for ever."""
+    return (isinstance(exc, SlurmCommandError) and exc.returncode is None
+            and os.strerror(errno.E2BIG) in exc.stderr)
 
 
 def short(exc: object, limit: int = 200) -> str:
@@ -526,47 +549,74 @@ def short(exc: object, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def with_record(job: Job, rec: SpoolRecord) -> Job:
-    """The job's facts: slurmdbd's once its record is complete, the epilog's as a hint before that.
+class RecordContradicts(CarbondError):
+    """A spool record that contradicts slurmdbd's record of the job: it is dead-lettered, never written."""
 
-    For about a second after a job ends, slurmdbd's record can be incomplete: NodeList only the
-    batch host, no partition. Until then the spool record's nodes, CPUs and labels stand in.
-    Once slurmdbd has a partition and as many nodes as the record, slurmdbd wins for nodes, CPUs,
-    user, account and partition (a requeued job's record names the first run's nodes; slurmdbd
-    the last); the record then only gives exact CPUs per node when it names the same nodes.
-    Array and het ids always come from the record: `sacctmgr ... where jobid=<raw id of task 1>`
-    would rewrite every task of the array, while `1234_1` hits one (`1234+1`: one het component).
+
+def complete(job: Job, rec: SpoolRecord) -> bool:
+    """Does slurmdbd's record look final next to the spool record?
+
+    For about a second after a job ends slurmdbd's record can be incomplete: NodeList only the
+    batch host, no partition, the raw id where the epilog saw an array task. The daemon waits
+    that out (at most settle_seconds after the end) instead of taking the record's word for it.
     """
+    try:
+        hosts = rec.hosts()
+    except CarbondError:
+        hosts = ()
+    narrows = rec.display_id != rec.job_id
+    return (bool(job.partition) and bool(job.nodes) and (not hosts or len(hosts) == len(job.nodes))
+            and (not narrows or _narrowed(job)))
+
+
+def with_record(job: Job, rec: SpoolRecord) -> Job:
+    """slurmdbd's facts of the job, narrowed (never replaced) by its spool record.
+
+    slurmdbd is the truth for nodes, CPUs, user, account and partition: a requeued job's record
+    names the nodes of the run that just ended, slurmdbd the last run's, and a forged or stale
+    record must never move a footprint to other nodes, users or accounts. The record only
+    narrows: exact CPUs per node when it names slurmdbd's nodes and their total, and labels
+    slurmdbd left empty. Array and het ids must agree with sacct's JobID (`sacctmgr ... where
+    jobid=1234_7` then hits that one task, never another job's). Raises RecordContradicts
+    when the record names another task or component, or another user, than slurmdbd.
+    """
+    _check_ids(job, rec)
+    if rec.user and job.user and rec.user != job.user:
+        raise RecordContradicts(f"the record's user {rec.user!r} is not slurmdbd's {job.user!r}")
     try:
         hosts, cpus = rec.hosts(), rec.cpus()
     except CarbondError:
         hosts, cpus = (), []
     changes: dict[str, object] = {}
-    complete = bool(job.partition) and bool(job.nodes) and (not hosts or len(hosts) == len(job.nodes))
-    if complete:
-        if hosts and len(cpus) == len(hosts) and set(hosts) == set(job.nodes):
-            held = dict(zip(hosts, cpus, strict=True))
-            changes["cpus"] = tuple(float(held[n]) for n in job.nodes)
-        for key in ("partition", "account", "user"):
-            if not getattr(job, key) and getattr(rec, key):
-                changes[key] = getattr(rec, key)
-    else:
-        if hosts:
-            per_node = tuple(float(c) for c in cpus) if len(cpus) == len(hosts) else ()
-            if not per_node and job.cpus:
-                per_node = (sum(job.cpus) / len(hosts),) * len(hosts)
-            changes.update(nodes=tuple(hosts), cpus=per_node)
-        for key in ("partition", "account", "user"):
-            if getattr(rec, key):
-                changes[key] = getattr(rec, key)
-    if rec.array_job_id or rec.het_job_id:
-        changes["display_id"] = rec.display_id
+    if (hosts and len(cpus) == len(hosts) and len(set(hosts)) == len(hosts) == len(job.nodes)
+            and set(hosts) == set(job.nodes) and abs(sum(cpus) - sum(job.cpus)) < 1e-6):
+        held = dict(zip(hosts, cpus, strict=True))
+        changes["cpus"] = tuple(float(held[n]) for n in job.nodes)
+    for key in ("partition", "account", "user"):
+        if not getattr(job, key) and getattr(rec, key):
+            changes[key] = getattr(rec, key)
+    if not _narrowed(job):
+        changes["display_id"] = job.job_id  # plain job: sacctmgr addresses its raw id
     # v2 records (Slurm 23.02+) carry the epilog's start/end: hints only where sacct has none
     if job.start is None and rec.start_time is not None:
         changes["start"] = float(rec.start_time)
     if job.end is None and rec.end_time is not None and (job.start is not None or "start" in changes):
         changes["end"] = float(rec.end_time)
     return replace(job, **changes)
+
+
+def _narrowed(job: Job) -> bool:
+    """sacct's JobID names one array task (`1234_7`) or het component (`1234+1`)."""
+    return re.fullmatch(r"\d+[_+]\d+", job.display_id or "") is not None
+
+
+def _check_ids(job: Job, rec: SpoolRecord) -> None:
+    if rec.job_id != job.job_id:
+        raise RecordContradicts(f"the record is of job {rec.job_id}, slurmdbd's row of job {job.job_id}")
+    claimed = rec.display_id if rec.display_id != rec.job_id else ""
+    if claimed and claimed != job.display_id:
+        raise RecordContradicts(f"the record names {claimed} but slurmdbd's JobID of {job.job_id} is "
+                                f"{job.display_id or job.job_id}")
 
 
 _with_record = with_record  # the name earlier tests use
@@ -588,7 +638,7 @@ def build(cfg: Config, registry: CollectorRegistry | None = None, progress: Prog
     # Every VictoriaMetrics response is progress too (a long fetch is many bounded requests).
     victoria.on_response = progress.touch
     ledger = Ledger(cfg.state_dir, cfg.cluster)
-    metrics = Metrics(registry, cfg.cluster, cfg.metrics.per_user)
+    metrics = Metrics(registry, cfg.cluster, cfg.metrics.per_user, cfg.metrics.max_label_values)
     metrics.resume(ledger)
     publisher = Publisher(ledger, slurm, metrics, cfg.slurm.comment_field, None)
     clock = time.time

@@ -15,7 +15,9 @@ always equals what the Prometheus counters were incremented by.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -39,9 +41,15 @@ FILENAME = "ledger.sqlite"
 RECOVERED = "recovered"
 """`origin` of a job found by reconciliation: it ended in slurmdbd with no spool record."""
 
-SKIP_REASONS = ("would-mangle", "foreign-payload", "refused", "gave-up")
+SKIP_REASONS = ("would-mangle", "foreign-payload", "refused", "gave-up", "too-long")
 """Why a counted job has no token: the field would be damaged, holds another tool's payload,
-sacctmgr refused the write (permissions, ambiguous id), or carbond gave up retrying it."""
+sacctmgr refused the write (permissions, ambiguous id), carbond gave up retrying it, or the
+field with the token is longer than one command-line argument may be (E2BIG, 128 KiB)."""
+EVENT_OUTCOME = "event:outcome"
+EVENT_SKIPPED = "event:skipped"
+STATE = "state"
+"""`counts` names: jobs that reached an outcome and writes skipped, counted when they happen and never
+taken back (the `_total` counters: monotonic), and the jobs in each state now (the gauges)."""
 
 
 def skip_label(reason: str | None) -> str:
@@ -150,6 +158,23 @@ END;
 CREATE TRIGGER IF NOT EXISTS jobs_recovered_delete AFTER DELETE ON jobs WHEN OLD.origin = '{RECOVERED}' BEGIN
     {count("OLD", "recovered", "''", -1)}
 END;
+CREATE TRIGGER IF NOT EXISTS jobs_events_insert AFTER INSERT ON jobs BEGIN
+    {count("NEW", STATE, "NEW.state", 1)}
+    {count("NEW", EVENT_OUTCOME, new, 1)}
+    INSERT INTO counts (cluster, name, label, n) SELECT NEW.cluster, '{EVENT_SKIPPED}', {skip_new}, 1
+        WHERE NEW.state = 'unwritable' ON CONFLICT (cluster, name, label) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_events_delete AFTER DELETE ON jobs BEGIN
+    {count("OLD", STATE, "OLD.state", -1)}
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_events_update AFTER UPDATE ON jobs
+    WHEN OLD.state IS NOT NEW.state OR OLD.cluster IS NOT NEW.cluster OR {skip_old} IS NOT {skip_new} BEGIN
+    {count("OLD", STATE, "OLD.state", -1)}
+    {count("NEW", STATE, "NEW.state", 1)}
+    INSERT INTO counts (cluster, name, label, n) SELECT NEW.cluster, '{EVENT_SKIPPED}', {skip_new}, 1
+        WHERE NEW.state = 'unwritable' AND (OLD.state IS NOT 'unwritable' OR {skip_old} IS NOT {skip_new})
+        ON CONFLICT (cluster, name, label) DO UPDATE SET n = n + 1;
+END;
 """
 
 
@@ -165,6 +190,21 @@ INSERT INTO counts (cluster, name, label, n)
     SELECT cluster, 'recovered', '', COUNT(*) FROM jobs WHERE origin = '{RECOVERED}' GROUP BY cluster;
 """
 
+_FILL_EVENTS = f"""
+INSERT INTO counts (cluster, name, label, n)
+    SELECT cluster, '{STATE}', state, COUNT(*) FROM jobs WHERE true GROUP BY cluster, state
+    ON CONFLICT (cluster, name, label) DO UPDATE SET n = excluded.n;
+INSERT INTO counts (cluster, name, label, n)
+    SELECT cluster, '{EVENT_OUTCOME}', CASE WHEN state IN ({", ".join(repr(s) for s in COUNTED)}) THEN 'accounted'
+           ELSE state END AS o, COUNT(*) FROM jobs WHERE true GROUP BY cluster, o
+    ON CONFLICT (cluster, name, label) DO UPDATE SET n = max(n, excluded.n);
+INSERT INTO counts (cluster, name, label, n)
+    SELECT cluster, '{EVENT_SKIPPED}', COALESCE(reason, ''), COUNT(*) FROM jobs WHERE state = 'unwritable'
+    GROUP BY cluster, COALESCE(reason, '')
+    ON CONFLICT (cluster, name, label) DO UPDATE SET n = max(n, excluded.n);
+"""
+"""A ledger from before the event counts: they start from its rows (what it can still tell)."""
+
 _MIGRATIONS = (("pue", "REAL"), ("origin", "TEXT NOT NULL DEFAULT ''"))
 """Columns added after the first release: ALTER TABLE ... ADD COLUMN on a ledger that lacks them."""
 
@@ -172,6 +212,120 @@ _MIGRATIONS = (("pue", "REAL"), ("origin", "TEXT NOT NULL DEFAULT ''"))
 
 class LedgerError(CarbondError):
     """The ledger cannot be opened or used; names the file."""
+
+
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+"""Modes of the ledger and of a state directory carbond creates, whatever the umask."""
+_MAGIC = b"SQLite format 3\x00"
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _recovery(path: Path) -> str:
+    return (f"carbond will not start over it, which would silently lose the history of every job it holds. "
+            f"Restore {path} from a backup (docs/operations.md, \"The ledger\"), or, to start an empty ledger "
+            f"knowingly, move it aside: mv {path} {path}.broken")
+
+
+def check_file(path: Path) -> bool:
+    """Whether the ledger file exists; raises LedgerError for one that must never be opened.
+
+    A missing ledger is new (created on first start). An existing one that is empty, too short
+    or not an sqlite database (a crash during a full disk, a bad restore) is refused: sqlite
+    would take an empty file for a new, empty ledger. A symbolic link (the file or its -wal,
+    -shm, -journal) is refused too: carbond never follows one in its state directory.
+    """
+    for p in (path, *(path.with_name(path.name + s) for s in _SIDE_FILES)):
+        if p.is_symlink():
+            raise LedgerError(f"the ledger {p} is a symbolic link: carbond never follows links in its state "
+                              f"directory; replace it by the file itself")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise LedgerError(f"the ledger {path} is not a regular file")
+    if st.st_size == 0:
+        raise LedgerError(f"the ledger {path} is empty (0 bytes): {_recovery(path)}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            head = os.read(fd, len(_MAGIC))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
+    if head != _MAGIC:
+        raise LedgerError(f"the ledger {path} is not an sqlite database ({st.st_size} bytes): {_recovery(path)}")
+    return True
+
+
+def integrity(db: sqlite3.Connection, path: Path) -> None:
+    """PRAGMA quick_check at start: a truncated or damaged ledger is refused, never written on."""
+    try:
+        rows = db.execute("PRAGMA quick_check(5)").fetchall()
+    except sqlite3.DatabaseError as exc:
+        rows = [(str(exc),)]
+    problems = [str(r[0]) for r in rows if r and r[0] != "ok"]
+    if problems:
+        raise LedgerError(f"the ledger {path} is damaged or truncated (sqlite quick_check: "
+                          f"{'; '.join(problems)[:300]}): {_recovery(path)}")
+
+
+def make_state_dir(path: Path) -> None:
+    """The state directory, created 0750 whatever the umask. An existing one is left as it is (it
+    may be a directory the operator chose); the ledger's own files are 0640 in any case."""
+    if path.is_symlink():
+        raise LedgerError(f"the state directory {path} is a symbolic link: use the directory itself")
+    if path.is_dir():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        return
+    os.chmod(path, DIR_MODE, follow_symlinks=False)
+
+
+def tighten(path: Path, mode: int) -> None:
+    """Take away the permission bits beyond `mode` from a file or directory this user owns."""
+    st = os.lstat(path)
+    extra = stat.S_IMODE(st.st_mode) & ~mode & 0o777
+    if extra and st.st_uid == os.geteuid() and not stat.S_ISLNK(st.st_mode):
+        os.chmod(path, stat.S_IMODE(st.st_mode) & ~extra, follow_symlinks=False)
+
+
+def _create(path: Path) -> None:
+    """A new, empty ledger file at `path`, 0640 whatever the umask, made whole before it appears
+    (built under a temporary name, then linked into place): a crash never leaves an empty ledger."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    for p in (tmp, *(tmp.with_name(tmp.name + s) for s in _SIDE_FILES)):
+        if os.path.lexists(p):
+            os.unlink(p)  # a stale one from a crash (unlink never follows a link)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+    try:
+        db = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            db.executescript(_SCHEMA)
+        finally:
+            db.close()
+        try:
+            os.link(tmp, path)  # never replaces: another process that made it first wins
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def columns_of(db: sqlite3.Connection) -> set[str]:
@@ -267,8 +421,16 @@ class Summary:
 
     totals: dict[tuple[str, str, str], Totals] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)
+    """Jobs by outcome now (a dead job re-queued and accounted moves from dead to accounted)."""
     skipped: dict[str, int] = field(default_factory=dict)
+    """UNWRITABLE jobs now, by reason (one re-published leaves it)."""
     recovered: int = 0
+    states: dict[str, int] = field(default_factory=dict)
+    """Jobs in each ledger state now."""
+    outcome_events: dict[str, int] = field(default_factory=dict)
+    """Jobs that reached each outcome, ever (never decreases: carbond_jobs_total)."""
+    skip_events: dict[str, int] = field(default_factory=dict)
+    """Writes skipped, by reason, ever (never decreases: carbond_writes_skipped_total)."""
 
 
 _COLUMNS = ("job_id", "state", "energy_j", "co2e_g", "partition", "account", "user", "end_time", "token",
@@ -284,13 +446,26 @@ class Ledger:
         self._clock = clock
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_state_dir(self.path.parent)
+            if not check_file(self.path):
+                _create(self.path)
+                check_file(self.path)
+            for p in (self.path, *(self.path.with_name(self.path.name + x) for x in _SIDE_FILES)):
+                if p.exists():
+                    tighten(p, FILE_MODE)  # a ledger an earlier release (or umask 022) left world-readable
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from None
+        try:
+            integrity(self._db, self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not just a crash
             self._db.executescript(_SCHEMA)
             self._migrate()
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, LedgerError) as exc:
+            self._db.close()
+            if isinstance(exc, LedgerError):
+                raise
             raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from None
 
     def _migrate(self) -> None:
@@ -300,10 +475,15 @@ class Ledger:
         try:
             add_columns(db, _MIGRATIONS)
             fresh = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='sums'").fetchone() is None
+            no_events = db.execute("SELECT 1 FROM sqlite_master WHERE type='trigger' "
+                                   "AND name='jobs_events_insert'").fetchone() is None
             for statement in _split(_summary_sql()):
                 db.execute(statement)
             if fresh:
                 for statement in _split(_FILL_SUMMARY):
+                    db.execute(statement)
+            if no_events:
+                for statement in _split(_FILL_EVENTS):
                     db.execute(statement)
             db.execute("COMMIT")
         except BaseException:
@@ -500,6 +680,13 @@ class Ledger:
             if name == "skipped":
                 key = skip_label(label)
                 out.skipped[key] = out.skipped.get(key, 0) + n
+            elif name == EVENT_SKIPPED:
+                key = skip_label(label)
+                out.skip_events[key] = out.skip_events.get(key, 0) + n
+            elif name == EVENT_OUTCOME:
+                out.outcome_events[label] = out.outcome_events.get(label, 0) + n
+            elif name == STATE:
+                out.states[label] = out.states.get(label, 0) + n
             elif name == RECOVERED:
                 out.recovered += n
         return out

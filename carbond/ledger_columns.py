@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
-from .ledger import COUNTED, FILENAME, LedgerError, add_columns, columns_of
+from .ledger import COUNTED, FILENAME, LedgerError, add_columns, check_file, columns_of
 
 COLUMNS = {
     "start_time": "REAL",
@@ -105,7 +105,7 @@ def migrate(db: sqlite3.Connection) -> list[str]:
 def connect(state_dir: str | Path, readonly: bool = False) -> sqlite3.Connection:
     """A connection to the ledger in `state_dir`, migrated unless `readonly`."""
     path = Path(state_dir) / FILENAME
-    if readonly and not path.exists():
+    if not check_file(path):  # never let sqlite create an empty file where the ledger belongs
         raise LedgerError(f"no ledger at {path}: the daemon has not accounted any job here yet")
     try:
         uri = f"file:{path}?mode=ro" if readonly else str(path)

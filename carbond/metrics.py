@@ -5,6 +5,13 @@ each have their own. Once a ledger is attached, the energy, emissions, jobs, ski
 recovered counters, GPU and unattributed energy are read from it at scrape time (a custom collector, cached for a second), so
 they always equal the ledger, whoever wrote it: the daemon, `backfill --write`, a re-queued dead
 letter. Without a ledger (tests, one-shot tools) they count in memory.
+
+Every `_total` only ever grows (Prometheus' rate() reads a decrease as a reset): the job and
+skipped-write counters count events the ledger appends (a re-queued dead letter that is then
+accounted adds to `accounted`, never takes from `dead`); the current states are gauges
+(`carbond_ledger_jobs{state}`, `carbond_writes_unwritable{reason}`). Each exported counter is also held
+at the highest value it has shown (a row an operator deletes never makes one go down). Label
+values are capped per label (`metrics.max_label_values`): the rest are summed under `_other`.
 """
 
 from __future__ import annotations
@@ -12,14 +19,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .errors import ConfigError
-from .ledger import ACCOUNTED, DEAD, NOT_STARTED, SKIP_REASONS, ZERO_LENGTH, Entry, Ledger
+from .ledger import ACCOUNTED, COUNTED, DEAD, NOT_STARTED, SKIP_REASONS, STATES, ZERO_LENGTH, Entry, Ledger
 from .ledger_columns import metric_totals
 
 log = logging.getLogger("carbond.metrics")
@@ -29,6 +36,9 @@ LOOP_ERROR_KINDS = ("slurm", "victoriametrics", "intensity", "ledger", "spool", 
 """carbond_loop_errors_total{kind}: what a pass of the loop ran into (and contained)."""
 SNAPSHOT_TTL = 1.0
 TARGETS = ("victoriametrics", "intensity", "slurmdbd")
+OTHER = "_other"
+"""The label value of everything past metrics.max_label_values distinct values of a label."""
+CAPPED_LABELS = ("partition", "account", "user")
 LATENCY_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 """Seconds from job end to token written: seconds normally, hours when VictoriaMetrics was down."""
 
@@ -36,11 +46,12 @@ LATENCY_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 7200, 216
 class Metrics:
     """carbond's metrics in `registry`; `per_user` adds a user label to the totals."""
 
-    def __init__(self, registry: CollectorRegistry, cluster: str, per_user: bool = False) -> None:
+    def __init__(self, registry: CollectorRegistry, cluster: str, per_user: bool = False,
+                 max_label_values: int = 500) -> None:
         self.registry = registry
         self.cluster = cluster
         self.per_user = per_user
-        self.totals = _Totals(cluster, per_user)
+        self.totals = _Totals(cluster, per_user, LabelCap(max_label_values))
         registry.register(self.totals)
         self.loop_errors = Counter("carbond_loop_errors", "Errors a pass of the daemon loop ran into and contained.",
                                    ["kind"], registry=registry)
@@ -135,7 +146,8 @@ class Metrics:
     def accounted(self, max_age: float = 30.0) -> tuple[float, float]:
         """(jobs accounted, grams CO2e) so far, from a ledger snapshot at most `max_age` seconds old."""
         snap = self.totals.snapshot(max_age)
-        return float(snap.jobs.get(ACCOUNTED, 0)), sum(g for _, g in snap.sums.values())
+        jobs = sum(n for s, n in snap.states.items() if s in COUNTED) if snap.states else snap.jobs.get(ACCOUNTED, 0)
+        return float(jobs), sum(g for _, g in snap.sums.values())
 
     def set_backlog(self, jobs: int, oldest_seconds: float) -> None:
         self.backlog.set(jobs)
@@ -167,6 +179,45 @@ def serve(listen: str, registry: CollectorRegistry):  # -> wsgiref WSGIServer
     return server
 
 
+class LabelCap:
+    """At most `limit` distinct values per label (partition, account, user); the rest map to OTHER.
+
+    The values that keep their own series are the first seen (by the ledger's first recorded_at,
+    so a restart picks the same ones), and a value never moves in or out of OTHER while the
+    daemon runs: every series stays monotonic. Users cannot inflate /metrics where associations
+    are not enforced (any account or partition string then reaches slurmdbd and the ledger).
+    """
+
+    def __init__(self, limit: int = 500) -> None:
+        self.limit = max(1, int(limit))
+        self.admitted: dict[str, set[str]] = {k: set() for k in CAPPED_LABELS}
+        self.other: dict[str, set[str]] = {k: set() for k in CAPPED_LABELS}
+
+    def admit(self, label: str, values: Iterable[str], first_seen: Callable[[str], dict[str, float]] | None = None
+              ) -> None:
+        admitted, other = self.admitted[label], self.other[label]
+        new = {v for v in values if v not in admitted and v not in other}
+        if not new:
+            return
+        room = self.limit - len(admitted)
+        if len(new) <= room:
+            admitted |= new
+            return
+        first = first_seen(label) if first_seen is not None and room > 0 else {}  # a scan: only to choose
+        order = sorted(new, key=lambda v: (first.get(v, float("inf")), v))
+        admitted.update(order[: max(room, 0)])
+        if not other:
+            log.warning("metrics: more than %d distinct %s label values; the rest are summed under %s=%r "
+                        "(metrics.max_label_values)", self.limit, label, label, OTHER)
+        other.update(order[max(room, 0):])
+
+    def map(self, label: str, value: str) -> str:
+        return value if value in self.admitted[label] else OTHER
+
+    def key(self, p: str, a: str, u: str, per_user: bool) -> tuple[str, str, str]:
+        return self.map("partition", p), self.map("account", a), self.map("user", u) if per_user else ""
+
+
 @dataclass
 class _Snapshot:
     sums: dict[tuple[str, str, str], tuple[float, float]] = field(default_factory=dict)
@@ -178,14 +229,21 @@ class _Snapshot:
     """(partition, account, user or "") -> measured GPU joules"""
     unattributed: dict[str, float] = field(default_factory=dict)
     """partition -> joules no job carries"""
+    states: dict[str, int] = field(default_factory=dict)
+    """Jobs in each ledger state now (a gauge)."""
+    unwritable: dict[str, int] = field(default_factory=dict)
+    """UNWRITABLE jobs now, by reason (a gauge)."""
 
 
 class _Totals:
     """The ledger-backed counters: one consistent snapshot of the ledger per scrape."""
 
-    def __init__(self, cluster: str, per_user: bool) -> None:
+    def __init__(self, cluster: str, per_user: bool, cap: LabelCap | None = None) -> None:
         self.cluster = cluster
         self.per_user = per_user
+        self.cap = cap or LabelCap()
+        self._high: dict[tuple[str, tuple[str, ...]], float] = {}
+        """The highest value each counter sample has shown: a counter never goes down."""
         self.ledger: Ledger | None = None
         self.mem_sums: dict[tuple[str, str, str], tuple[float, float]] = {}
         self.mem_jobs: dict[str, int] = {}
@@ -201,8 +259,9 @@ class _Totals:
 
     def snapshot(self, max_age: float = SNAPSHOT_TTL) -> _Snapshot:
         if self.ledger is None:
-            return _Snapshot(dict(self.mem_sums), dict(self.mem_jobs), dict(self.mem_skipped), 0,
-                             dict(self.mem_gpu), dict(self.mem_unattributed))
+            return self._capped(_Snapshot(dict(self.mem_sums), dict(self.mem_jobs), dict(self.mem_skipped), 0,
+                                          dict(self.mem_gpu), dict(self.mem_unattributed), {},
+                                          dict(self.mem_skipped)), None)
         with self._lock:
             now = time.monotonic()
             if self._snap is None or now - self._at > max_age:
@@ -228,7 +287,47 @@ class _Totals:
         for (p, a, u), j in got_gpu.items():
             key = (p, a, u if self.per_user else "")
             gpu[key] = gpu.get(key, 0.0) + j
-        return _Snapshot(sums, summary.outcomes, summary.skipped, summary.recovered, gpu, unattributed)
+        snap = _Snapshot(sums, summary.outcome_events, summary.skip_events, summary.recovered, gpu, unattributed,
+                         summary.states, summary.skipped)
+        return self._capped(snap, ledger)
+
+    def _capped(self, snap: _Snapshot, ledger: Ledger | None) -> _Snapshot:
+        """The snapshot with label values past the cap summed under OTHER."""
+        def first_seen(label: str) -> dict[str, float]:
+            if ledger is None:
+                return {}
+            column = {"partition": "partition", "account": "account", "user": '"user"'}[label]
+            rows = ledger.read(f"SELECT {column}, MIN(recorded_at) FROM jobs WHERE cluster=? "  # noqa: S608
+                               f"GROUP BY {column}", (ledger.cluster,))
+            return {str(v): float(t) for v, t in rows}
+
+        keys = list(snap.sums) + list(snap.gpu)
+        for i, label in enumerate(CAPPED_LABELS):
+            if label != "user" or self.per_user:
+                values = {k[i] for k in keys} | (set(snap.unattributed) if label == "partition" else set())
+                self.cap.admit(label, values, first_seen)
+        sums: dict[tuple[str, str, str], tuple[float, float]] = {}
+        for key, (j, g) in snap.sums.items():
+            k = self.cap.key(*key, self.per_user)
+            j0, g0 = sums.get(k, (0.0, 0.0))
+            sums[k] = (j0 + j, g0 + g)
+        gpu: dict[tuple[str, str, str], float] = {}
+        for key, j in snap.gpu.items():
+            k = self.cap.key(*key, self.per_user)
+            gpu[k] = gpu.get(k, 0.0) + j
+        idle: dict[str, float] = {}
+        for p, j in snap.unattributed.items():
+            k = self.cap.map("partition", p)
+            idle[k] = idle.get(k, 0.0) + j
+        snap.sums, snap.gpu, snap.unattributed = sums, gpu, idle
+        return snap
+
+    def _counter(self, family: CounterMetricFamily, labels: list[str], value: float) -> None:
+        """Add a counter sample, held at the highest value it has shown."""
+        key = (family.name, tuple(labels))
+        high = max(self._high.get(key, 0.0), value)
+        self._high[key] = high
+        family.add_metric(labels, high)
 
     def describe(self) -> list:
         return []  # collected at scrape time only; nothing to check at registration
@@ -242,25 +341,34 @@ class _Totals:
                                     labels=labels)
         for (p, a, u), (j, g) in sorted(snap.sums.items()):
             values = [self.cluster, p, a] + ([u] if self.per_user else [])
-            energy.add_metric(values, j)
-            grams.add_metric(values, g)
-        jobs = CounterMetricFamily("carbond_jobs", "Jobs carbond is done with, by outcome.", labels=["outcome"])
+            self._counter(energy, values, j)
+            self._counter(grams, values, g)
+        jobs = CounterMetricFamily("carbond_jobs", "Jobs that reached each outcome (events: never decreases).",
+                                   labels=["outcome"])
         for outcome in OUTCOMES:
-            jobs.add_metric([outcome], snap.jobs.get(outcome, 0))
+            self._counter(jobs, [outcome], snap.jobs.get(outcome, 0))
+        states = GaugeMetricFamily("carbond_ledger_jobs", "Jobs in the ledger now, by state.", labels=["state"])
+        for state in STATES:
+            states.add_metric([state], snap.states.get(state, 0))
         skipped = CounterMetricFamily("carbond_writes_skipped",
-                                      "Counted footprints whose token is not in Slurm, by reason.", labels=["reason"])
+                                      "Token writes skipped, by reason (events: never decreases).", labels=["reason"])
         for reason in SKIP_REASONS:
-            skipped.add_metric([reason], snap.skipped.get(reason, 0))
+            self._counter(skipped, [reason], snap.skipped.get(reason, 0))
+        unwritable = GaugeMetricFamily("carbond_writes_unwritable",
+                                       "Counted footprints whose token is not in Slurm now, by reason.",
+                                       labels=["reason"])
+        for reason in SKIP_REASONS:
+            unwritable.add_metric([reason], snap.unwritable.get(reason, 0))
         recovered = CounterMetricFamily("carbond_jobs_recovered",
                                         "Jobs found in slurmdbd without a spool record, then accounted.")
-        recovered.add_metric([], snap.recovered)
+        self._counter(recovered, [], snap.recovered)
         gpu = CounterMetricFamily("carbond_gpu_energy_joules", "Measured GPU energy of accounted jobs (no PUE).",
                                   labels=labels)
         for (p, a, u), j in sorted(snap.gpu.items()):
-            gpu.add_metric([self.cluster, p, a] + ([u] if self.per_user else []), j)
+            self._counter(gpu, [self.cluster, p, a] + ([u] if self.per_user else []), j)
         unattributed = CounterMetricFamily("carbond_unattributed_energy_joules",
                                            "Node energy no job carries (idle, unallocated), per closed half-hour.",
                                            labels=["cluster", "partition"])
         for p, j in sorted(snap.unattributed.items()):
-            unattributed.add_metric([self.cluster, p], j)
-        yield from (energy, grams, jobs, skipped, recovered, gpu, unattributed)
+            self._counter(unattributed, [self.cluster, p], j)
+        yield from (energy, grams, jobs, states, skipped, unwritable, recovered, gpu, unattributed)

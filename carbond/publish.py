@@ -15,12 +15,21 @@ from .footprint import JobFootprint
 from .jobs import Job
 from .ledger import Entry, Ledger
 from .metrics import Metrics
-from .slurm import JobFacts, SlurmError, SlurmIO
+from .slurm import FIELD_OPTIONS, JobFacts, SlurmError, SlurmIO
 from .token import format_token, merge, skip_reason
 
 log = logging.getLogger("carbond.publish")
 
 WRITTEN = "written"
+TOO_LONG = "too-long"
+MAX_ARGUMENT = 128 * 1024 - 1
+"""Bytes of one command-line argument (Linux MAX_ARG_STRLEN, 128 KiB with its NUL): sacctmgr's
+`set AdminComment=<field>` past it fails to start (E2BIG), for this job only, every time."""
+
+
+def too_long(field: str, value: str) -> bool:
+    """Would `sacctmgr ... set <Field>=<value>` exceed one argument's limit?"""
+    return len(f"{FIELD_OPTIONS.get(field, field)}={value}".encode("utf-8", "surrogateescape")) > MAX_ARGUMENT
 
 
 @dataclass
@@ -71,6 +80,9 @@ class Publisher:
         for entry, facts in items:
             current = facts.field(self.field)
             reason = skip_reason(current, lowercases)
+            value = "" if reason else merge(current, entry.token or "")
+            if not reason and too_long(self.field, value):
+                reason = TOO_LONG
             if reason:
                 if self.ledger.mark_unwritable(entry.job_id, reason) and self.metrics:
                     self.metrics.write_skipped(reason)
@@ -78,7 +90,7 @@ class Publisher:
                             entry.job_id, self.field, reason)
                 out[entry.job_id] = f"skipped:{reason}"
             else:
-                todo.append((entry, facts, merge(current, entry.token or "")))
+                todo.append((entry, facts, value))
         by_raw = {facts.job.job_id: entry for entry, facts, _ in todo}
         marked: dict[str, BaseException | None] = {}
 

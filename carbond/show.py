@@ -9,6 +9,7 @@ ledger's when this host has a readable one; never today's config value.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sqlite3
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .config import Config
+from .ledger import FILENAME, LedgerError, check_file
 from .report import equivalent
 from .services import slurm_io
 from .slurm import ACTIVE_STATES, FIELD_OPTIONS, JobFacts, SlurmIO
@@ -24,6 +26,11 @@ from .token import method_of, parse
 
 JOB_ID = re.compile(r"\d+(?:_\d+|\+\d+)?")
 """What a user types: 1234, an array task 1234_7, a het job component 1234+1."""
+USER_EDITABLE = frozenset({"comment"})
+"""Fields the job's owner can change (`scontrol update jobid=N comment=...`): a footprint read from
+one is shown as such, never as carbond's word. AdminComment and SystemComment are not."""
+NUMBERS = ("co2e_g", "energy_kwh", "gkwh", "cov", "pue", "gpu_kwh")
+"""Token values that must be finite numbers for the token to be shown at all."""
 
 
 def show(cfg: Config, job_ids: list[str], as_json: bool = False, out=None, any_field: bool = False,
@@ -44,7 +51,7 @@ def show(cfg: Config, job_ids: list[str], as_json: bool = False, out=None, any_f
     pues = _ledger_pues(cfg, [f.job.job_id for _, f in rows if f is not None])
     bad = 0
     for jid, f in rows:
-        values = _token(f, fields) if f else None
+        values, source, malformed = _token(f, fields) if f else (None, None, None)
         label = f.job.label if f else jid
         pue = _pue(values, pues.get(f.job.job_id) if f else None)
         if jid not in valid:
@@ -53,6 +60,9 @@ def show(cfg: Config, job_ids: list[str], as_json: bool = False, out=None, any_f
             final, why = True, ""
         elif f is None:
             final, why = False, "not found in Slurm's accounting."
+        elif malformed:
+            final, why = False, (f"its {FIELD_OPTIONS[malformed]} holds a malformed carbond token "
+                                 f"(not carbond's: not shown).")
         else:
             final, why = _why_none(f)
         bad += not final
@@ -61,9 +71,11 @@ def show(cfg: Config, job_ids: list[str], as_json: bool = False, out=None, any_f
         elif as_json:
             out.write(json.dumps({"job_id": label, "raw_id": f.job.job_id if f else None,
                                   "state": f.state if f else None, "footprint": values, "pue": pue,
+                                  "source": FIELD_OPTIONS[source] if source else None,
+                                  "user_editable": source in USER_EDITABLE if source else None,
                                   "error": why or None}) + "\n")
         elif values is not None:
-            out.write(_text(label, f, values, pue))
+            out.write(_text(label, f, values, pue, source))
         else:
             out.write(f"Job {label}: {why}\n")
     return 1 if bad else 0
@@ -86,12 +98,23 @@ def _order(display_id: str) -> tuple[int, str]:
     return (int(tail), "") if tail.isdigit() else (1 << 62, tail)  # pending ranges like 7_[5-9] last
 
 
-def _token(f: JobFacts, fields: Iterable[str]) -> dict | None:
+def _token(f: JobFacts, fields: Iterable[str]) -> tuple[dict | None, str | None, str | None]:
+    """(values, the field they came from, the first field holding a malformed token): fields in
+    order, so an admin-only field wins over the user-editable Comment."""
+    malformed = None
     for name in fields:
         values = parse(f.field(name))
-        if values is not None:
-            return values
-    return None
+        if values is None:
+            continue
+        if _well_formed(values):
+            return values, name, malformed
+        malformed = malformed or name
+    return None, None, malformed
+
+
+def _well_formed(values: dict) -> bool:
+    """Every number a footprint shows is a finite number (a user can write anything in Comment)."""
+    return all(isinstance(values.get(k, 0.0), float) and math.isfinite(values.get(k, 0.0)) for k in NUMBERS)
 
 
 def _pue(values: dict | None, from_ledger: float | None) -> float | None:
@@ -107,12 +130,13 @@ def _ledger_pues(cfg: Config, raw_ids: list[str]) -> dict[str, float]:
     Read-only and best effort: an ordinary user on a login node has no ledger, and ledgers
     written before the `pue` column existed have none; then the token alone speaks.
     """
-    path = Path(cfg.state_dir) / "ledger.sqlite"
+    path = Path(cfg.state_dir) / FILENAME
     if not raw_ids or not os.access(path, os.R_OK):
         return {}
     try:
+        check_file(path)  # never a symbolic link, an empty or a foreign file
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
-    except sqlite3.Error:
+    except (sqlite3.Error, LedgerError):
         return {}
     try:
         marks = ",".join("?" * len(raw_ids))
@@ -162,7 +186,7 @@ def _why_none(f: JobFacts) -> tuple[bool, str]:
                    "after the job ends.")
 
 
-def _text(jid: str, f: JobFacts, v: dict, pue: float | None) -> str:
+def _text(jid: str, f: JobFacts, v: dict, pue: float | None, source: str | None = None) -> str:
     co2 = float(v.get("co2e_g", 0))
     hours = (f.job.end - f.job.start) / 3600 if f.job.start is not None and f.job.end is not None else 0.0
     raw = f" (JobIDRaw {f.job.job_id})" if f.job.job_id != jid else ""
@@ -177,6 +201,8 @@ def _text(jid: str, f: JobFacts, v: dict, pue: float | None) -> str:
         f"PUE: {pue:g}" if pue is not None else "PUE: not recorded (accounted before carbond recorded it)",
         f"Method: {method_of(v)} ({float(v.get('cov', 1)) * 100:.0f}% of node time measured)",
     ]
+    if source in USER_EDITABLE:
+        lines.append(f"Source: the job's {FIELD_OPTIONS[source]}, which its owner can edit: not verified by carbond")
     return "\n".join(lines) + "\n\n"
 
 

@@ -212,5 +212,5 @@ def rig(tmp_path: Path, slurm: FakeSlurm | None = None, engine: FakeEngine | Non
     metrics.resume(ledger)
     publisher = Publisher(ledger, slurm, metrics, "admin_comment", None)  # type: ignore[arg-type]
     d = Daemon(cfg, Spool(spool, clock=clock), ledger, slurm, engine, FakeVictoria(), publisher,  # type: ignore[arg-type]
-               metrics, clock=clock, progress=Progress(clock))
+               metrics, clock=clock, monotonic=clock, progress=Progress(clock))
     return Rig(d, slurm, engine, clock, spool, registry)

@@ -7,12 +7,13 @@ import logging
 import math
 import os
 import sqlite3
+from dataclasses import replace
 
 import pytest
 from daemon_fakes import T0, WATTS, Killed, job, rig
 
 from carbond import ledger as L
-from carbond.daemon import POISON_TRIES, with_record
+from carbond.daemon import POISON_TRIES, RecordContradicts, complete, with_record
 from carbond.instance_lock import AlreadyRunning, InstanceLock
 from carbond.slurm import JobFacts, Run
 from carbond.spool import parse_record
@@ -191,7 +192,9 @@ def test_a_refused_write_is_unwritable_with_a_fixed_label_and_requeuing_its_dead
     os.replace(r.spool / "dead" / "40.job", r.spool / "40.job")  # the operator re-queues it
     r.run()
     assert r.ledger.get("40").state == L.WRITTEN and r.slurm.written[-1][0] == "40"
-    assert r.value("carbond_writes_skipped_total", reason="refused") == 0 and accounted(r) == 1
+    # issue 16: the counter counts the skip that happened (a _total never goes down); the gauge is now
+    assert r.value("carbond_writes_skipped_total", reason="refused") == 1 and accounted(r) == 1
+    assert r.value("carbond_writes_unwritable", reason="refused") == 0
 
 
 def test_a_requeued_dead_letter_is_counted_once(tmp_path):
@@ -203,17 +206,59 @@ def test_a_requeued_dead_letter_is_counted_once(tmp_path):
     os.replace(r.spool / "dead" / "50.job", r.spool / "50.job")
     r.run()
     assert r.ledger.get("50").state == L.WRITTEN
-    assert r.value("carbond_jobs_total", outcome="dead") == 0 and accounted(r) == 1
+    # issue 16: carbond_jobs_total{outcome="dead"} went 1 -> 0 here, read by rate() as a reset
+    assert r.value("carbond_jobs_total", outcome="dead") == 1 and accounted(r) == 1
+    assert r.value("carbond_ledger_jobs", state="dead") == 0 and r.value("carbond_ledger_jobs", state="written") == 1
 
 
 def test_slurmdbds_complete_record_wins_over_the_spool_hint():
     rec = parse_record(b"carbond-spool 1\njob_id=60\narray_job_id=\narray_task_id=\nnodes=n1\ncpus_per_node=2\n"
                        b"partition=debug\naccount=a\nuser=alice\nuid=1\nexit_code=0:0\ncluster=c1\n"
                        b"epilog_time=1\nend\n", "/s/60.job")
-    final = job("60", nodes=("n2",), cpus=(2.0,), account="b", user="bob")  # requeued onto n2
-    assert with_record(final, rec).nodes == ("n2",) and with_record(final, rec).user == "bob"
-    early = job("60", nodes=("n1",), cpus=(2.0,), partition="")  # incomplete: hint used
+    final = job("60", nodes=("n2",), cpus=(2.0,), account="b", user="alice")  # requeued onto n2
+    assert with_record(final, rec).nodes == ("n2",) and with_record(final, rec).account == "b"
+    early = job("60", nodes=("n1",), cpus=(2.0,), partition="")  # incomplete: waited out, empties filled
+    assert not complete(early, rec)
     assert with_record(early, rec).partition == "debug" and with_record(early, rec).user == "alice"
+    with pytest.raises(RecordContradicts, match="bob"):
+        with_record(replace(final, user="bob"), rec)  # another user than slurmdbd's: never written
+
+
+def test_a_record_that_contradicts_slurmdbd_is_dead_lettered_never_written(tmp_path, caplog):
+    # issue 16: `sacctmgr ... where jobid=777_3` received job 1239's comment and token
+    r = rig(tmp_path)
+    r.slurm.add(job("1239", user="alice"))
+    r.record("1239", array_job_id="777", array_task_id="3")
+    with caplog.at_level(logging.ERROR, logger="carbond.daemon"):
+        r.run()
+    assert r.slurm.written == [] and r.dead() == ["1239.job"]
+    reason = (r.spool / "dead" / "1239.job.reason").read_text()
+    assert "contradicts slurmdbd" in reason and "777_3" in reason
+    assert any("contradicts slurmdbd" in m for m in caplog.messages)
+    assert r.ledger.get("1239").state == L.DEAD and accounted(r) == 0
+
+
+def test_a_forged_record_never_changes_whose_or_where_a_footprint_is(tmp_path):
+    # issue 16: a forged record made a 1-node job of one user a 64-node job of another account
+    r = rig(tmp_path)
+    r.slurm.add(job("301", account="physics", user="alice"))
+    r.record("301", nodes="n[1-64]", cpus_per_node="2(x64)", partition="gpu", account="other")
+    r.run()
+    e = r.ledger.get("301")
+    assert (e.state, e.partition, e.account, e.user) == (L.WRITTEN, "debug", "physics", "alice")
+    assert [j.nodes for j in r.engine.seen] == [("n1",)]
+
+
+def test_slurmdbds_first_second_is_waited_out_then_its_record_wins(tmp_path):
+    r = rig(tmp_path)
+    r.daemon.cfg = replace(r.daemon.cfg, settle_seconds=30.0)
+    r.slurm.add(job("302", nodes=("n1",), cpus=(4.0,), partition="", end=T0 - 1))  # batch host only
+    r.record("302", nodes="n[1-2]", cpus_per_node="2(x2)")
+    r.run(advance=1.0)
+    assert r.slurm.written == [] and r.ledger.get("302") is None  # waiting, not accounted on the hint
+    r.slurm.add(job("302", nodes=("n1", "n2"), cpus=(2.0, 2.0), end=T0 - 1))
+    r.run(advance=1.0)
+    assert r.ledger.get("302").state == L.WRITTEN and [j.nodes for j in r.engine.seen] == [("n1", "n2")]
 
 
 def test_a_requeued_job_is_charged_every_run_each_on_its_own_nodes_once(tmp_path):
@@ -520,3 +565,70 @@ def test_sigterm_during_slow_writes_stops_within_one_call_and_loses_nothing(tmp_
     r2.run(2)
     assert r2.ledger.state_counts() == {L.WRITTEN: 10}
     assert len(r.slurm.written) == 10 - len(calls)
+
+
+def test_a_wall_clock_stepped_back_an_hour_never_stalls_backoff_or_the_suspend_poll(tmp_path):
+    # issue 16: backoff deadlines on the wall clock left 5 tokens pending 120 s after sacctmgr recovered
+    from daemon_fakes import Clock
+
+    r = rig(tmp_path, suspend_poll_seconds=5.0)
+    mono = Clock(1000.0)
+    r.daemon.monotonic = mono
+    polls: list[float] = []
+    r.daemon.suspends = type("Watch", (), {"poll": lambda self: polls.append(mono())})()
+    for i in range(80, 85):
+        r.slurm.add(job(str(i)))
+        r.record(str(i))
+    r.slurm.down = True
+    r.daemon.step()
+    assert r.slurm.written == [] and polls == [1000.0]
+    r.clock.advance(-3600.0)  # NTP steps the wall clock back an hour
+    r.slurm.down = False
+    for _ in range(12):
+        mono.advance(1.0)
+        r.daemon.step()
+    assert sorted(raw for raw, _ in r.slurm.written) == [str(i) for i in range(80, 85)]
+    assert len(polls) >= 3  # every 5 s of real time, whatever the wall clock says
+
+
+def test_a_field_too_long_for_one_argument_is_skipped_as_too_long_never_retried_for_ever(tmp_path):
+    # issue 16: a comment over 128 KiB made sacctmgr fail to start (E2BIG), taken for an outage
+    import subprocess
+
+    from carbond.config import SlurmConfig
+    from carbond.slurm import SlurmIO
+
+    r = rig(tmp_path, retry=60)
+    ran: list[list[str]] = []
+
+    def runner(cmd, **kw):  # the real exec: the kernel refuses an argument over 128 KiB
+        ran.append(cmd)
+        return subprocess.run(["/bin/echo", " Modified jobs...\n  1 submitted at x", *cmd[1:]], **kw)
+
+    io = SlurmIO(SlurmConfig(concurrency=1, sacctmgr="/bin/true"), runner=runner)
+    io.read_jobs = r.slurm.read_jobs  # type: ignore[method-assign]
+    io.read_runs = r.slurm.read_runs  # type: ignore[method-assign]
+    io._version = (22, 5, 8)
+    r.daemon.slurm = r.daemon.publisher.slurm = io
+    r.slurm.add(job("90"), admin="x" * (128 * 1024))
+    r.slurm.add(job("91"), admin="short note")
+    r.record("90")
+    r.record("91")
+    r.run(3)
+    assert r.ledger.get("91").state == L.WRITTEN
+    e = r.ledger.get("90")
+    assert (e.state, e.reason) == (L.UNWRITABLE, "too-long") and e.co2e_g > 0  # counted, field left alone
+    assert not (r.spool / "90.job").exists() and r.value("carbond_writes_skipped_total", reason="too-long") == 1
+    assert r.value("carbond_loop_errors_total", kind="slurm") == 0
+    assert all(len(a) < 128 * 1024 for cmd in ran for a in cmd)
+
+
+def test_e2big_from_a_slurm_command_is_this_records_fault_not_an_outage():
+    from carbond.config import SlurmConfig
+    from carbond.daemon import _outage_error, error_kind, too_long
+    from carbond.slurm import SlurmIO
+
+    io = SlurmIO(SlurmConfig(sacctmgr="/bin/true"))
+    with pytest.raises(Exception) as err:
+        io.write_comment("5", "admin_comment", "x" * (200 * 1024))  # the real exec fails: E2BIG
+    assert too_long(err.value) and not _outage_error(err.value) and error_kind(err.value) == "poison"

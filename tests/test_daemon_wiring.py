@@ -2,6 +2,8 @@
 the breakdown hook after the ledger, the half-hour closer, the running gauge, the energy TRES,
 het ids and v2 times from the record. Each inside the error boundary."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from daemon_fakes import T0, job, rig
@@ -9,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from test_spool import GOOD, record_text
 
 from carbond.config import from_mapping
-from carbond.daemon import with_record
+from carbond.daemon import RecordContradicts, with_record
 from carbond.energy import HALF_HOUR
 from carbond.engine import Engine
 from carbond.idle import Closer
@@ -31,8 +33,10 @@ def _v2(**values: str):
 
 def test_a_het_component_is_written_under_its_record_id():
     rec = _v2(het_job_id="311", het_job_offset="1")
-    sacct = Job("312", 1.0, 2.0, ("n1", "n2", "n3"), (2.0, 1.0, 1.0), partition="debug", display_id="312")
+    sacct = Job("312", 1.0, 2.0, ("n1", "n2", "n3"), (2.0, 1.0, 1.0), partition="debug", display_id="311+1")
     assert with_record(sacct, rec).display_id == "311+1"
+    with pytest.raises(RecordContradicts):  # sacct's JobID must name the component the record does
+        with_record(replace(sacct, display_id="312"), rec)
 
 
 def test_v2_times_are_hints_only_where_sacct_has_none():

@@ -70,7 +70,7 @@ def test_multi_node_job_counts_every_node(stack, slurm):
     job = slurm.sbatch(["-N3", "-n3", "-J", "multi"], "sleep 3")
     tok = stack.wait_tokens(job)[job]
     # 22.05's slurmdbd can show the finished job on its batch host alone (NodeList=n1) for about a
-    # second; the daemon takes the epilog's nodes until then (daemon.with_record). Wait it out.
+    # second; the daemon waits that out (daemon.complete), so the token is already of all three nodes.
     slurm.wait_sacct(job, ["NodeList"], lambda r: r["NodeList"] == "n[1-3]", timeout=10)
     assert method_of(tok) == "measured" and tok["energy_kwh"] > 0
 

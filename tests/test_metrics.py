@@ -245,3 +245,166 @@ def test_gpu_and_unattributed_count_in_memory_without_a_ledger():
     m.add_unattributed("cpu", 3.0)
     assert value(reg, "carbond_gpu_energy_joules_total", cluster="c1", partition="gpu", account="a") == 12.0
     assert value(reg, "carbond_unattributed_energy_joules_total", cluster="c1", partition="cpu") == 3.0
+
+
+def _pending(i: int, account: str = "a", user: str = "u", partition: str = "p") -> Entry:
+    return Entry(job_id=str(i), state=L.PENDING_WRITE, energy_j=3.6e6, co2e_g=10.0, partition=partition,
+                 account=account, user=user, token="carbond:co2e_g=10")
+
+
+def test_every_total_is_monotonic_across_requeues_and_restarts(tmp_path):
+    # issue 16: carbond_writes_skipped_total{reason="gave-up"} went 5 -> 0 once re-queued jobs were
+    # written, and carbond_jobs_total{outcome="dead"} went down when a dead letter was accounted
+    with Ledger(tmp_path, "c1") as led:
+        reg = CollectorRegistry()
+        Metrics(reg, "c1").resume(led)
+        led.record_many([_pending(i) for i in range(5)] + [Entry("9", L.DEAD, reason="x")])
+        for i in range(5):
+            led.mark_unwritable(str(i), "gave-up")
+        assert value(reg, "carbond_writes_skipped_total", reason="gave-up") == 5 and value(reg, "carbond_jobs_total", outcome="dead") == 1
+        for i in range(5):  # their dead letters are re-queued and written
+            assert led.republish(str(i))
+            led.mark_written(str(i))
+        led.record_many([_pending(9)])  # the dead job accounted after all
+        time.sleep(1.1)
+        assert value(reg, "carbond_writes_skipped_total", reason="gave-up") == 5
+        assert value(reg, "carbond_writes_unwritable", reason="gave-up") == 0
+        assert value(reg, "carbond_jobs_total", outcome="dead") == 1
+        assert value(reg, "carbond_jobs_total", outcome="accounted") == 6
+        assert value(reg, "carbond_ledger_jobs", state="dead") == 0 and value(reg, "carbond_ledger_jobs", state="written") == 5
+        led.mark_unwritable("9", "refused")
+    restarted = CollectorRegistry()
+    with Ledger(tmp_path, "c1") as led:
+        Metrics(restarted, "c1").resume(led)
+        assert value(restarted, "carbond_writes_skipped_total", reason="gave-up") == 5
+        assert value(restarted, "carbond_writes_skipped_total", reason="refused") == 1
+        assert value(restarted, "carbond_jobs_total", outcome="dead") == 1
+        assert value(restarted, "carbond_ledger_jobs", state="unwritable") == 1
+
+
+def test_a_ledger_from_before_the_event_counts_starts_them_from_its_rows(tmp_path):
+    with Ledger(tmp_path, "c1") as led:
+        led.record_many([_pending(1), Entry("2", L.DEAD, reason="x")])
+        led.mark_unwritable("1", "refused")
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "ledger.sqlite") as db:  # what an earlier release left
+        for t in ("jobs_events_insert", "jobs_events_delete", "jobs_events_update"):
+            db.execute(f"DROP TRIGGER {t}")
+        db.execute("DELETE FROM counts WHERE name LIKE 'event:%' OR name = 'state'")
+    reg = CollectorRegistry()
+    with Ledger(tmp_path, "c1") as led:
+        Metrics(reg, "c1").resume(led)
+        assert value(reg, "carbond_writes_skipped_total", reason="refused") == 1
+        assert value(reg, "carbond_jobs_total", outcome="dead") == 1
+        assert value(reg, "carbond_ledger_jobs", state="unwritable") == 1
+
+
+def test_a_counter_never_goes_down_even_when_an_operator_deletes_rows(tmp_path):
+    with Ledger(tmp_path, "c1") as led:
+        reg = CollectorRegistry()
+        Metrics(reg, "c1").resume(led)
+        led.record_many([_pending(1), _pending(2)])
+        assert value(reg, "carbond_emissions_grams_total", cluster="c1", partition="p", account="a") == 20.0
+        led._db.execute("DELETE FROM jobs WHERE job_id='2'")
+        time.sleep(1.1)
+        assert value(reg, "carbond_emissions_grams_total", cluster="c1", partition="p", account="a") == 20.0
+
+
+def test_label_values_are_capped_with_an_other_bucket_and_the_first_seen_kept(tmp_path):
+    # issue 16: where associations are not enforced, every account string a user submits became a series
+    clock = iter(range(1000, 10_000))
+    with Ledger(tmp_path, "c1", clock=lambda: float(next(clock))) as led:
+        reg = CollectorRegistry()
+        Metrics(reg, "c1", per_user=True, max_label_values=3).resume(led)
+        led.record_many([_pending(i, account=f"acct{i:03d}", user=f"u{i % 2}") for i in range(2)])
+        assert value(reg, "carbond_emissions_grams_total", cluster="c1", partition="p", account="acct000",
+                     user="u0") == 10.0
+        led.record_many([_pending(i, account=f"zz{i:03d}" if i % 2 else f"acct{i:03d}") for i in range(2, 200)])
+        time.sleep(1.1)
+        text = generate_latest(reg).decode()
+        accounts = {line.split('account="')[1].split('"')[0] for line in text.splitlines()
+                    if line.startswith("carbond_emissions_grams_total")}
+        assert accounts == {"acct000", "acct001", "acct002", "_other"}
+        total = sum(s.value for m in reg.collect() if m.name == "carbond_emissions_grams" for s in m.samples
+                    if s.name.endswith("_total"))
+        assert math.isclose(total, 200 * 10.0)  # nothing lost, only summed
+        promtool_check(generate_latest(reg))
+    restarted = CollectorRegistry()
+    with Ledger(tmp_path, "c1") as led:
+        Metrics(restarted, "c1", per_user=True, max_label_values=3).resume(led)
+        assert value(restarted, "carbond_emissions_grams_total", cluster="c1", partition="p", account="acct002",
+                     user="u") == 10.0  # the same values keep their series after a restart
+        assert value(restarted, "carbond_emissions_grams_total", cluster="c1", partition="p", account="_other",
+                     user="u") == 197 * 10.0
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_OPS = st.lists(st.tuples(st.sampled_from(["pending", "dead", "unwritable", "republish", "written", "accounted",
+                                           "zero", "delete"]),
+                          st.integers(0, 5), st.sampled_from(["gave-up", "refused", "too-long", "free text"])),
+                max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_OPS)
+def test_no_total_ever_decreases_whatever_happens_to_the_ledger(tmp_path_factory, ops):
+    d = tmp_path_factory.mktemp("mono")
+    seen: dict[tuple, float] = {}
+
+    def scrape(reg):
+        for m in reg.collect():
+            for s in m.samples:
+                if s.name.endswith("_total"):
+                    key = (s.name, tuple(sorted(s.labels.items())))
+                    assert s.value >= seen.get(key, 0.0), (key, s.value, seen.get(key))
+                    seen[key] = s.value
+
+    with Ledger(d, "c1") as led:
+        reg = CollectorRegistry()
+        m = Metrics(reg, "c1")
+        m.resume(led)
+        for op, i, reason in ops:
+            job = str(i)
+            if op == "pending":
+                led.record_many([_pending(i)])
+            elif op == "dead":
+                led.record_many([Entry(job, L.DEAD, reason="x")])
+            elif op == "unwritable":
+                led.mark_unwritable(job, reason)
+            elif op == "republish":
+                led.republish(job)
+            elif op == "written":
+                led.mark_written(job)
+            elif op == "accounted":
+                led.record_many([Entry(job, L.ACCOUNTED, 1.0, 1.0, "p", "a", "u")])
+            elif op == "zero":
+                led.record_many([Entry(job, L.ZERO_LENGTH)])
+            else:
+                led._db.execute("DELETE FROM jobs WHERE job_id=?", (job,))  # an operator's sqlite3
+            m.totals.invalidate()
+            scrape(reg)
+            states = dict(led._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+            assert {s: int(value(reg, "carbond_ledger_jobs", state=s)) for s in L.STATES} == {
+                s: states.get(s, 0) for s in L.STATES}  # the gauges are the ledger now
+    restarted = CollectorRegistry()
+    with Ledger(d, "c1") as led:
+        Metrics(restarted, "c1").resume(led)
+        for (name, labels), v in seen.items():
+            if name in ("carbond_jobs_total", "carbond_writes_skipped_total"):
+                assert value(restarted, name, **dict(labels)) >= v  # events survive a restart
+
+
+def test_the_openmetrics_exposition_has_no_family_twice(tmp_path):
+    # a gauge named like a counter's family (carbond_jobs vs carbond_jobs_total) breaks an OpenMetrics scrape
+    from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    with Ledger(tmp_path, "c1") as led:
+        reg = CollectorRegistry()
+        Metrics(reg, "c1").resume(led)
+        led.record_many([_pending(1), Entry("2", L.DEAD, reason="x")])
+        families = [f.name for f in text_string_to_metric_families(om_latest(reg).decode())]
+    assert len(families) == len(set(families)) and {"carbond_jobs", "carbond_ledger_jobs"} <= set(families)

@@ -174,3 +174,40 @@ def test_a_running_job_needs_the_whole_config_and_says_why_when_it_cannot_read_i
     asked.clear()
     run = show(Config(), ["100_3"], out=io.StringIO(), slurm=Sacct(*ARRAY), full_config=unreadable)
     assert run == 0 and asked == []
+
+
+def any_field_show(*facts, as_json=False):
+    out = io.StringIO()
+    code = show(Config(), [f.job.job_id for f in facts], as_json=as_json, out=out, slurm=Sacct(*facts),
+                any_field=True)
+    return code, out.getvalue()
+
+
+def owned(raw, comment, admin=""):
+    return JobFacts(Job(raw, 0.0, 60.0, ("n1",), (1.0,), display_id=raw), "COMPLETED", admin_comment=admin,
+                    comment=comment)
+
+
+def test_without_the_config_a_footprint_from_the_user_editable_comment_is_marked_as_such():
+    # issue 16: the owner could spoof the shown footprint through Comment
+    spoof = owned("50", "carbond:co2e_g=1,energy_kwh=0.001,gkwh=5")
+    code, out = any_field_show(spoof)
+    assert code == 0 and "Source: the job's Comment, which its owner can edit: not verified by carbond" in out
+    row = json.loads(any_field_show(spoof, as_json=True)[1])
+    assert (row["source"], row["user_editable"]) == ("Comment", True)
+    real = owned("51", "carbond:co2e_g=1,energy_kwh=0.001,gkwh=5", admin="carbond:co2e_g=900,energy_kwh=4,gkwh=225")
+    code, out = any_field_show(real)  # carbond's own field wins over the owner's
+    assert "Carbon footprint: 900 g" in out and "Source:" not in out
+    row = json.loads(any_field_show(real, as_json=True)[1])
+    assert (row["source"], row["user_editable"], row["footprint"]["co2e_g"]) == ("AdminComment", False, 900)
+
+
+@pytest.mark.parametrize("token", ["carbond:co2e_g=abc", "carbond:cov=x,co2e_g=1", "carbond:energy_kwh=1e999",
+                                   "carbond:co2e_g=1,pue=nan", "carbond:gkwh=-", "carbond:co2e_g=1,gpu_kwh=a-b"])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_malformed_token_in_a_user_editable_field_never_crashes_show(token, as_json):
+    # issue 16: the owner could make `show` exit 70 (a crash) for anyone
+    code, out = any_field_show(owned("52", token), as_json=as_json)
+    assert code == 1 and "malformed carbond token" in out
+    code, out = any_field_show(owned("53", token, admin="carbond:co2e_g=900,energy_kwh=4,gkwh=225"), as_json=as_json)
+    assert code == 0 and "900" in out
