@@ -230,6 +230,7 @@ def test_check_config_prints_the_effective_config_without_secrets(tmp_path, caps
 
     token = tmp_path / "vm-token"
     token.write_text("s3cr3t-bearer-token\n")
+    token.chmod(0o600)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"cluster: c1\npue: 1.3\nvictoriametrics:\n  url: https://carbond:pa55word@vm.example:8428\n"
                    f"  bearer_token_file: {token}\n  node_label: instance\n  node_regex: '^(?P<node>[^.:]+)'\n"
@@ -238,7 +239,7 @@ def test_check_config_prints_the_effective_config_without_secrets(tmp_path, caps
     assert code == 0 and err.strip() == f"{cfg}: ok"
     assert "s3cr3t" not in out and "pa55word" not in out
     printed = yaml.safe_load(out)
-    assert printed["victoriametrics"]["url"] == "https://carbond:***@vm.example:8428"
+    assert printed["victoriametrics"]["url"] == "https://***@vm.example:8428"
     assert printed["slurm"]["retry_seconds"] == 3600  # defaults filled in
     # What is printed is the configuration carbond runs with: it loads back to the same values.
     printed["victoriametrics"]["url"] = "https://carbond:pa55word@vm.example:8428"
