@@ -104,8 +104,11 @@ def _hours(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .fsmode import restrict_umask
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    umask = restrict_umask()  # state files 0640, directories 0750, even for root under umask 022
     try:
         return _dispatch(args)
     except CarbondError as exc:
@@ -124,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"carbond: internal error: {type(exc).__name__}: {exc} (a bug; --log-level DEBUG shows where)",
               file=sys.stderr)
         return EXIT_BUG
+    finally:
+        os.umask(umask)  # the process ends here; restored for callers that run main() in-process
 
 
 def _quiet_stdout() -> None:
@@ -153,7 +158,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _footprint(args, cfg)
     if args.command == "run":
         from .daemon import run
+        from .fsmode import make_state_dir
 
+        make_state_dir(cfg.state_dir)
         return run(cfg)
     if args.command == "backfill":
         from .backfill import backfill

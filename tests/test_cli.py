@@ -296,3 +296,70 @@ def test_the_cli_keeps_numpy_to_one_thread():
     code = "import carbond.cli, numpy, os; print(len(os.listdir('/proc/self/task')))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
+
+
+# ---- issue 16: state files 0640 / directories 0750 whatever the umask ----------------------
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_a_cli_run_under_a_loose_umask_creates_no_world_readable_ledger(tmp_path, monkeypatch, umask):
+    import os
+    import stat
+
+    from carbond import cli
+    from carbond.ledger import Ledger
+
+    state = tmp_path / "state"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_dir: {state}\n")
+    seen = {}
+
+    def write_ledger(args):  # what backfill --write does first: the real ledger, in the real state_dir
+        from carbond.config import load
+
+        Ledger(load(args.config).state_dir, "c1").close()
+        seen["umask"] = os.umask(0o777)
+        os.umask(seen["umask"])
+        return 0
+
+    monkeypatch.setattr(cli, "_dispatch", write_ledger)
+    old = os.umask(umask)
+    try:
+        assert cli.main(["--config", str(cfg), "check-config"]) == 0
+        assert os.umask(umask) == umask  # main restores the caller's umask when it returns
+    finally:
+        os.umask(old)
+    assert seen["umask"] == umask | 0o027
+    assert stat.S_IMODE(state.stat().st_mode) == 0o750
+    files = list(state.iterdir())
+    assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o640 for f in files), {
+        f.name: oct(f.stat().st_mode) for f in files}
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o022, 0o000])
+def test_run_creates_state_dir_0750_whatever_the_umask(tmp_path, monkeypatch, umask):
+    import os
+    import stat
+
+    import carbond.daemon
+    from carbond.cli import main
+
+    state = tmp_path / "var" / "lib" / "carbond"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_dir: {state}\n")
+    ran = []
+    monkeypatch.setattr(carbond.daemon, "run", lambda c: ran.append(c.state_dir) or 0)
+    old = os.umask(umask)
+    try:
+        assert main(["--config", str(cfg), "run"]) == 0
+    finally:
+        os.umask(old)
+    assert ran == [str(state)] and stat.S_IMODE(state.stat().st_mode) == 0o750
+
+
+def test_run_refuses_a_state_dir_that_is_a_file(tmp_path, capsys):
+    state = tmp_path / "state"
+    state.write_text("")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_dir: {state}\n")
+    code, out, err = run(capsys, "--config", str(cfg), "run")
+    assert code == 1 and "state_dir" in err and "Traceback" not in err
