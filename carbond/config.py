@@ -284,16 +284,17 @@ def _plain(value: Any, key: str = "") -> Any:
 
 def mask_url(url: str) -> str:
     """`url` with any user name and password replaced by `***` (either may be a token), for
-    output and logs. Never raises: a URL that cannot be split is masked up to its last `@`."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    netloc, tail = rest[:end], rest[end:]
-    if "@" not in netloc:
+    output and logs. Never raises: what precedes the last `@` of the authority (the part after
+    `scheme:` and its slashes, up to the first `/`, `?` or `#`) is masked, URL or not."""
+    m = _URL_PARTS.match(url)
+    assert m is not None  # every group is optional
+    scheme, slashes, authority, rest = m.groups()
+    if "@" not in authority:
         return url
-    host = netloc.rpartition("@")[2]
-    return f"{scheme}{sep}***@{host}{tail}"
+    return f"{scheme or ''}{slashes}***@{authority.rpartition('@')[2]}{rest}"
+
+
+_URL_PARTS = re.compile(r"((?:[A-Za-z][A-Za-z0-9+.-]*:)(?=/))?(/*)([^/?#]*)(.*)", re.S)
 
 
 def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
