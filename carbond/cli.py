@@ -51,13 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     src = fp.add_mutually_exclusive_group(required=True)
     src.add_argument("--nodes", help="Slurm hostlist, e.g. 'cpu-p-[1-2]'")
     src.add_argument("--jobs", help="sacct -P output with JobIDRaw|Start|End|NodeList|AllocTRES ('-' for stdin)")
-    fp.add_argument("--cpus", type=float, help="with --nodes: CPUs held in all (default: whole nodes)")
+    fp.add_argument("--cpus", type=_positive, help="with --nodes: CPUs held in all (default: whole nodes)")
     fp.add_argument("--start", help="with --nodes: ISO 8601 with offset, or epoch seconds")
     fp.add_argument("--end", help="with --nodes: ISO 8601 with offset, or epoch seconds")
     fp.add_argument("--timezone", help="with --jobs: IANA zone of local sacct times, e.g. Europe/London")
     fp.add_argument("--json", action="store_true", help="JSON (one object per line for --jobs)")
     fp.add_argument("--stats", action="store_true", help="print jobs/s and VictoriaMetrics requests to stderr")
-    fp.add_argument("--workers", type=int, default=None, metavar="N",
+    fp.add_argument("--workers", type=_count, default=None, metavar="N",
                     help="with --jobs --json: processes accounting runs of windows side by side (default: one "
                          "per core for large inputs, none for small ones)")
     fp.add_argument("--window", type=_hours, default=24.0, metavar="HOURS",
@@ -98,8 +98,28 @@ def _hours(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of hours: {text!r}") from None
-    if value < 0 or value != value:
-        raise argparse.ArgumentTypeError(f"hours must be 0 or more: {text!r}")
+    if not 0 <= value <= 366 * 24:
+        raise argparse.ArgumentTypeError(f"hours must be 0 to {366 * 24}: {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < 1e9:
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= 4096:
+        raise argparse.ArgumentTypeError(f"must be 0 to 4096: {text!r}")
     return value
 
 
@@ -192,7 +212,7 @@ def _footprint(args: argparse.Namespace, cfg) -> int:
     from .errors import JobInputError
     from .hostlist import expand
     from .jobs import Job, even_split
-    from .times import parse_time
+    from .times import check_span, parse_time
 
     t0 = time.perf_counter()
     if args.nodes:
@@ -201,6 +221,7 @@ def _footprint(args: argparse.Namespace, cfg) -> int:
         nodes = expand(args.nodes)
         start, _ = parse_time(args.start)
         end, _ = parse_time(args.end)
+        check_span(start, end, "the window")
         cpus = even_split(args.cpus, len(nodes)) if args.cpus else ()
         items = [Job("window", start, end, nodes, cpus)]
     else:
@@ -245,14 +266,21 @@ def _footprint_jobs(args: argparse.Namespace, cfg, t0: float) -> int:
     """Jobs of a sacct table, streamed by start time (or all at once with --window 0)."""
     from . import report
     from .engine import build_engine, one_malloc_arena
-    from .jobs import TimeBuckets, read_sacct
+    from .jobs import Job, TimeBuckets, read_sacct
+    from .times import check_span
 
+    if args.jobs == "-":
+        sys.stdin.reconfigure(errors="replace")  # a byte that is not UTF-8 spoils its line, not the run
     stream = sys.stdin if args.jobs == "-" else _open(args.jobs)
     engine, victoria = build_engine(cfg)
     failed = _Failures()
     with stream:
         if not args.window:
-            batches = map(failed.batch, engine.batches(list(read_sacct(stream, args.timezone))))
+            jobs = list(read_sacct(stream, args.timezone))
+            times = [t for j in jobs if isinstance(j, Job) for t in (j.start, j.end) if t is not None]
+            if times:  # all at once is one power and intensity read over the whole span: bounded
+                check_span(min(times), max(times), "the table (with --window 0)")
+            batches = map(failed.batch, engine.batches(jobs))
             n = _write(report, batches, args.json)
         else:
             window = args.window * 3600
@@ -261,7 +289,7 @@ def _footprint_jobs(args: argparse.Namespace, cfg, t0: float) -> int:
                 workers = args.workers if args.workers is not None else _workers(buckets.jobs)
                 if args.json and workers > 1:
                     return _footprint_segments(args, cfg, t0, buckets, engine, failed, workers, window)
-                batches = engine.stream(buckets.windows(), span=(buckets.lo, buckets.hi), align=window)
+                batches = engine.stream(buckets.windows(), span=buckets.span, align=window)
                 n = _write(report, map(failed.batch, batches), args.json)
     if args.stats:
         _stats(n, t0, victoria.requests_made, engine.cache.stats.samples if engine.cache else None)
@@ -314,6 +342,6 @@ def _open(path: str):
     from .errors import JobInputError
 
     try:
-        return open(path, encoding="utf-8")
+        return open(path, encoding="utf-8", errors="replace")  # a bad byte spoils its line, not the run
     except OSError as exc:
         raise JobInputError(f"cannot read {path}: {exc.strerror}") from None
