@@ -427,8 +427,7 @@ def _check(cfg: Config) -> list[str]:
     if cfg.embodied.g_per_node_hour < 0:
         p.append("embodied.g_per_node_hour: must not be negative")
     vm = cfg.victoriametrics
-    if not vm.url.startswith(("http://", "https://")):
-        p.append(f"victoriametrics.url: must start with http:// or https://, got {mask_url(vm.url)!r}")
+    p += _url_problems("victoriametrics.url", vm.url)
     if vm.chunk_seconds < 60:
         p.append("victoriametrics.chunk_seconds: must be at least 60")
     if vm.scale <= 0:
@@ -542,13 +541,30 @@ def _intensity_problems(ic: IntensityConfig) -> list[str]:
         p.append("intensity.value: must not be negative")
     if ic.refresh_seconds < 0:
         p.append("intensity.refresh_seconds: must not be negative")
-    if ic.url is not None and not ic.url.startswith(("http://", "https://")):
-        p.append(f"intensity.url: must start with http:// or https://, got {mask_url(ic.url)!r}")
+    if ic.url is not None:
+        p += _url_problems("intensity.url", ic.url)
     if ic.region is not None and ic.provider == "uk-carbon-intensity":
         r = ic.region
         if not (_REGION_ID.fullmatch(r) and 1 <= int(r) <= 17) and not _OUTWARD_CODE.fullmatch(r):
             p.append(f"intensity.region: expected a region id 1-17 or a postcode outward code, got {r!r}")
     return p
+
+
+def _url_problems(key: str, url: str) -> list[str]:
+    """An http(s) URL with a host and a port 0-65535 (urllib raises on a bad port only when asked
+    for it: at the first request), shown without its credentials."""
+    from urllib.parse import urlsplit
+
+    if not url.startswith(("http://", "https://")):
+        return [f"{key}: must start with http:// or https://, got {mask_url(url)!r}"]
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port out of range or not a number
+        if not parts.hostname or any(c.isspace() for c in url):
+            raise ValueError("no host name")
+    except ValueError as exc:
+        return [f"{key}: not a usable URL ({exc}): {mask_url(url)!r}"]
+    return []
 
 
 _REGION_ID = re.compile(r"[0-9]{1,2}")

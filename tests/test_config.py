@@ -128,6 +128,10 @@ def test_node_class_first_match_wins():
     ({"nodes": [{"match": "n1", "weights": {"cpu": float("inf")}}]}, "nodes[0].weights.cpu"),
     ({"victoriametrics": {"max_nodes_per_request": 0}}, "victoriametrics.max_nodes_per_request"),
     ({"victoriametrics": {"scale": 10**400}}, "victoriametrics.scale"),
+    ({"victoriametrics": {"url": "http://vm:99999/"}}, "victoriametrics.url"),
+    ({"victoriametrics": {"url": "http://[::1"}}, "victoriametrics.url"),
+    ({"victoriametrics": {"url": "https://u:p@vm:x/"}}, "victoriametrics.url"),
+    ({"intensity": {"url": "https://"}}, "intensity.url"),
     ({"metrics": {"listen": "127.0.0.1:70000"}}, "metrics.listen"),
     ({"metrics": {"listen": "127.0.0.1:²"}}, "metrics.listen"),
     ({"metrics": {"listen": "127.0.0.1:٨٠"}}, "metrics.listen"),
@@ -238,3 +242,10 @@ def test_a_world_readable_secret_is_warned_about(tmp_path, caplog):
     secret.chmod(0o640)
     config.from_mapping({"victoriametrics": {"basic_auth": {"username": "u", "password_file": str(secret)}}})
     assert caplog.text == ""
+
+
+def test_an_intensity_answer_of_the_wrong_shape_is_reported_without_the_urls_credentials():
+    from carbond.intensity import bad_shape
+
+    err = bad_shape("https://carbond:s3cr3t@mirror.example/intensity/x", "no list under 'data'")
+    assert "s3cr3t" not in str(err) and "https://***@mirror.example/intensity/x" in str(err)

@@ -65,7 +65,7 @@ def _for_hint(hint, depth: int) -> st.SearchStrategy:
     if dataclasses.is_dataclass(inner):
         return config_mappings(inner, depth + 1)
     good = {bool: st.booleans(), int: st.integers(-5, 100_000), float: st.floats(-10, 1e6),
-            str: st.sampled_from(["n[1-2]", "http://127.0.0.1:8428", "constant", "127.0.0.1:9847", "cpus",
+            str: st.sampled_from(["n[1-2]", "http://127.0.0.1:8428", "http://h:99999/", "http://[::1", "https://u@h:x/", "constant", "127.0.0.1:9847", "cpus",
                                   "report", "admin_comment", "1", "RG10", "^(?P<node>[^.:]+)"])}[inner]
     return good | scalars
 
@@ -89,6 +89,9 @@ def test_fuzz_config_from_mapping(mapping):
         assert math.isfinite(cfg.pue) and cfg.pue >= 1
         assert all(n.idle_watts is None or n.idle_watts >= 0 for n in cfg.nodes)
         config.parse_listen(cfg.metrics.listen)
+        from carbond.httpconn import Connections
+
+        Connections(cfg.victoriametrics.url, 1.0)  # the URL that passed is one the client takes
         assert config.from_bytes(config.dump(cfg).encode(), "again") == dataclasses.replace(cfg, source="again")
 
 
