@@ -363,3 +363,31 @@ def test_run_refuses_a_state_dir_that_is_a_file(tmp_path, capsys):
     cfg.write_text(f"state_dir: {state}\n")
     code, out, err = run(capsys, "--config", str(cfg), "run")
     assert code == 1 and "state_dir" in err and "Traceback" not in err
+
+
+def test_footprint_jobs_with_a_start_of_superscript_two_and_a_54_year_job(vm, tmp_path, capsys):
+    """Both lines are bad lines (exit 1, a NOTE each), the good job is accounted, and the run
+    is quick: the 54-year span asks for no 54 years of power or intensity (was 10 s, 336 MB)."""
+    import time as _time
+
+    a = vm.node("span")
+    t = np.arange(T0 - 600, T0 + 3600, 30.0)
+    vm.import_series(a, t, np.full(t.size, 100.0))
+    vm.flush()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\nvictoriametrics:\n  url: {vm.url}\n"
+                   f"intensity:\n  provider: constant\n  value: 100\nnodes:\n  - match: {a}\n    cpus: 4\n")
+    table = tmp_path / "jobs.txt"
+    table.write_bytes(b"JobIDRaw|Start|End|NodeList|AllocTRES\n"
+                      + f"1|\u00b2|{T0 + 600}|{a}|cpu=4\n2|1|{T0 + 600}|{a}|cpu=4\n3|{T0}|{T0 + 600}|{a}|cpu=4\n".encode()
+                      + f"4|{T0}|{T0 + 600}|{a}\xff|cpu=4\n".encode("latin-1"))
+    for window in ("24", "0"):
+        t0 = _time.monotonic()
+        code, out, err = run(capsys, "--config", str(cfg), "footprint", "--jobs", str(table), "--json",
+                             "--window", window)
+        assert _time.monotonic() - t0 < 10
+        assert code == 1 and "internal error" not in err, err
+        got = {d["job_id"]: d for d in map(json.loads, out.splitlines())}
+        assert got["3"]["status"] == "ok" and got["3"]["energy_kwh"] == pytest.approx(100 * 600 / 3.6e6)
+        assert "cannot read time" in got["1"]["error"] and "spans 20023 days" in got["2"]["error"]
+        assert got["4"]["status"] == "error"  # a byte that is not UTF-8 spoils its line only
