@@ -391,3 +391,23 @@ def test_footprint_jobs_with_a_start_of_superscript_two_and_a_54_year_job(vm, tm
         assert got["3"]["status"] == "ok" and got["3"]["energy_kwh"] == pytest.approx(100 * 600 / 3.6e6)
         assert "cannot read time" in got["1"]["error"] and "spans 20023 days" in got["2"]["error"]
         assert got["4"]["status"] == "error"  # a byte that is not UTF-8 spoils its line only
+
+
+def test_run_on_a_listen_address_in_use_stops_with_one_line_naming_metrics_listen(tmp_path, capsys):
+    """What check-config passes, `run` binds: a port in use is a ConfigError (exit 1), not a crash."""
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        port = busy.getsockname()[1]
+        cfg = tmp_path / "c.yaml"
+        (tmp_path / "spool").mkdir()
+        cfg.write_text(f"state_dir: {tmp_path / 'state'}\nspool_dir: {tmp_path / 'spool'}\n"
+                       f"intensity:\n  provider: constant\n  value: 1\nmetrics:\n  listen: 127.0.0.1:{port}\n")
+        assert run(capsys, "--config", str(cfg), "check-config")[0] == 0
+        code, out, err = run(capsys, "--config", str(cfg), "run")
+    finally:
+        busy.close()
+    assert code == 1 and "metrics.listen: cannot listen on" in err and "internal error" not in err, err
