@@ -473,10 +473,11 @@ class TimeBuckets:
         start = self._column(fields, c_start, whole)
         end = self._column(fields, c_end, whole)
         with np.errstate(invalid="ignore"):
-            if np.isfinite(start).any():
-                self.lo = min(self.lo, float(np.nanmin(start)))
-            if np.isfinite(end).any():
-                self.hi = max(self.hi, float(np.nanmax(end)))
+            sane = ~(end - start > MAX_SPAN)  # a job too long to account (a bad line) widens no lookup
+            if np.isfinite(start[sane]).any():
+                self.lo = min(self.lo, float(np.nanmin(start[sane])))
+            if np.isfinite(end[sane]).any():
+                self.hi = max(self.hi, float(np.nanmax(end[sane])))
             keys = np.where(np.isfinite(start), np.floor(start / self.window), NO_WINDOW).astype(np.int64)
         order = np.argsort(keys, kind="stable")
         sk = keys[order]

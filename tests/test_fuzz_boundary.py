@@ -458,9 +458,10 @@ def test_a_54_year_job_is_a_bad_line_and_bounds_no_lookup():
     got = list(jobs.read_sacct(io.StringIO(table)))
     assert isinstance(got[0], jobs.BadLine) and "spans 19676 days" in got[0].error and isinstance(got[1], jobs.Job)
     with jobs.TimeBuckets(io.StringIO(table), 86400) as buckets:
-        assert buckets.span is None  # the run spans 54 years: no one lookup over all of it
         bad = [b for t in buckets.windows() for b in t.bad]
         assert [b.job_id for b in bad] == ["1"] and "spans" in bad[0].error
+    with jobs.TimeBuckets(io.StringIO(table + "3|1000000|1000100|n1|cpu=1\n"), 86400) as buckets:
+        assert buckets.span is None  # jobs 54 years apart: no one lookup over all of it
 
 
 def test_parse_time_refuses_times_outside_what_can_be_written():
@@ -503,3 +504,9 @@ def test_a_nonsense_number_on_the_command_line_is_a_usage_error(option, value, c
     with pytest.raises(SystemExit) as exc:
         main(["footprint", "--nodes", "n1", "--start", "1", "--end", "2", option, value])
     assert exc.value.code == 2 and option in capsys.readouterr().err
+
+
+def test_a_job_too_long_to_account_widens_no_lookup():
+    table = "JobIDRaw|Start|End|NodeList|AllocTRES\n1|1|1700000000|n1|cpu=1\n2|1699990000|1700000000|n1|cpu=1\n"
+    with jobs.TimeBuckets(io.StringIO(table), 86400) as buckets:
+        assert buckets.span == (1699990000.0, 1700000000.0)
