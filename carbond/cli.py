@@ -51,13 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     src = fp.add_mutually_exclusive_group(required=True)
     src.add_argument("--nodes", help="Slurm hostlist, e.g. 'cpu-p-[1-2]'")
     src.add_argument("--jobs", help="sacct -P output with JobIDRaw|Start|End|NodeList|AllocTRES ('-' for stdin)")
-    fp.add_argument("--cpus", type=float, help="with --nodes: CPUs held in all (default: whole nodes)")
+    fp.add_argument("--cpus", type=_positive, help="with --nodes: CPUs held in all (default: whole nodes)")
     fp.add_argument("--start", help="with --nodes: ISO 8601 with offset, or epoch seconds")
     fp.add_argument("--end", help="with --nodes: ISO 8601 with offset, or epoch seconds")
     fp.add_argument("--timezone", help="with --jobs: IANA zone of local sacct times, e.g. Europe/London")
     fp.add_argument("--json", action="store_true", help="JSON (one object per line for --jobs)")
     fp.add_argument("--stats", action="store_true", help="print jobs/s and VictoriaMetrics requests to stderr")
-    fp.add_argument("--workers", type=int, default=None, metavar="N",
+    fp.add_argument("--workers", type=_count, default=None, metavar="N",
                     help="with --jobs --json: processes accounting runs of windows side by side (default: one "
                          "per core for large inputs, none for small ones)")
     fp.add_argument("--window", type=_hours, default=24.0, metavar="HOURS",
@@ -98,14 +98,37 @@ def _hours(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of hours: {text!r}") from None
-    if value < 0 or value != value:
-        raise argparse.ArgumentTypeError(f"hours must be 0 or more: {text!r}")
+    if not 0 <= value <= 366 * 24:
+        raise argparse.ArgumentTypeError(f"hours must be 0 to {366 * 24}: {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < 1e9:
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= 4096:
+        raise argparse.ArgumentTypeError(f"must be 0 to 4096: {text!r}")
     return value
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .fsmode import restrict_umask
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    umask = restrict_umask()  # state files 0640, directories 0750, even for root under umask 022
     try:
         return _dispatch(args)
     except CarbondError as exc:
@@ -124,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"carbond: internal error: {type(exc).__name__}: {exc} (a bug; --log-level DEBUG shows where)",
               file=sys.stderr)
         return EXIT_BUG
+    finally:
+        os.umask(umask)  # the process ends here; restored for callers that run main() in-process
 
 
 def _quiet_stdout() -> None:
@@ -153,7 +178,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _footprint(args, cfg)
     if args.command == "run":
         from .daemon import run
+        from .fsmode import make_state_dir
 
+        make_state_dir(cfg.state_dir)
         return run(cfg)
     if args.command == "backfill":
         from .backfill import backfill
@@ -185,7 +212,7 @@ def _footprint(args: argparse.Namespace, cfg) -> int:
     from .hostlist import expand
     from .jobs import Job, even_split
     from .services import build
-    from .times import parse_time
+    from .times import check_span, parse_time
 
     t0 = time.perf_counter()
     if args.nodes:
@@ -194,6 +221,7 @@ def _footprint(args: argparse.Namespace, cfg) -> int:
         nodes = expand(args.nodes)
         start, _ = parse_time(args.start)
         end, _ = parse_time(args.end)
+        check_span(start, end, "the window")
         cpus = even_split(args.cpus, len(nodes)) if args.cpus else ()
         items = [Job("window", start, end, nodes, cpus)]
     else:
@@ -244,7 +272,10 @@ def _footprint_jobs(args: argparse.Namespace, cfg, t0: float) -> int:
     from .engine import WINDOW, one_malloc_arena
     from .jobs import TimeBuckets
     from .services import build
+    from .times import check_span
 
+    if args.jobs == "-":
+        sys.stdin.reconfigure(errors="replace")  # a byte that is not UTF-8 spoils its line, not the run
     stream = sys.stdin if args.jobs == "-" else _open(args.jobs)
     services = build(cfg)
     engine, victoria = services.engine, services.victoria
@@ -254,11 +285,12 @@ def _footprint_jobs(args: argparse.Namespace, cfg, t0: float) -> int:
     ledger = ledger_view(cfg.state_dir, cfg.cluster)
     with stream, TimeBuckets(stream, window, args.timezone, gpu_special=cfg.gpu is not None and ledger is not None
                              ) as buckets:
+        if window == ALL_AT_ONCE and buckets.span is None and buckets.lo <= buckets.hi:
+            check_span(buckets.lo, buckets.hi, "the table (with --window 0)")  # one read over the whole span: bounded
         workers = args.workers if args.workers is not None else _workers(buckets.jobs)
         if args.json and workers > 1:
             return _footprint_segments(args, cfg, t0, buckets, engine, failed, workers, window, ledger)
-        batches = map(failed.batch, engine.stream(buckets.windows(), span=(buckets.lo, buckets.hi),
-                                                  align=min(window, WINDOW)))
+        batches = map(failed.batch, engine.stream(buckets.windows(), span=buckets.span, align=min(window, WINDOW)))
         if args.json:
             n = report.write_json_batches(batches, sys.stdout)
             n += report.write_json(map(failed.footprint, _specials(cfg, engine, buckets, ledger)), sys.stdout)
@@ -340,6 +372,6 @@ def _open(path: str):
     from .errors import JobInputError
 
     try:
-        return open(path, encoding="utf-8")
+        return open(path, encoding="utf-8", errors="replace")  # a bad byte spoils its line, not the run
     except OSError as exc:
         raise JobInputError(f"cannot read {path}: {exc.strerror}") from None

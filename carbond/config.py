@@ -7,7 +7,12 @@ and reported together, each naming its dotted key, so an administrator fixes the
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
+import re
+import reprlib
+import stat
 import types
 import typing
 from collections.abc import Collection
@@ -19,7 +24,15 @@ import yaml
 
 from .errors import ConfigError, HostlistError
 
+log = logging.getLogger("carbond.config")
+
 DEFAULT_PATH = "/etc/carbond/carbond.yaml"
+MAX_FILE_BYTES = 1 << 20
+"""A configuration file is a few kilobytes; a larger one is refused before YAML parses it."""
+MAX_REGEX_CHARS = 1000
+"""node_regex is a short pattern; a longer one is refused before it is compiled."""
+MAX_INT = 2**53
+"""Whole numbers beyond this are not exact as floats (the engine's arithmetic): refused."""
 WATCHDOG_SECONDS = 60.0
 """WatchdogSec of systemd/carbond.service; a Slurm call must return within half of it."""
 DEFAULT_POWER_QUERY = 'amperageProbeReading{amperageProbeLocationName="System Board Pwr Consumption"}'
@@ -203,14 +216,32 @@ def load(path: str | None = None, sections: Collection[str] | None = None) -> Co
     """
     path = path or os.environ.get("CARBOND_CONFIG") or DEFAULT_PATH
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError([f"cannot read the file: {exc.strerror or exc}"], path) from None
+    except ValueError as exc:  # a NUL in the path
+        raise ConfigError([f"cannot read the file: {exc}"], repr(path)) from None
+    return from_bytes(raw, path, sections)
+
+
+def from_bytes(raw: bytes, source: str = "", sections: Collection[str] | None = None) -> Config:
+    """Parse and validate a configuration file's bytes: UTF-8 YAML of at most MAX_FILE_BYTES."""
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError([f"the file is larger than {MAX_FILE_BYTES} bytes"], source)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not UTF-8 text (byte {exc.start} is {raw[exc.start:exc.start + 1]!r})"], source) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([_yaml_problem(exc)], path) from None
-    return from_mapping(data if data is not None else {}, path, sections)
+        raise ConfigError([_yaml_problem(exc)], source) from None
+    except RecursionError:
+        raise ConfigError(["not valid YAML: nested too deeply"], source) from None
+    except (ValueError, TypeError, OverflowError) as exc:  # a scalar YAML resolves but cannot build (2024-13-45)
+        raise ConfigError([f"not valid YAML: {type(exc).__name__}: {exc}"], source) from None
+    return from_mapping(data if data is not None else {}, source, sections)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -249,18 +280,23 @@ def _plain(value: Any, key: str = "") -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, str) and key == "url":
-        return _mask_url(value)
+        return mask_url(value)
     return value
 
 
-def _mask_url(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
+def mask_url(url: str) -> str:
+    """`url` with any user name and password replaced by `***` (either may be a token), for
+    output and logs. Never raises: what precedes the last `@` of the authority (the part after
+    `scheme:` and its slashes, up to the first `/`, `?` or `#`) is masked, URL or not."""
+    m = _URL_PARTS.match(url)
+    assert m is not None  # every group is optional
+    scheme, slashes, authority, rest = m.groups()
+    if "@" not in authority:
         return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return f"{scheme or ''}{slashes}***@{authority.rpartition('@')[2]}{rest}"
+
+
+_URL_PARTS = re.compile(r"((?:[A-Za-z][A-Za-z0-9+.-]*:)(?=/))?(/*)([^/?#]*)(.*)", re.S)
 
 
 def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
@@ -275,7 +311,8 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
     for key in data:
         if key not in fields:
-            problems.append(f"{prefix}{key}: unknown key (valid: {', '.join(sorted(fields))})")
+            shown = key if isinstance(key, str) and len(key) <= 80 else _REPR.repr(key)
+            problems.append(f"{prefix}{shown}: unknown key (valid: {', '.join(sorted(fields))})")
     values: dict[str, Any] = {}
     missing = False
     for name, f in fields.items():
@@ -289,6 +326,8 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
         value = _convert(hints[name], data[name], key, problems)
         if value is not _BAD:
             values[name] = value
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            missing = True  # reported; no default can stand in for a required value
         # A bad value is already reported; its default stands in, so the rest is still checked.
     return None if missing else cls(**values)
 
@@ -316,15 +355,51 @@ def _convert(hint: Any, value: Any, key: str, problems: list[str]) -> Any:
             return value
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            if abs(value) <= MAX_INT:
+                return value
+            problems.append(f"{key}: {value:.3g} is too large (at most {MAX_INT})")
+            return _BAD
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            number = float(value) if not isinstance(value, int) or abs(value) <= MAX_INT else math.inf
+            if math.isfinite(number):
+                return number
+            problems.append(f"{key}: must be a finite number, got {_shown(key, value)}")
+            return _BAD
     elif hint is str:
         if isinstance(value, (str, int)) and not isinstance(value, bool):
-            return str(value)
-    problems.append(f"{key}: expected {_TYPE_WORDS.get(hint, hint)}, got {_kind(value)} {value!r}")
+            text = str(value)
+            if (why := _text_problem(text)) is None:
+                return text
+            problems.append(f"{key}: {why}")
+            return _BAD
+    problems.append(f"{key}: expected {_TYPE_WORDS.get(hint, hint)}, got {_kind(value)} {_shown(key, value)}")
     return _BAD
+
+
+def _text_problem(text: str) -> str | None:
+    """Why a string cannot be a configuration value: a NUL (no path or argument may hold one)
+    or a lone surrogate (not encodable, so neither a file name nor a header)."""
+    if "\0" in text:
+        return "must not contain a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text"
+    return None
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 2, 4, 4, 4, 4
+
+
+def _shown(key: str, value: Any) -> str:
+    """A value for a problem message: bounded (a YAML alias bomb is not printed out), and never
+    a URL's credentials."""
+    if key.endswith("url"):
+        return mask_url(value) if isinstance(value, str) else "(not shown)"
+    return _REPR.repr(value)
 
 
 _TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
@@ -339,7 +414,7 @@ def _kind(value: Any) -> str:
 def _check(cfg: Config) -> list[str]:
     """Semantic checks that need the whole, typed configuration."""
     p: list[str] = []
-    if cfg.pue < 1.0:
+    if not cfg.pue >= 1.0:
         p.append(f"pue: must be at least 1.0, got {cfg.pue}")
     if cfg.attribution not in ATTRIBUTIONS:
         p.append(f"attribution: must be one of {', '.join(ATTRIBUTIONS)}, got {cfg.attribution!r}")
@@ -349,20 +424,21 @@ def _check(cfg: Config) -> list[str]:
         p.append("gpu.unit_factor: must be positive")
     if cfg.max_gap <= 0:
         p.append("max_gap: must be positive")
+    if cfg.settle_seconds < 0:
+        p.append("settle_seconds: must not be negative")
     if cfg.embodied.g_per_node_hour < 0:
         p.append("embodied.g_per_node_hour: must not be negative")
     vm = cfg.victoriametrics
-    if not vm.url.startswith(("http://", "https://")):
-        p.append(f"victoriametrics.url: must start with http:// or https://, got {vm.url!r}")
+    p += _url_problems("victoriametrics.url", vm.url)
     if vm.chunk_seconds < 60:
         p.append("victoriametrics.chunk_seconds: must be at least 60")
     if vm.scale <= 0:
         p.append("victoriametrics.scale: must be positive (watts per unit of the series)")
     if vm.node_regex is not None:
-        from .victoria import node_regex_problem
-
-        if (why := node_regex_problem(vm.node_regex)) is not None:
+        if (why := _regex_problem(vm.node_regex)) is not None:
             p.append(f"victoriametrics.node_regex: {why}")
+    if vm.max_nodes_per_request < 1:
+        p.append("victoriametrics.max_nodes_per_request: must be at least 1")
     p += _secret_problems("victoriametrics.bearer_token_file", vm.bearer_token_file)
     if vm.basic_auth:
         p += _secret_problems("victoriametrics.basic_auth.password_file", vm.basic_auth.password_file)
@@ -379,6 +455,9 @@ def _check(cfg: Config) -> list[str]:
             p.append(f"{key}.match: {exc}")
         if nc.cpus is not None and nc.cpus <= 0:
             p.append(f"{key}.cpus: must be positive")
+        for name in ("idle_watts", "max_watts", "gpus", "mem_gb"):
+            if (value := getattr(nc, name)) is not None and value < 0:
+                p.append(f"{key}.{name}: must not be negative, got {value:g}")
         if nc.weights is not None and min(nc.weights.cpu, nc.weights.gpu, nc.weights.mem_gb) < 0:
             p.append(f"{key}.weights: must not be negative")
         if nc.idle_watts is not None and nc.max_watts is not None and nc.idle_watts > nc.max_watts:
@@ -401,10 +480,53 @@ def _check(cfg: Config) -> list[str]:
             p.append(f"slurm.{key}: must not be negative")
     if cfg.metrics.max_label_values < 1:
         p.append("metrics.max_label_values: must be at least 1")
-    host, _, port = cfg.metrics.listen.rpartition(":")
-    if not host or not port.isdigit():
-        p.append(f"metrics.listen: expected HOST:PORT, got {cfg.metrics.listen!r}")
+    try:
+        parse_listen(cfg.metrics.listen)
+    except ConfigError as exc:
+        p.extend(exc.problems)
     return p
+
+
+_PORT = re.compile(r"[0-9]{1,5}")
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`127.0.0.1:9847`, `[::1]:9847`, `host.example:9847`, `:9847` (all interfaces) -> (host, port).
+
+    The one rule for metrics.listen: check-config applies it and `run` binds what it returns,
+    so a value that passes the check is one the daemon can at least try to bind.
+    """
+    import ipaddress
+
+    host, sep, port = listen.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    ok = bool(sep) and _PORT.fullmatch(port) is not None and int(port) <= 65535
+    if ok and host:
+        try:
+            ip = ipaddress.ip_address(host)
+            ok = bracketed == (ip.version == 6)
+        except ValueError:
+            ok = not bracketed and _HOSTNAME.fullmatch(host) is not None
+    if not ok:
+        shown = _REPR.repr(listen)
+        raise ConfigError([f"metrics.listen: expected HOST:PORT (port 0-65535, [addr] for IPv6), got {shown}"])
+    return host or "0.0.0.0", int(port)
+
+
+def _regex_problem(pattern: str) -> str | None:
+    """victoria.node_regex_problem behind a length bound, with whatever the compiler raises
+    (a repetition count it cannot hold is an OverflowError, not a re.error) as a problem."""
+    from .victoria import node_regex_problem
+
+    if len(pattern) > MAX_REGEX_CHARS:
+        return f"longer than {MAX_REGEX_CHARS} characters"
+    try:
+        return node_regex_problem(pattern)
+    except (OverflowError, RecursionError, ValueError, re.error) as exc:
+        return f"not a valid regular expression: {exc}"
 
 
 def _intensity_problems(ic: IntensityConfig) -> list[str]:
@@ -421,21 +543,55 @@ def _intensity_problems(ic: IntensityConfig) -> list[str]:
         p.append(f"intensity.path: cannot read {ic.path}")
     if ic.provider == "constant" and ic.value is not None and ic.value < 0:
         p.append("intensity.value: must not be negative")
+    if ic.refresh_seconds < 0:
+        p.append("intensity.refresh_seconds: must not be negative")
+    if ic.url is not None:
+        p += _url_problems("intensity.url", ic.url)
     if ic.region is not None and ic.provider == "uk-carbon-intensity":
         r = ic.region
-        if not (r.isdigit() and 1 <= int(r) <= 17) and not (r.isalnum() and 2 <= len(r) <= 4):
+        if not (_REGION_ID.fullmatch(r) and 1 <= int(r) <= 17) and not _OUTWARD_CODE.fullmatch(r):
             p.append(f"intensity.region: expected a region id 1-17 or a postcode outward code, got {r!r}")
     return p
 
 
+def _url_problems(key: str, url: str) -> list[str]:
+    """An http(s) URL with a host and a port 0-65535 (urllib raises on a bad port only when asked
+    for it: at the first request), shown without its credentials."""
+    from urllib.parse import urlsplit
+
+    if not url.startswith(("http://", "https://")):
+        return [f"{key}: must start with http:// or https://, got {mask_url(url)!r}"]
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port out of range or not a number
+        if not parts.hostname or any(c.isspace() for c in url):
+            raise ValueError("no host name")
+    except ValueError as exc:
+        return [f"{key}: not a usable URL ({exc}): {mask_url(url)!r}"]
+    return []
+
+
+_REGION_ID = re.compile(r"[0-9]{1,2}")
+_OUTWARD_CODE = re.compile(r"[A-Za-z0-9]{2,4}")
+"""A UK postcode's outward code (RG10), ASCII only: it is put into the API's URL path."""
+
+
 def _secret_problems(key: str, path: str | None, env: str | None = None) -> list[str]:
+    """Can the secret at `path` be read, and is it safe? A file others may write is refused
+    (they could swap the credential carbond sends); one everybody may read is warned about."""
     if env and os.environ.get(env):
         return []
     if path is None:
         return [f"{key}: required (or set ${env})"] if env else []
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, "rb") as fh:
             fh.read(1)
+            mode = os.fstat(fh.fileno()).st_mode
     except OSError as exc:
         return [f"{key}: cannot read {path}: {exc.strerror or exc}"]
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return [f"{key}: {path} is writable by {'others' if mode & stat.S_IWOTH else 'its group'} "
+                f"(mode {stat.S_IMODE(mode):04o}): chmod go-w {path}"]
+    if mode & stat.S_IROTH:
+        log.warning("%s: %s is readable by every user (mode %04o): chmod o-r %s", key, path, stat.S_IMODE(mode), path)
     return []

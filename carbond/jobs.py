@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import CarbondError, JobInputError
 from .hostlist import expand
-from .times import parse_time
+from .times import EPOCH_MAX, MAX_SPAN, check_span, in_range, parse_time
 
 REQUIRED_COLUMNS = ("JobIDRaw", "Start", "End", "NodeList", "AllocTRES")
 NOT_STARTED = {"", "unknown", "none"}
@@ -118,6 +118,8 @@ def _job_from_row(row: list[str], col: dict[str, int], opt: dict[str, int | None
     warnings: list[str] = []
     start = _time(row[col["Start"]], zone, warnings)
     end = _time(row[col["End"]], zone, warnings)
+    if start is not None and end is not None:
+        check_span(start, end)
     nodes_expr = row[col["NodeList"]]
     nodes = () if nodes_expr.lower() in ("none assigned", "", "none") else expand(nodes_expr)
     cpus, gpus = tres_counts(row[col["AllocTRES"]])
@@ -160,12 +162,18 @@ def _cpu_column(row: list[str] | tuple[str, ...], col: dict[str, int]) -> int:
 def _time(text: str, zone: str | None, warnings: list[str]) -> float | None:
     if text.strip().lower() in NOT_STARTED:
         return None
-    if text.isdigit():
-        return float(text)
+    if _is_epoch(text):
+        return in_range(float(text), text)
     value, warning = parse_time(text, zone)
     if warning:
         warnings.append(warning)
     return value
+
+
+def _is_epoch(text: str) -> bool:
+    """Whole epoch seconds as sacct prints them with SLURM_TIME_FORMAT=%s: ASCII digits only
+    (str.isdigit also takes `²` and `١٢`, which float() then refuses or misreads)."""
+    return text.isascii() and text.isdigit()
 
 
 # ---- columnar input: the bulk path ---------------------------------------------------------
@@ -314,6 +322,12 @@ def read_table(lines: list[str], line_nos: list[int], header: SacctHeader, names
     time_err: dict[int, str] = {}
     start = _times(cols[col["Start"]], zone, warnings, time_err)
     end = _times(cols[col["End"]], zone, warnings, time_err)
+    with np.errstate(invalid="ignore"):
+        for i in np.flatnonzero(end - start > MAX_SPAN).tolist():
+            try:
+                check_span(float(start[i]), float(end[i]))
+            except JobInputError as exc:
+                time_err.setdefault(i, str(exc))
     node_ids, node_err = _node_column(cols[col["NodeList"]], names)
     tres, tres_err = _tres_column(cols[col["AllocTRES"]])
     counts = np.fromiter(map(len, node_ids), dtype=np.int64, count=n)
@@ -362,9 +376,12 @@ def _optional(cols: list, col: dict[str, int], name: str, n: int) -> np.ndarray:
 
 def _times(texts: tuple[str, ...], zone: str | None, warnings: dict[int, list[str]],
            errors: dict[int, str]) -> np.ndarray:
-    """Epoch seconds in one conversion; local times, Unknown and None one by one."""
+    """Epoch seconds in one conversion; local times, Unknown and None one by one (and so are the
+    texts numpy reads as no time of ours: nan, inf, -5, 1e400)."""
     try:
-        return np.array(texts, dtype=np.float64) if texts else np.zeros(0)
+        fast = np.array(texts, dtype=np.float64) if texts else np.zeros(0)
+        if ((fast >= 0) & (fast <= EPOCH_MAX)).all():
+            return fast
     except ValueError:
         pass
     out = np.empty(len(texts))
@@ -511,10 +528,11 @@ class TimeBuckets:
         start = self._column(fields, c_start, whole)
         end = self._column(fields, c_end, whole)
         with np.errstate(invalid="ignore"):
-            if np.isfinite(start).any():
-                self.lo = min(self.lo, float(np.nanmin(start)))
-            if np.isfinite(end).any():
-                self.hi = max(self.hi, float(np.nanmax(end)))
+            sane = ~(end - start > MAX_SPAN)  # a job too long to account (a bad line) widens no lookup
+            if np.isfinite(start[sane]).any():
+                self.lo = min(self.lo, float(np.nanmin(start[sane])))
+            if np.isfinite(end[sane]).any():
+                self.hi = max(self.hi, float(np.nanmax(end[sane])))
             keys = np.where(np.isfinite(start), np.floor(start / self.window), NO_WINDOW).astype(np.int64)
         self._key_parts.append(keys)
         order = np.argsort(keys, kind="stable")
@@ -534,13 +552,14 @@ class TimeBuckets:
     def _column(self, fields: list[list[str]], c: int, whole: bool) -> np.ndarray:
         texts = list(map(itemgetter(c), fields)) if whole else [f[c] if len(f) > c else "" for f in fields]
         try:
-            return np.array(texts, dtype=np.float64)
+            fast = np.array(texts, dtype=np.float64)
+            if ((fast >= 0) & (fast <= EPOCH_MAX)).all():
+                return fast
         except ValueError:
-            return np.array([np.nan if (v := self._start(t)) is None else v for t in texts], dtype=np.float64)
+            pass
+        return np.array([np.nan if (v := self._start(t)) is None else v for t in texts], dtype=np.float64)
 
     def _start(self, text: str) -> float | None:
-        if text.isdigit():
-            return float(text)
         try:
             return _time(text, self.zone, [])
         except CarbondError:
@@ -560,6 +579,12 @@ class TimeBuckets:
         import os
 
         return os.path.join(self._tmp.name, f"{key}.{kind}")
+
+    @property
+    def span(self) -> tuple[float, float] | None:
+        """(lo, hi) for one intensity lookup of the whole input, or None when there is no time or
+        it spans more than MAX_SPAN (jobs decades apart: each window then looks up its own)."""
+        return (self.lo, self.hi) if 0 <= self.hi - self.lo <= MAX_SPAN else None
 
     def keys(self) -> list[int]:
         keys = sorted(set(self._mem) | self._spilled)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from . import config
 from .errors import ConfigError
 from .ledger import ACCOUNTED, COUNTED, DEAD, NOT_STARTED, SKIP_REASONS, STATES, ZERO_LENGTH, Entry, Ledger
 from .ledger_columns import metric_totals
@@ -160,22 +161,23 @@ class Metrics:
         self.intensity.set(float("nan") if g_per_kwh is None else g_per_kwh)
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """`127.0.0.1:9847`, `[::1]:9847`, `:9847` (all interfaces) -> (host, port)."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError([f"metrics.listen: expected HOST:PORT, got {listen!r}"])
-    return host.strip("[]") or "0.0.0.0", int(port)
+parse_listen = config.parse_listen
+"""The one rule for metrics.listen, shared with check-config (carbond.config.parse_listen)."""
 
 
 def serve(listen: str, registry: CollectorRegistry):  # -> wsgiref WSGIServer
     """Serve `registry` on `listen` in a daemon thread; returns the server.
 
     Stop it with `server.shutdown(); server.server_close()`; `server.server_port` is the
-    port actually bound (useful with port 0).
+    port actually bound (useful with port 0). A listen address that cannot be bound (in use,
+    not this host's, a name that does not resolve) is a ConfigError naming metrics.listen.
     """
     host, port = parse_listen(listen)
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except (OSError, UnicodeError) as exc:  # UnicodeError: the idna codec on a name it cannot encode
+        why = getattr(exc, "strerror", None) or exc
+        raise ConfigError([f"metrics.listen: cannot listen on {listen!r}: {why}"]) from None
     return server
 
 

@@ -100,7 +100,7 @@ def write_parallel(buckets: TimeBuckets, engine: Engine, build: Callable[[], tup
     global _SHARED
     keys = buckets.keys()
     segments = plan([buckets.counts.get(k, 0) for k in keys], workers)
-    view = engine.intensity_view(buckets.lo, buckets.hi) if buckets.lo <= buckets.hi else None
+    view = engine.intensity_view(*buckets.span) if buckets.span else None
     totals = Totals()
     tmp = tempfile.mkdtemp(prefix="carbond-segments-")
     _SHARED = _Shared(buckets, keys, view, align, tmp, build)

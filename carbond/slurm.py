@@ -47,6 +47,7 @@ from .config import SlurmConfig
 from .errors import CarbondError, SlurmError
 from .hostlist import expand
 from .jobs import Job, even_split, tres_counts
+from .times import EPOCH_MAX
 
 Runner = Callable[..., Any]
 """subprocess.run-compatible: runner(args, capture_output=True, env=..., timeout=..., check=False)."""
@@ -451,7 +452,7 @@ def parse_runs(text: str) -> list[Run]:
         if not line:
             continue
         f = line.split(DELIMITER)
-        if len(f) != len(RUN_COLUMNS) or f[0] != f[-1] or not f[0].isdigit():
+        if len(f) != len(RUN_COLUMNS) or f[0] != f[-1] or not re.fullmatch(r"[0-9]+", f[0]):
             raise SlurmError(f"sacct -D printed a row of {len(f)} fields, expected {len(RUN_COLUMNS)}")
         nodes = () if f[4].strip().lower() in NO_NODES else expand(f[4])
         cpus, _ = tres_counts(f[5])
@@ -463,7 +464,7 @@ def parse_runs(text: str) -> list[Run]:
 def parse_elapsed(text: str) -> float:
     """sacct's `[D-][HH:]MM:SS` duration -> seconds; '' or unknown -> 0."""
     text = text.strip()
-    m = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text)
+    m = re.fullmatch(r"(?:([0-9]+)-)?(?:([0-9]+):)?([0-9]+):([0-9]+)", text)
     if not m:
         return 0.0
     d, h, mi, sec = (int(g) if g else 0 for g in m.groups())
@@ -496,7 +497,7 @@ def parse_parsable(text: str, delimiter: str = DELIMITER, columns: Sequence[str]
         else:
             cur.append(part)
     ids = [r[0] for r in rows]
-    if (cur != [""] or any(not re.fullmatch(r"\d+", r[0]) or r[-1] != r[0] for r in rows)
+    if (cur != [""] or any(not re.fullmatch(r"[0-9]+", r[0]) or r[-1] != r[0] for r in rows)
             or len(set(ids)) != len(ids)):
         raise _Ambiguous(f"sacct output does not split into rows of {n} fields; a field may hold the delimiter")
     col = {name: i for i, name in reversed(list(enumerate(columns)))}  # first occurrence of a name
@@ -525,11 +526,14 @@ def parse_json(text: str) -> list[JobFacts]:
         doc = json.loads(text)
     except ValueError as exc:
         raise SlurmError(f"sacct --json printed invalid JSON: {exc}") from None
+    except RecursionError:
+        raise SlurmError("sacct --json printed JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise SlurmError("sacct --json printed no JSON object")
     errors = doc.get("errors") or []
     if errors:
-        raise SlurmError("sacct --json reported: " + "; ".join(_json_error(e) for e in errors))
+        errors = errors if isinstance(errors, list) else [errors]
+        raise SlurmError("sacct --json reported: " + "; ".join(_json_error(e) for e in errors)[:2000])
     jobs = doc.get("jobs") or []
     if not isinstance(jobs, list):
         raise SlurmError("sacct --json: 'jobs' is not a list")
@@ -537,9 +541,10 @@ def parse_json(text: str) -> list[JobFacts]:
     for j in jobs:
         try:
             out.append(_facts_from_json(j))
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:
             job = j.get("job_id", "?") if isinstance(j, dict) else "?"
-            raise SlurmError(f"sacct --json: job {job}: unexpected shape ({type(exc).__name__}: {exc})") from None
+            raise SlurmError(f"sacct --json: job {str(job)[:40]}: unexpected shape "
+                             f"({type(exc).__name__}: {str(exc)[:200]})") from None
     return out
 
 
@@ -558,13 +563,37 @@ def _int(value: Any) -> int | None:
         value = value.get("number")
     if value is None or isinstance(value, bool):
         return None
+    if isinstance(value, float) and not value.is_integer():  # also NaN and inf (OverflowError in int())
+        raise ValueError(f"not a whole number: {value!r}")
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError(f"not a whole number: {value[:40]!r}")
+    if not isinstance(value, (int, float, str)):
+        raise TypeError(f"not a number: {type(value).__name__}")
     number = int(value)
     return None if number in (NO_VAL, NO_VAL + 1) else number
 
 
+def _job_id(value: Any) -> str:
+    """A job id: a positive whole number (null, NO_VAL or 0 is no job to write to)."""
+    number = _int(value)
+    if number is None or number <= 0:
+        raise ValueError(f"job_id {str(value)[:40]!r} is not a job id")
+    return str(number)
+
+
+def _json_time(value: Any) -> float | None:
+    """A time of the job: epoch seconds, or None for unset (NO_VAL, 0)."""
+    number = _int(value)
+    return None if not number else _checked_epoch(number, str(value))
+
+
 def _str(value: Any) -> str:
-    """A string field; null (unset) becomes ""."""
-    return "" if value is None else str(value)
+    """A string field; null (unset) becomes "". A list or mapping is no string field (TypeError)."""
+    if value is None:
+        return ""
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"expected a string, got {type(value).__name__}")
 
 
 def _json_state(state: Any) -> str:
@@ -595,8 +624,8 @@ def _facts_from_json(j: dict[str, Any]) -> JobFacts:
     cpus, gpus = tres_counts(_json_tres((j.get("tres") or {}).get("allocated")))
     comments = j.get("comment") or {}
     return _facts(
-        job_id=str(_int(j["job_id"])), display_id=_display_id(j), state=_json_state(j.get("state")),
-        start=_int(t.get("start")) or None, end=_int(t.get("end")) or None, nodelist=_str(j.get("nodes")),
+        job_id=_job_id(j["job_id"]), display_id=_display_id(j), state=_json_state(j.get("state")),
+        start=_json_time(t.get("start")), end=_json_time(t.get("end")), nodelist=_str(j.get("nodes")),
         cpus=cpus, gpus=gpus, partition=_str(j.get("partition")), account=_str(j.get("account")),
         user=_str(j.get("user")), cluster=_str(j.get("cluster")), admin_comment=_str(comments.get("administrator")),
         system_comment=_str(comments.get("system")), comment=_str(comments.get("job")),
@@ -611,7 +640,7 @@ def _display_id(j: dict[str, Any]) -> str:
     het_job, offset = _int(het.get("job_id")), _int(het.get("job_offset"))
     if het_job and offset is not None:
         return f"{het_job}+{offset}"
-    return str(_int(j["job_id"]))
+    return _job_id(j["job_id"])
 
 
 def _facts(*, job_id: str, display_id: str, state: str, start: float | None, end: float | None, nodelist: str,
@@ -634,9 +663,16 @@ def _epoch(text: str) -> float | None:
     text = text.strip()
     if text.lower() in ("", "unknown", "none", "0"):
         return None
-    if not re.fullmatch(r"\d+", text):
-        raise SlurmError(f"sacct time {text!r} is not epoch seconds; is SLURM_TIME_FORMAT=%s honoured?")
-    return float(text)
+    if not re.fullmatch(r"[0-9]+", text):
+        raise SlurmError(f"sacct time {text[:40]!r} is not epoch seconds; is SLURM_TIME_FORMAT=%s honoured?")
+    return _checked_epoch(int(text) if len(text) <= 12 else EPOCH_MAX + 1, text)  # int() of 5,000 digits raises
+
+
+def _checked_epoch(number: int, text: str) -> float:
+    """`number` as a time, if it is one carbond can store and print (1970 to 9999 UTC)."""
+    if not 0 <= number <= EPOCH_MAX:
+        raise SlurmError(f"sacct time {text[:40]!r} is outside 1970-01-01 to 9999-12-31 UTC")
+    return float(number)
 
 
 def parse_version(text: str) -> tuple[int, ...]:

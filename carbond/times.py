@@ -18,7 +18,12 @@ import numpy as np
 from .errors import JobInputError, TimeFormatError
 
 HALF_HOUR = 1800
-_EPOCH = re.compile(r"^\d{9,11}(\.\d+)?$")
+_EPOCH = re.compile(r"^[0-9]{9,11}(\.[0-9]+)?$")
+EPOCH_MAX = 253402300799.0
+"""9999-12-31T23:59:59Z: the last time iso() and every store of carbond can write."""
+MAX_SPAN = 366 * 86400.0
+"""Longest job or window carbond accounts: a longer one is an error, not an hour of lookups
+(a job from 1970 to now would ask for 54 years of power and grid intensity)."""
 
 
 def parse_time(text: str, zone: str | None = None) -> tuple[float, str | None]:
@@ -32,12 +37,34 @@ def parse_time(text: str, zone: str | None = None) -> tuple[float, str | None]:
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise TimeFormatError(f"cannot read time {text!r}: expected epoch seconds or ISO 8601") from None
+        raise TimeFormatError(f"cannot read time {text[:80]!r}: expected epoch seconds or ISO 8601") from None
     if dt.tzinfo is not None:
-        return dt.timestamp(), None
+        return in_range(_timestamp(dt, text), text), None
     if zone is None:
         raise TimeFormatError(f"time {text!r} has no UTC offset: give one, or a --timezone to read it in")
-    return _localize(dt, _zone(zone), text)
+    value, warning = _localize(dt, _zone(zone), text)
+    return in_range(value, text), warning
+
+
+def in_range(value: float, text: str = "") -> float:
+    """`value` if it is a time carbond can store and print (1970 to 9999 UTC), else an error."""
+    if not 0 <= value <= EPOCH_MAX:
+        raise TimeFormatError(f"time {(text or value)!r} is outside 1970-01-01 to 9999-12-31 UTC")
+    return value
+
+
+def check_span(start: float, end: float, what: str = "job") -> None:
+    """A JobInputError when [start, end] is longer than MAX_SPAN."""
+    if end - start > MAX_SPAN:
+        raise JobInputError(f"{what} spans {(end - start) / 86400:.0f} days, more than {MAX_SPAN / 86400:.0f}: "
+                            "not accounted (is its start time right?)")
+
+
+def _timestamp(dt: datetime, text: str) -> float:
+    try:
+        return dt.timestamp()
+    except (OverflowError, ValueError):  # year 1 with a positive offset is before datetime.min in UTC
+        raise TimeFormatError(f"time {text!r} is outside 1970-01-01 to 9999-12-31 UTC") from None
 
 
 def _zone(name: str) -> ZoneInfo:
@@ -51,9 +78,9 @@ def _localize(dt: datetime, tz: ZoneInfo, text: str) -> tuple[float, str | None]
     first = dt.replace(tzinfo=tz, fold=0)
     second = dt.replace(tzinfo=tz, fold=1)
     if first.utcoffset() == second.utcoffset():
-        return first.timestamp(), None
+        return _timestamp(first, text), None
     # fold only matters inside a transition: a gap (spring) or an overlap (autumn).
-    back = datetime.fromtimestamp(first.timestamp(), tz).replace(tzinfo=None)
+    back = datetime.fromtimestamp(_timestamp(first, text), tz).replace(tzinfo=None)
     if back != dt:
         raise TimeFormatError(f"local time {text!r} does not exist in {tz.key} (clocks went forward)")
     return first.timestamp(), f"local time {text!r} is ambiguous in {tz.key}; read as the first occurrence"
@@ -106,7 +133,15 @@ def _minute_second() -> np.ndarray:
     return out
 
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)$")
+_PART = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+"""One number of a Slurm duration: ASCII digits (float() also takes nan, inf, 1e400, -5 and ١٢)."""
+
+
+def _finite(seconds: float, text: str) -> float:
+    if not seconds <= 1e12:  # 30,000 years; also NaN and inf
+        raise JobInputError(f"cannot read duration {text[:40]!r}: too long")
+    return seconds
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "": 60}
 
 
@@ -116,22 +151,24 @@ def parse_duration(text: str) -> float:
     t = text.strip().lower()
     m = _DURATION.match(t)
     if m:
-        return float(m.group(1)) * _UNITS[m.group(2)]
+        return _finite(float(m.group(1)) * _UNITS[m.group(2)], text)
     days, dash, rest = t.partition("-")
     if not dash:
         days, rest = "", t
     parts = rest.split(":")
     try:
         nums = [float(x) for x in parts]
+        if not all(_PART.fullmatch(x) for x in [*parts, *([days] if days else [])]):
+            raise ValueError
         if days:  # D-HH, D-HH:MM, D-HH:MM:SS
             if len(nums) > 3:
                 raise ValueError
             nums += [0.0] * (3 - len(nums))
-            return float(days) * 86400 + nums[0] * 3600 + nums[1] * 60 + nums[2]
+            return _finite(float(days) * 86400 + nums[0] * 3600 + nums[1] * 60 + nums[2], text)
         if len(nums) == 2:  # MM:SS
-            return nums[0] * 60 + nums[1]
+            return _finite(nums[0] * 60 + nums[1], text)
         if len(nums) == 3:  # HH:MM:SS
-            return nums[0] * 3600 + nums[1] * 60 + nums[2]
+            return _finite(nums[0] * 3600 + nums[1] * 60 + nums[2], text)
         raise ValueError
     except ValueError:
         raise JobInputError(f"cannot read duration {text!r}: expected e.g. 6h, 90m, 1d or 1-12:00:00") from None

@@ -230,6 +230,7 @@ def test_check_config_prints_the_effective_config_without_secrets(tmp_path, caps
 
     token = tmp_path / "vm-token"
     token.write_text("s3cr3t-bearer-token\n")
+    token.chmod(0o600)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"cluster: c1\npue: 1.3\nvictoriametrics:\n  url: https://carbond:pa55word@vm.example:8428\n"
                    f"  bearer_token_file: {token}\n  node_label: instance\n  node_regex: '^(?P<node>[^.:]+)'\n"
@@ -238,7 +239,7 @@ def test_check_config_prints_the_effective_config_without_secrets(tmp_path, caps
     assert code == 0 and err.strip() == f"{cfg}: ok"
     assert "s3cr3t" not in out and "pa55word" not in out
     printed = yaml.safe_load(out)
-    assert printed["victoriametrics"]["url"] == "https://carbond:***@vm.example:8428"
+    assert printed["victoriametrics"]["url"] == "https://***@vm.example:8428"
     assert printed["slurm"]["retry_seconds"] == 3600  # defaults filled in
     # What is printed is the configuration carbond runs with: it loads back to the same values.
     printed["victoriametrics"]["url"] = "https://carbond:pa55word@vm.example:8428"
@@ -346,3 +347,118 @@ def test_slurms_empty_alloctres_charges_whole_nodes_and_says_so():
     (f,) = parse_parsable(row + "\n")
     assert f.job.cpus == () and f.job.nodes == ("n1",)  # () = whole nodes, never 0 CPUs
     assert any("no CPU count" in w for w in f.job.warnings)
+
+
+# ---- issue 16: state files 0640 / directories 0750 whatever the umask ----------------------
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_a_cli_run_under_a_loose_umask_creates_no_world_readable_ledger(tmp_path, monkeypatch, umask):
+    import os
+    import stat
+
+    from carbond import cli
+    from carbond.ledger import Ledger
+
+    state = tmp_path / "state"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_dir: {state}\n")
+    seen = {}
+
+    def write_ledger(args):  # what backfill --write does first: the real ledger, in the real state_dir
+        from carbond.config import load
+
+        Ledger(load(args.config).state_dir, "c1").close()
+        seen["umask"] = os.umask(0o777)
+        os.umask(seen["umask"])
+        return 0
+
+    monkeypatch.setattr(cli, "_dispatch", write_ledger)
+    old = os.umask(umask)
+    try:
+        assert cli.main(["--config", str(cfg), "check-config"]) == 0
+        assert os.umask(umask) == umask  # main restores the caller's umask when it returns
+    finally:
+        os.umask(old)
+    assert seen["umask"] == umask | 0o027
+    assert stat.S_IMODE(state.stat().st_mode) == 0o750
+    files = list(state.iterdir())
+    assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o640 for f in files), {
+        f.name: oct(f.stat().st_mode) for f in files}
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o022, 0o000])
+def test_run_creates_state_dir_0750_whatever_the_umask(tmp_path, monkeypatch, umask):
+    import os
+    import stat
+
+    import carbond.daemon
+    from carbond.cli import main
+
+    state = tmp_path / "var" / "lib" / "carbond"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_dir: {state}\n")
+    ran = []
+    monkeypatch.setattr(carbond.daemon, "run", lambda c: ran.append(c.state_dir) or 0)
+    old = os.umask(umask)
+    try:
+        assert main(["--config", str(cfg), "run"]) == 0
+    finally:
+        os.umask(old)
+    assert ran == [str(state)] and stat.S_IMODE(state.stat().st_mode) == 0o750
+
+
+def test_run_refuses_a_state_dir_that_is_a_file(tmp_path, capsys):
+    state = tmp_path / "state"
+    state.write_text("")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_dir: {state}\n")
+    code, out, err = run(capsys, "--config", str(cfg), "run")
+    assert code == 1 and "state_dir" in err and "Traceback" not in err
+
+
+def test_footprint_jobs_with_a_start_of_superscript_two_and_a_54_year_job(vm, tmp_path, capsys):
+    """Both lines are bad lines (exit 1, a NOTE each), the good job is accounted, and the run
+    is quick: the 54-year span asks for no 54 years of power or intensity (was 10 s, 336 MB)."""
+    import time as _time
+
+    a = vm.node("span")
+    t = np.arange(T0 - 600, T0 + 3600, 30.0)
+    vm.import_series(a, t, np.full(t.size, 100.0))
+    vm.flush()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\nvictoriametrics:\n  url: {vm.url}\n"
+                   f"intensity:\n  provider: constant\n  value: 100\nnodes:\n  - match: {a}\n    cpus: 4\n")
+    table = tmp_path / "jobs.txt"
+    table.write_bytes(b"JobIDRaw|Start|End|NodeList|AllocTRES\n"
+                      + f"1|\u00b2|{T0 + 600}|{a}|cpu=4\n2|1|{T0 + 600}|{a}|cpu=4\n3|{T0}|{T0 + 600}|{a}|cpu=4\n".encode()
+                      + f"4|{T0}|{T0 + 600}|{a}\xff|cpu=4\n".encode("latin-1"))
+    for window in ("24", "0"):
+        t0 = _time.monotonic()
+        code, out, err = run(capsys, "--config", str(cfg), "footprint", "--jobs", str(table), "--json",
+                             "--window", window)
+        assert _time.monotonic() - t0 < 10
+        assert code == 1 and "internal error" not in err, err
+        got = {d["job_id"]: d for d in map(json.loads, out.splitlines())}
+        assert got["3"]["status"] == "ok" and got["3"]["energy_kwh"] == pytest.approx(100 * 600 / 3.6e6)
+        assert "cannot read time" in got["1"]["error"] and "spans 20023 days" in got["2"]["error"]
+        assert got["4"]["status"] == "error"  # a byte that is not UTF-8 spoils its line only
+
+
+def test_run_on_a_listen_address_in_use_stops_with_one_line_naming_metrics_listen(tmp_path, capsys):
+    """What check-config passes, `run` binds: a port in use is a ConfigError (exit 1), not a crash."""
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        port = busy.getsockname()[1]
+        cfg = tmp_path / "c.yaml"
+        (tmp_path / "spool").mkdir()
+        cfg.write_text(f"state_dir: {tmp_path / 'state'}\nspool_dir: {tmp_path / 'spool'}\n"
+                       f"intensity:\n  provider: constant\n  value: 1\nmetrics:\n  listen: 127.0.0.1:{port}\n")
+        assert run(capsys, "--config", str(cfg), "check-config")[0] == 0
+        code, out, err = run(capsys, "--config", str(cfg), "run")
+    finally:
+        busy.close()
+    assert code == 1 and "metrics.listen: cannot listen on" in err and "internal error" not in err, err

@@ -285,7 +285,9 @@ def _redact(text: str, secrets: Sequence[str]) -> str:
 
 
 def bad_shape(url: str, what: str) -> IntensityUnavailable:
-    return IntensityUnavailable(f"{url}: unexpected response: {what}")
+    from ..config import mask_url
+
+    return IntensityUnavailable(f"{mask_url(url)}: unexpected response: {what}")
 
 
 # -- registry -----------------------------------------------------------------------------------
