@@ -146,16 +146,15 @@ def _flush(x: np.ndarray) -> np.ndarray:
 
 
 def weighted_share(cls, job, i: int, node_cpus: int | None, cpu_share: float) -> float:
-    """The engine's hook: the job's share of node `job.nodes[i]` by the class's TRES weights.
+    """The rule for one row: the job's share of node `job.nodes[i]` by the class's TRES weights.
 
-    GPUs are spread evenly over the job's nodes (AllocTRES gives a total); memory is not in the
-    job record yet, so `weights.mem_gb` is left out on both sides until it is.
+    GPUs and memory are spread evenly over the job's nodes (AllocTRES gives totals).
     Falls back to `cpu_share` when the node's weighted capacity is unknown.
     """
     w = cls.weights
     held_cpus = job.cpus[i] if job.cpus else 0.0
     gpus = (job.gpus or 0) / max(1, len(job.nodes))
-    mem = 0.0
-    share = tres_share([held_cpus], [gpus], [mem], [node_cpus or 0], [cls.gpus or 0], [mem],
+    mem = (getattr(job, "mem_gb", 0.0) or 0.0) / max(1, len(job.nodes))
+    share = tres_share([held_cpus], [gpus], [mem], [node_cpus or 0], [cls.gpus or 0], [cls.mem_gb or 0],
                        Weights(w.cpu, w.gpu, w.mem_gb))[0]
     return cpu_share if not np.isfinite(share) else float(share)

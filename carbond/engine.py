@@ -33,6 +33,7 @@ from .footprint import Allocation, Batch, GpuRows, IntensityView, JobFootprint, 
 from .gpus import GpuMap, gpu_traces, held_indices
 from .jobs import BadLine, Job, JobTable, NodeNames
 from .powercache import PowerCache
+from .runs import base_id
 
 BATCH = 50_000
 READ_AHEAD = 2
@@ -65,7 +66,7 @@ class Engine:
     _names: NodeNames = field(default_factory=NodeNames)
     _props: np.ndarray = field(default_factory=lambda: np.zeros((0, _PROPS)))
     """Per NodeNames index: CPUs, idle watts, max watts, TRES weight per CPU and per GPU, the class's
-    GPUs (NaN: unknown; the weights NaN when the class has none)."""
+    GPUs, weight per GB, the class's memory GB (NaN: unknown; the weights NaN when the class has none)."""
     cache: PowerCache | None = None
     """The streaming path's power (kept for its statistics)."""
     gpu_power: PowerSource | None = None
@@ -282,19 +283,21 @@ class Engine:
                   gpu_node: np.ndarray) -> np.ndarray:
         """Shares by the node class's TRES weights where it has some (and no measured GPUs), else `load`.
 
-        GPUs are spread evenly over a job's nodes (AllocTRES gives a total); memory is not in the
-        job record, so `weights.mem_gb` stays out on both sides (as attribution.weighted_share)."""
+        GPUs and memory are spread evenly over a job's nodes (AllocTRES gives totals); the class's
+        `mem_gb` is the node's memory (config requires it with `weights.mem_gb`)."""
         node = table.node
-        w_cpu, w_gpu, cls_gpus = props[node, 3], props[node, 4], props[node, 5]
+        w_cpu, w_gpu, cls_gpus, w_mem, cls_mem = (props[node, k] for k in (3, 4, 5, 6, 7))
         has = ~np.isnan(w_cpu) & ~gpu_node
         if not has.any():
             return load
         held = np.nan_to_num(table.row_cpus, nan=0.0)
-        gpus = np.repeat(table.gpus / np.maximum(1, counts), counts)
+        per_node = np.maximum(1, counts)
+        gpus = np.repeat(table.gpus / per_node, counts)
+        mem = np.repeat((table.mem_gb if table.mem_gb is not None else np.zeros(len(table))) / per_node, counts)
         ncpu = np.nan_to_num(props[node, 0], nan=0.0)
-        zero = np.zeros(node.size)
-        weighted = tres_share(held * w_cpu, gpus * w_gpu, zero, ncpu * w_cpu, np.nan_to_num(cls_gpus) * w_gpu, zero,
-                              Weights(1.0, 1.0, 0.0))
+        w_mem = np.nan_to_num(w_mem)
+        weighted = tres_share(held * w_cpu, gpus * w_gpu, mem * w_mem, ncpu * w_cpu, np.nan_to_num(cls_gpus) * w_gpu,
+                              np.nan_to_num(cls_mem) * w_mem, Weights(1.0, 1.0, 1.0))
         return np.where(has & np.isfinite(weighted), weighted, load)
 
     def _node_props(self, names: NodeNames) -> np.ndarray:
@@ -315,10 +318,11 @@ class Engine:
         w = cls.weights if cls is not None else None
         return (np.nan if not cpus else float(cpus), np.nan if idle is None else float(idle),
                 np.nan if peak is None else float(peak), np.nan if w is None else float(w.cpu),
-                np.nan if w is None else float(w.gpu), float(cls.gpus or 0) if cls is not None else 0.0)
+                np.nan if w is None else float(w.gpu), float(cls.gpus or 0) if cls is not None else 0.0,
+                np.nan if w is None else float(w.mem_gb), float(cls.mem_gb or 0) if cls is not None else 0.0)
 
 
-_PROPS = 6
+_PROPS = 8
 
 
 def _gpu_rows(table: JobTable, ok: np.ndarray, row_job: np.ndarray, row_node: np.ndarray, on_gpu: np.ndarray,
@@ -339,7 +343,7 @@ def _gpu_rows(table: JobTable, ok: np.ndarray, row_job: np.ndarray, row_node: np
         if held is None:
             held = held_of[k] = held_indices(table.gpu_ids.get(j), nodes)
         per_node = float(table.gpus[j]) / max(1, len(nodes))
-        pairs, note = gmap.fractions(str(table.job_id[j]), node_names[row_node[r]], held, per_node)
+        pairs, note = gmap.fractions(base_id(str(table.job_id[j])), node_names[row_node[r]], held, per_node)
         for name, frac in pairs:
             t = index.get(name)
             if t is None:

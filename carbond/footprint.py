@@ -203,7 +203,8 @@ def _measured(alloc: Allocation, pieces, node_j: np.ndarray, share: np.ndarray, 
     with np.errstate(divide="ignore", invalid="ignore"):
         k = np.where(all_gpu > node_j, np.where(all_gpu > 0, node_j / all_gpu, 0.0), 1.0)
         own = k * own_raw
-        meas = np.where(on_gpu_node, own + share * np.maximum(node_j - k * all_gpu, 0.0), meas)
+        rest = np.where(all_gpu > node_j, 0.0, node_j - all_gpu)  # exactly 0 when the GPUs are scaled down
+        meas = np.where(on_gpu_node, own + share * rest, meas)
         e_share = np.where(on_gpu_node & (node_j > 0), meas / np.where(node_j > 0, node_j, 1.0), share)
     return meas, np.where(on_gpu_node, own, 0.0), e_share
 

@@ -36,15 +36,16 @@ def parse_running_gpu_jobs(text: str) -> set[str]:
 
 
 def parse_indices(text: str) -> tuple[str, dict[str, str]]:
-    """(JobIdRaw, node -> "0,2") from `scontrol -d -o show job`; ("", {}) when it shows no index."""
+    """(JobIdRaw, node -> "0,2", "" where it holds none) from `scontrol -d -o show job`; no node
+    when it shows no index at all."""
     m = _JOB_ID.search(text)
     per_node: dict[str, str] = {}
     for nodes, gres in _NODE_GRES.findall(text):
         idx = ",".join(_IDX.findall(gres))
-        if not idx:
-            continue
         for node in expand(nodes):
-            per_node[node] = idx
+            per_node[node] = idx  # "": the job holds no GPU on this node
+    if not any(per_node.values()):
+        per_node = {}  # no index at all (a finished job shows GRES= everywhere): nothing to record
     return (m.group(1) if m else ""), per_node
 
 

@@ -72,9 +72,10 @@ class GpuMap:
         and a note when the indices were not known: the captured indices first, then the job label,
         then the job's GPU count over the node's GPUs."""
         gpus = self.by_node.get(node, [])
-        mine = held.get(node)
-        if not mine:
-            mine = {idx for idx in gpus if job_id in self.labelled.get((node, idx), ())}
+        if node in held:  # captured, possibly none on this node: never a guess
+            mine = held[node]
+            return [(self.key(node, idx), 1.0 if idx in mine else 0.0) for idx in gpus], ""
+        mine = {idx for idx in gpus if job_id in self.labelled.get((node, idx), ())}
         if mine:
             return [(self.key(node, idx), 1.0 if idx in mine else 0.0) for idx in gpus], ""
         if per_node <= 0 or not gpus:

@@ -79,6 +79,21 @@ def tres_counts(tres: str) -> tuple[int, int]:
     return cpus, gpus
 
 
+_MEM_UNITS = {"K": 1 / (1024 * 1024), "M": 1 / 1024, "G": 1.0, "T": 1024.0, "P": 1024.0 * 1024}
+
+
+def tres_mem_gb(tres: str) -> float:
+    """Memory allocated, GB (Slurm's G: GiB), from AllocTRES `mem=4000M`; 0 when absent or unreadable."""
+    text = parse_tres(tres).get("mem", "")
+    unit = text[-1:].upper() if text[-1:].isalpha() else "M"  # Slurm's unit when none is written
+    number = text[:-1] if text[-1:].isalpha() else text
+    try:
+        value = float(number) * _MEM_UNITS[unit]
+    except (ValueError, KeyError):
+        return 0.0
+    return value if value > 0 and value == value and value != float("inf") else 0.0
+
+
 def even_split(total: float, n: int) -> tuple[float, ...]:
     return (total / n,) * n if n else ()
 
@@ -132,6 +147,7 @@ def _job_from_row(row: list[str], col: dict[str, int], opt: dict[str, int | None
 
     return Job(
         job_id=job_id,
+        mem_gb=tres_mem_gb(row[col["AllocTRES"]]),
         start=start,
         end=end,
         nodes=nodes,
@@ -224,6 +240,8 @@ class JobTable:
     bad: list[BadLine] = field(default_factory=list)
     gpu_ids: dict[int, object] = field(default_factory=dict)
     """Job index -> the GPU indices it held (carbond.gpus), for the few jobs that record them."""
+    mem_gb: np.ndarray | None = None
+    """Memory allocated per job, GB (None: not known for any)."""
 
     def __len__(self) -> int:
         return int(self.start.size)
@@ -244,6 +262,7 @@ class JobTable:
             self.gpus[idx], self.partition[idx], self.account[idx], self.user[idx], self.display_id[idx],
             self.names, {where[k]: w for k, w in self.warnings.items() if k in where},
             gpu_ids={where[k]: g for k, g in self.gpu_ids.items() if k in where},
+            mem_gb=None if self.mem_gb is None else self.mem_gb[idx],
         )
 
     @classmethod
@@ -267,6 +286,7 @@ class JobTable:
             names=names,
             warnings={i: j.warnings for i, j in enumerate(jobs) if j.warnings},
             gpu_ids={i: g for i, j in enumerate(jobs) if (g := getattr(j, "gpu_ids", None))},
+            mem_gb=np.array([getattr(j, "mem_gb", 0.0) for j in jobs], dtype=np.float64),
         )
 
 
@@ -357,6 +377,7 @@ def read_table(lines: list[str], line_nos: list[int], header: SacctHeader, names
         node=np.fromiter(chain.from_iterable(node_ids), dtype=np.int64, count=int(counts.sum())),
         row_cpus=np.repeat(per_node, counts),
         gpus=tres[:, 1].astype(np.int64) if n else np.zeros(0, dtype=np.int64),
+        mem_gb=tres[:, 2] if n else np.zeros(0),
         partition=_optional(cols, col, "Partition", n),
         account=_optional(cols, col, "Account", n),
         user=_optional(cols, col, "User", n),
@@ -415,18 +436,19 @@ def _node_column(exprs: tuple[str, ...], names: NodeNames) -> tuple[list[tuple[i
 
 
 def _tres_column(texts: tuple[str, ...]) -> tuple[np.ndarray, dict[int, str]]:
-    cache: dict[str, tuple[float, float] | str] = {}
+    """(cpus, gpus, memory GB) per line, each distinct AllocTRES parsed once."""
+    cache: dict[str, tuple[float, float, float] | str] = {}
     for t in set(texts):
         try:
-            cache[t] = tres_counts(t)
+            cache[t] = (*tres_counts(t), tres_mem_gb(t))
         except CarbondError as exc:
             cache[t] = str(exc)
     vals = [cache[t] for t in texts]
     bad = any(isinstance(v, str) for v in cache.values())
     errors = {i: v for i, v in enumerate(vals) if isinstance(v, str)} if bad else {}
     for i in errors:
-        vals[i] = (0, 0)
-    return np.array(vals, dtype=np.float64).reshape(len(texts), 2), errors  # type: ignore[arg-type]
+        vals[i] = (0, 0, 0)
+    return np.array(vals, dtype=np.float64).reshape(len(texts), 3), errors  # type: ignore[arg-type]
 
 
 NO_WINDOW = -1

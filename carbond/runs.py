@@ -20,6 +20,11 @@ SUSPEND_TOLERANCE = 2.0
 """Seconds by which recorded intervals may differ from sacct's total (whole-second times) per interval."""
 
 
+def base_id(piece_id: str) -> str:
+    """The job id of a piece's id (`1234#1.0`: run 1, its first stretch between suspends)."""
+    return piece_id.split("#", 1)[0]
+
+
 @dataclass(frozen=True)
 class Piece:
     """A stretch of one run the job was really running, and the share of it that is charged."""
@@ -88,12 +93,14 @@ def combine(job_id: str, parts: Sequence[tuple[Piece, JobFootprint]]) -> JobFoot
     oper = sum((fp.operational_g or 0.0) * p.scale for p, fp in ok)
     embodied = sum(fp.embodied_g * p.scale for p, fp in ok)
     gpu = [fp.gpu_energy_kwh * p.scale for p, fp in ok if fp.gpu_energy_kwh is not None]
+    spans = [((fp.end or 0.0) - (fp.start or 0.0)) * max(1, len(p.job.nodes)) * p.scale for p, fp in ok]
     weights = [fp.energy_kwh * p.scale for p, fp in ok]
+    if not sum(weights) > 0:  # a job that used no energy: its mean intensity is time-weighted (R8)
+        weights = spans
     known = [(w, fp.intensity_g_per_kwh) for w, (_, fp) in zip(weights, ok, strict=True)
              if fp.intensity_g_per_kwh is not None]
     wsum = sum(w for w, _ in known)
     intensity = sum(w * i for w, i in known) / wsum if wsum > 0 else (known[0][1] if known else None)
-    spans = [((fp.end or 0.0) - (fp.start or 0.0)) * max(1, len(p.job.nodes)) * p.scale for p, fp in ok]
     total = sum(spans)
     coverage = sum(s * fp.coverage for s, (_, fp) in zip(spans, ok, strict=True)) / total if total > 0 else 1.0
     estimated = any(p.scale != 1.0 for p, _ in ok)

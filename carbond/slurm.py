@@ -46,7 +46,7 @@ from typing import Any
 from .config import SlurmConfig
 from .errors import CarbondError, SlurmError
 from .hostlist import expand
-from .jobs import Job, even_split, tres_counts
+from .jobs import Job, even_split, tres_counts, tres_mem_gb
 from .times import EPOCH_MAX
 
 Runner = Callable[..., Any]
@@ -507,6 +507,7 @@ def parse_parsable(text: str, delimiter: str = DELIMITER, columns: Sequence[str]
 def _facts_from_row(r: dict[str, str]) -> JobFacts:
     cpus, gpus = tres_counts(r.get("AllocTRES", ""))
     return _facts(
+        mem_gb=tres_mem_gb(r.get("AllocTRES", "")),
         job_id=r["JobIDRaw"], display_id=r.get("JobID", ""), state=r.get("State", ""),
         start=_epoch(r.get("Start", "")), end=_epoch(r.get("End", "")), nodelist=r.get("NodeList", ""),
         cpus=cpus, gpus=gpus, partition=r.get("Partition", ""), account=r.get("Account", ""),
@@ -621,9 +622,11 @@ def _json_tres(allocated: Any) -> str:
 
 def _facts_from_json(j: dict[str, Any]) -> JobFacts:
     t = j.get("time") or {}
-    cpus, gpus = tres_counts(_json_tres((j.get("tres") or {}).get("allocated")))
+    tres = _json_tres((j.get("tres") or {}).get("allocated"))
+    cpus, gpus = tres_counts(tres)
     comments = j.get("comment") or {}
     return _facts(
+        mem_gb=tres_mem_gb(tres),
         job_id=_job_id(j["job_id"]), display_id=_display_id(j), state=_json_state(j.get("state")),
         start=_json_time(t.get("start")), end=_json_time(t.get("end")), nodelist=_str(j.get("nodes")),
         cpus=cpus, gpus=gpus, partition=_str(j.get("partition")), account=_str(j.get("account")),
@@ -645,7 +648,7 @@ def _display_id(j: dict[str, Any]) -> str:
 
 def _facts(*, job_id: str, display_id: str, state: str, start: float | None, end: float | None, nodelist: str,
            cpus: int, gpus: int, partition: str, account: str, user: str, cluster: str, admin_comment: str,
-           system_comment: str, comment: str) -> JobFacts:
+           system_comment: str, comment: str, mem_gb: float = 0.0) -> JobFacts:
     nodes = () if nodelist.strip().lower() in NO_NODES else expand(nodelist)
     if not nodes:
         start = None  # cancelled before it ran: sacct shows Start == End == the cancel time
@@ -653,7 +656,7 @@ def _facts(*, job_id: str, display_id: str, state: str, start: float | None, end
     job = Job(job_id=job_id, start=float(start) if start is not None else None,
               end=float(end) if end is not None else None, nodes=nodes,
               cpus=() if unknown else even_split(cpus, len(nodes)), gpus=gpus, partition=partition, account=account,
-              user=user, display_id=display_id,
+              user=user, display_id=display_id, mem_gb=mem_gb,
               warnings=(f"AllocTRES has no CPU count: charged whole nodes ({len(nodes)})",) if unknown else ())
     return JobFacts(job=job, state=state.split(" ")[0].upper(), admin_comment=admin_comment,
                     system_comment=system_comment, comment=comment, cluster=cluster)

@@ -295,10 +295,10 @@ def piece(meters: Meters, job: Job, run: Run, i: int, slot: int, a: float, b: fl
             f = {idx: 1.0 if idx in labelled else 0.0 for idx in g}
         else:
             per_node = job.gpus / len(run.nodes)
-            f = {idx: per_node / len(g) for idx in g}
+            f = {idx: min(1.0, per_node / len(g)) for idx in g}  # never more than a whole GPU
             count = job.gpus > 0
     own = k * sum(f[idx] * g[idx] for idx in g)
-    e_p = own + load * (n_j - k * s)
+    e_p = own + load * (0.0 if s > n_j else n_j - s)  # N - k*S, exactly 0 when the GPUs are scaled down
     return PieceResult(name, slot, a, b, e_p, own, c_s, n_j, load, load, count)
 
 

@@ -13,6 +13,9 @@ TWO_NODES = ("JobId=12 JobState=RUNNING NodeList=g[1-3] Nodes=g[1-2] CPU_IDs=0-3
 def test_indices_per_node_from_scontrol():
     assert parse_indices(SHOW) == ("3", {"n3": "1"})
     assert parse_indices(TWO_NODES) == ("12", {"g1": "0-1", "g2": "0-1", "g3": "3,5"})
+    # a node where the job holds no GPU is recorded as none (not left to a guess by count)
+    assert parse_indices("JobId=13 Nodes=g1 CPU_IDs=0 Mem=0 GRES=gpu:1(IDX:2) Nodes=c1 CPU_IDs=0 Mem=0 GRES= x=y") \
+        == ("13", {"g1": "2", "c1": ""})
     # a finished job shows GRES= without IDX: nothing to record
     assert parse_indices("JobId=4 JobState=COMPLETED Nodes=n3 CPU_IDs=0 Mem=0 GRES= Features=x") == ("4", {})
 

@@ -17,14 +17,15 @@ from types import SimpleNamespace
 import numpy as np
 import oracle as O
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from carbond.accounting import JobHistory, account
 from carbond.config import from_mapping
 from carbond.engine import Engine
 from carbond.idle import close_window
 from carbond.jobs import Job as CJob
-from carbond.runs import combine, pieces
+from carbond.runs import pieces
 from carbond.slurm import Run as CRun
 
 MIDNIGHT = 1_700_006_400  # 2023-11-15T00:00:00Z
@@ -267,7 +268,8 @@ def carbond_job(job: O.Job) -> tuple[GJob, list[CRun]]:
     """slurmdbd's final record (the last run) and `sacct -D`'s runs."""
     last = job.runs[-1]
     ids = {n: ",".join(v) for n, v in job.gpu_ids.items()} if job.gpu_ids else None
-    final = GJob(job.job_id, last.start, last.end, last.nodes, tuple(last.cpus or ()), gpus=job.gpus, gpu_ids=ids)
+    final = GJob(job.job_id, last.start, last.end, last.nodes, tuple(last.cpus or ()), gpus=job.gpus, gpu_ids=ids,
+                 mem_gb=job.mem_gb)
     runs = [CRun(job.job_id, "COMPLETED", r.start, r.end, r.nodes, int(sum(r.cpus or ())), r.suspended)
             for r in job.runs]
     return final, runs
@@ -302,22 +304,19 @@ class Got:
 def engine_account(cluster: O.Cluster, strict: bool = True) -> tuple[dict[str, Got], list]:
     """THE place the engine accounts jobs: each job's runs and suspends as the daemon's _account
     turns them into pieces, accounted, combined. Returns per job its numbers, and the power needs no
-    fetch covered (strict: none may be missed). When carbond has one accounting function from a job's
-    facts (runs, suspends, GPU indices), call it here instead of pieces/account/combine."""
+    fetch covered (strict: none may be missed): carbond.accounting.account, as every command calls it."""
     eng, power, gpu = engine_for(cluster)
-    plan = []
+    items = []
     for j in cluster.jobs:
         final, runs = carbond_job(j)
-        plan.append((j.job_id, pieces(final, runs, list(j.suspends))))
-    fps = iter(list(eng.account([p.job for _, ps in plan for p in ps])))
+        items.append(JobHistory(final, tuple(runs), tuple(j.suspends)))
     out = {}
-    for job_id, ps in plan:
-        fp = combine(job_id, [(p, next(fps)) for p in ps])
+    for h, fp in zip(items, account(eng, items), strict=True):
         d = fp.to_dict()
         kwh = fp.energy_kwh if fp.energy_kwh is not None else math.nan
-        out[job_id] = Got(fp.status if fp.status != "error" else f"error: {fp.error}", kwh * O.J_PER_KWH,
-                          (d.get("gpu_energy_kwh") or 0.0) * O.J_PER_KWH, fp.operational_g, fp.embodied_g,
-                          fp.co2e_g, fp.coverage, fp.intensity_g_per_kwh, fp.method, fp.warnings)
+        out[h.job.job_id] = Got(fp.status if fp.status != "error" else f"error: {fp.error}", kwh * O.J_PER_KWH,
+                                (d.get("gpu_energy_kwh") or 0.0) * O.J_PER_KWH, fp.operational_g, fp.embodied_g,
+                                fp.co2e_g, fp.coverage, fp.intensity_g_per_kwh, fp.method, fp.warnings)
     missed = power.missed(needs_of(cluster)) + (gpu.missed({n: s for n, s in needs_of(cluster).items()
                                                              if cluster.node(n).gpus}) if gpu else [])
     if strict:
@@ -569,8 +568,6 @@ def clusters(draw, gpu_modes=(), over=False, requeue=False, suspend=None, gaps=T
 ALL = ("energy_j", "gpu_energy_j", "operational_g", "embodied_g", "co2e_g", "coverage", "intensity")
 ENERGY = ("energy_j", "gpu_energy_j", "operational_g", "coverage", "intensity")
 FAST = settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-KNOWN_BAD = settings(FAST, phases=[Phase.explicit, Phase.generate])
-"""For the xfail tests: no shrinking of a failure already known (drop it with the mark)."""
 
 
 def check_jobs(cluster, fields=ALL):
@@ -609,15 +606,11 @@ def test_gpu_jobs_with_captured_indices_on_one_sample_grid(cluster):
     check_jobs(cluster, ("energy_j", "gpu_energy_j", "operational_g", "intensity"))
 
 
-@pytest.mark.xfail(strict=True, reason="R6: a GPU job's coverage counts its GPU rows' seconds (node meters only)")
-@KNOWN_BAD
 @given(clusters(gpu_modes=("ids",), same_grid=True, requeue=True, embodied=False))
 def test_gpu_jobs_coverage_is_the_node_meters(cluster):
     check_jobs(cluster, ("coverage",))
 
 
-@pytest.mark.xfail(strict=True, reason="R5: indices captured on one node and none on another: the engine charges "
-                   "the second node's GPUs by the count fraction instead of 0")
 def test_captured_none_on_a_node_is_none():
     g0 = O.Node("g0", 32, flat(MIDNIGHT - 600, MIDNIGHT + 4200, 1000),
                 tuple(O.GpuSeries(str(i), flat(MIDNIGHT - 600, MIDNIGHT + 4200, 200)) for i in range(2)))
@@ -629,8 +622,6 @@ def test_captured_none_on_a_node_is_none():
     check_jobs(c, ENERGY)
 
 
-@pytest.mark.xfail(strict=True, reason="R6: a gap in the job's GPU series makes the job an error (no power samples "
-                   "for node/gpuN): coverage and the estimate are the node meter's alone")
 def test_a_gap_in_a_gpu_series_is_no_error():
     gap = [(t, w) for t, w in flat(MIDNIGHT - 600, MIDNIGHT + 4200, 200) if not MIDNIGHT + 500 < t < MIDNIGHT + 1500]
     node = O.Node("g0", 32, flat(MIDNIGHT - 600, MIDNIGHT + 4200, 1000),
@@ -643,9 +634,6 @@ def test_a_gap_in_a_gpu_series_is_no_error():
     check_jobs(c, ENERGY)
 
 
-@pytest.mark.xfail(strict=True, reason="R7: a pro-rata run's GPU energy is not scaled (runs.combine keeps the "
-                   "pieces' node rows unscaled)")
-@KNOWN_BAD
 @given(clusters(gpu_modes=("ids",), same_grid=True, suspend="pro-rata", embodied=False))
 def test_gpu_energy_of_a_pro_rata_run_is_scaled(cluster):
     check_jobs(cluster, ENERGY)
@@ -658,49 +646,32 @@ def test_tres_weights_of_cpus_and_gpus(cluster):
     check_jobs(cluster)
 
 
-@pytest.mark.xfail(strict=True, reason="R3: weights.mem_gb is ignored (the job's allocated memory never reaches "
-                   "the engine)")
-@KNOWN_BAD
 @given(clusters(weights="mem"))
 def test_tres_weights_with_memory(cluster):
     check_jobs(cluster)
 
 
-@pytest.mark.xfail(strict=True, reason="R5: the node trace minus the GPUs is formed at the node's sample times "
-                   "(carbond.gpus.rest_power), not N - S per piece: wrong whenever the grids differ")
-@KNOWN_BAD
 @given(clusters(gpu_modes=("ids",), embodied=False))
 def test_gpu_jobs_with_captured_indices(cluster):
     """R5 with indices captured and GPU meters below the node meter."""
     check_jobs(cluster, ENERGY)
 
 
-@pytest.mark.xfail(strict=True, reason="R5: GPU meters above the node meter are not scaled down (k = min(1, N/S))")
-@KNOWN_BAD
 @given(clusters(gpu_modes=("ids",), over=True, embodied=False))
 def test_gpu_meters_above_the_node_are_scaled_down(cluster):
     check_jobs(cluster, ENERGY)
 
 
-@pytest.mark.xfail(strict=True, reason="R5: series of one GPU with and without hpc_job are separate traces "
-                   "(not one GPU), and the labelled GPU's power is subtracted from the node twice")
-@KNOWN_BAD
 @given(clusters(gpu_modes=("labels", "both"), embodied=False))
 def test_gpu_jobs_found_by_the_hpc_job_label(cluster):
     check_jobs(cluster, ENERGY)
 
 
-@pytest.mark.xfail(strict=True, reason="R5: with hpc_job labels, even on the node's sample grid: the labelled and "
-                   "unlabelled series of a GPU are two traces, the GPU's power subtracted from the node twice")
-@KNOWN_BAD
 @given(clusters(gpu_modes=("labels", "both"), same_grid=True, embodied=False))
 def test_gpu_jobs_found_by_the_hpc_job_label_on_one_sample_grid(cluster):
     check_jobs(cluster, ("energy_j", "gpu_energy_j", "operational_g", "intensity"))
 
 
-@pytest.mark.xfail(strict=True, reason="R5: the node's rest formed at its sample times (rest_power), here under the "
-                   "count fraction (which agrees on one sample grid)")
-@KNOWN_BAD
 @given(clusters(gpu_modes=("count",), embodied=False))
 def test_gpu_jobs_charged_their_count_fraction(cluster):
     check_jobs(cluster, ENERGY)
@@ -712,16 +683,11 @@ def test_gpu_jobs_charged_their_count_fraction_on_one_sample_grid(cluster):
     check_jobs(cluster, ("energy_j", "gpu_energy_j", "operational_g", "intensity"))
 
 
-@pytest.mark.xfail(strict=True, reason="R9: embodied CO2 is charged per GPU row as a node-hour, not by the "
-                   "job's energy share of the node")
-@KNOWN_BAD
 @given(clusters(gpu_modes=("ids",)))
 def test_gpu_jobs_embodied_by_energy_share(cluster):
     check_jobs(cluster, ("embodied_g",))
 
 
-@pytest.mark.xfail(strict=True, reason="R5, R6, R7, R9 together (see the single-rule tests)")
-@KNOWN_BAD
 @given(clusters(gpu_modes=("ids", "labels", "both", "count"), over=True, requeue=True, suspend="exact", dark=True))
 def test_everything_at_once(cluster):
     check_jobs(cluster)
@@ -731,17 +697,12 @@ def idle_window(cluster):
     return MIDNIGHT + 1800, MIDNIGHT + SPAN - 1800  # cuts through jobs: running ones clipped
 
 
-@pytest.mark.xfail(strict=True, reason="R10: power is read over the jobs' span +- max_gap, not the whole half-hour")
-@KNOWN_BAD
 @given(clusters(requeue=True, suspend="exact"))
 def test_idle_closes_cpu_nodes_to_their_meter(cluster):
     lo, hi = idle_window(cluster)
     assert_agree(idle_diffs(O.idle(cluster, lo, hi), engine_idle(cluster, lo, hi)[0]))
 
 
-@pytest.mark.xfail(strict=True, reason="R10 and R5: the window, and GPU nodes reconciled per trace (GPUs not "
-                   "scaled, node rest at its own sample times)")
-@KNOWN_BAD
 @given(clusters(gpu_modes=("ids", "labels", "count"), over=True))
 def test_idle_closes_gpu_nodes_to_their_meter(cluster):
     lo, hi = idle_window(cluster)
