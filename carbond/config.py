@@ -54,6 +54,12 @@ class VictoriaConfig:
     """Longest time span one export request covers; longer windows are split."""
     max_nodes_per_request: int = 500
     """Most nodes named in one request's selector, to keep URLs and responses bounded."""
+    max_watts: float = 100_000.0
+    """A node's power sample above this (or 10x its class' max_watts) is dropped and counted."""
+    max_line_bytes: int = 16 << 20
+    """Largest export line (one series of one chunk) or JSON answer; larger is an outage."""
+    max_response_bytes: int = 512 << 20
+    """Largest export answer; larger is an outage (lower chunk_seconds or max_nodes_per_request)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,10 @@ class IntensityConfig:
     value: float | None = None
     timeout: float = 20.0
     refresh_seconds: int = 1800
+    max_response_bytes: int = 16 << 20
+    """Largest API answer; larger is an outage of the provider."""
+    max_g_per_kwh: float = 2000.0
+    """Largest plausible intensity: a provider answering more (or less than 0) is an outage."""
     """A provisional (forecast or under-a-day-old) cache entry is re-fetched at most this often."""
 
 
@@ -356,6 +366,8 @@ def _check(cfg: Config) -> list[str]:
         p.append("victoriametrics.chunk_seconds: must be at least 60")
     if vm.scale <= 0:
         p.append("victoriametrics.scale: must be positive (watts per unit of the series)")
+    p += _positive_limits("victoriametrics", vm, ("max_watts", "max_line_bytes", "max_response_bytes"))
+    p += _positive_limits("intensity", cfg.intensity, ("max_response_bytes", "max_g_per_kwh"))
     if vm.node_regex is not None:
         from .victoria import node_regex_problem
 
@@ -417,11 +429,23 @@ def _intensity_problems(ic: IntensityConfig) -> list[str]:
         p.append(f"intensity.path: cannot read {ic.path}")
     if ic.provider == "constant" and ic.value is not None and ic.value < 0:
         p.append("intensity.value: must not be negative")
+    if ic.provider == "constant" and ic.value is not None and ic.value > ic.max_g_per_kwh:
+        p.append(f"intensity.value: above intensity.max_g_per_kwh ({ic.max_g_per_kwh:g})")
     if ic.region is not None and ic.provider == "uk-carbon-intensity":
         r = ic.region
         if not (r.isdigit() and 1 <= int(r) <= 17) and not (r.isalnum() and 2 <= len(r) <= 4):
             p.append(f"intensity.region: expected a region id 1-17 or a postcode outward code, got {r!r}")
     return p
+
+
+def _positive_limits(section: str, obj: Any, keys: tuple[str, ...]) -> list[str]:
+    """Size and value limits: finite and above zero (a limit of 0 or NaN would refuse everything)."""
+    out = []
+    for key in keys:
+        value = getattr(obj, key)
+        if not (isinstance(value, (int, float)) and value > 0 and value != float("inf")):
+            out.append(f"{section}.{key}: must be a finite number above 0, got {value!r}")
+    return out
 
 
 def _secret_problems(key: str, path: str | None, env: str | None = None) -> list[str]:
