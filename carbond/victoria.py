@@ -46,6 +46,9 @@ MAX_POINTS = 30000
 READ_SIZE = 1 << 20
 MAX_LINE_BYTES = VictoriaConfig.max_line_bytes
 MAX_RESPONSE_BYTES = VictoriaConfig.max_response_bytes
+FALLBACK_BYTES = 1 << 20
+"""Longest line the plain-JSON fallback reads: json builds ~25x the text in Python objects (a
+16 MB line of [0],[0],... cost 390 MB), so a longer line the fast path refuses is an error."""
 CLASS_FACTOR = 10.0
 """A node's power sample above this many times its class' max_watts is no measurement."""
 
@@ -209,13 +212,13 @@ class VictoriaClient:
     def _matrix(self, form: dict[str, str]) -> list[tuple[dict[str, str], np.ndarray, np.ndarray]]:
         data = self._json("/api/v1/query_range", form)
         kind, result = data.get("resultType"), data.get("result")
-        if kind == "scalar" or kind == "string":
-            result = [{"metric": {}, "values": [result]}]
-        elif kind == "vector":
-            result = [{"metric": r.get("metric", {}), "values": [r["value"]]} for r in result]
-        elif kind != "matrix":
+        if kind not in ("scalar", "string", "vector", "matrix"):
             raise VictoriaError(f"{self._url}: unexpected resultType {kind!r} from /api/v1/query_range")
         try:
+            if kind == "scalar" or kind == "string":
+                result = [{"metric": {}, "values": [result]}]
+            elif kind == "vector":
+                result = [{"metric": r.get("metric", {}), "values": [r["value"]]} for r in result]
             return [(_labels(r.get("metric", {})), _floats(r.get("values") or [], 0), _floats(r.get("values") or [], 1))
                     for r in result]
         except (TypeError, ValueError, AttributeError, IndexError, KeyError, OverflowError):
@@ -495,6 +498,8 @@ def parse_export_counted(line: bytes, max_value: float = math.inf
         parsed = _fast_line(line)
     except (ValueError, RecursionError):
         parsed = None
+    if parsed is None and len(line) > FALLBACK_BYTES:
+        raise VictoriaError(f"cannot parse a VictoriaMetrics export line of {len(line)} bytes: {line[:120]!r}...")
     metric, t, w = parsed if parsed is not None else _json_line(line)
     if not isinstance(metric, dict) or not all(isinstance(v, str) for v in metric.values()):
         raise VictoriaError(f"VictoriaMetrics export line whose labels are not all strings: {line[:120]!r}...")
@@ -559,7 +564,7 @@ def _parse_values(text: bytes, n: int) -> np.ndarray | None:
             arr = None
     if arr is not None and len(arr) == n:
         return arr
-    arr = _parse_tokens(text)
+    arr = _parse_tokens(text) if len(text) <= FALLBACK_BYTES else None  # one Python object per token
     return arr if arr is not None and len(arr) == n else None
 
 
