@@ -429,8 +429,8 @@ def _promql_string(text: str) -> str:
 # -- export parsing -------------------------------------------------------------------------
 def _lines(resp: http.client.HTTPResponse, url: str, max_line: int = MAX_LINE_BYTES,
            max_total: int = MAX_RESPONSE_BYTES) -> Iterator[bytes]:
-    """Complete lines of a streamed body, read in large blocks; a line or a body over its limit
-    is a VictoriaError as soon as the limit is passed (never held in memory whole)."""
+    """Complete non-blank lines of a streamed body (stripped), read in large blocks; a line or a
+    body over its limit is a VictoriaError as soon as the limit is passed (never held whole)."""
     tail: list[bytes] = []
     held = total = 0  # bytes in tail; bytes read
     try:
@@ -449,12 +449,13 @@ def _lines(resp: http.client.HTTPResponse, url: str, max_line: int = MAX_LINE_BY
                     continue
                 _check_line(held + nl, max_line, url)
                 tail.append(block[:nl])
-                yield b"".join(tail)
+                if line := b"".join(tail).strip():
+                    yield line
                 tail, held, start = [], 0, nl + 1
             while (nl := block.find(b"\n", start)) >= 0:
                 _check_line(nl - start, max_line, url)
-                if nl > start:
-                    yield block[start:nl]
+                if nl > start and (line := block[start:nl].strip()):
+                    yield line
                 start = nl + 1
             if start < len(block):
                 held = len(block) - start
@@ -462,8 +463,7 @@ def _lines(resp: http.client.HTTPResponse, url: str, max_line: int = MAX_LINE_BY
                 tail.append(block[start:])
     except Failure as exc:
         raise VictoriaError(f"VictoriaMetrics at {url}: export interrupted: {type(exc).__name__}") from None
-    rest = b"".join(tail)
-    if rest.strip():
+    if rest := b"".join(tail).strip():
         yield rest
 
 
