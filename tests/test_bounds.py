@@ -451,7 +451,8 @@ def test_implausible_cached_value_is_fetched_again(raw, tmp_path):
 def test_readings_check_refuses_non_readings():
     from carbond.intensity import check_readings
 
-    for bad in ([Reading(SLOT + 1, 1.0, "x")], [Reading(float(SLOT), 1.0, "x")], [(SLOT, 1.0)], "x"):
+    for bad in ([Reading(SLOT + 1, 1.0, "x")], [Reading(float(SLOT), 1.0, "x")], [(SLOT, 1.0)], "x",
+                [Reading(900 * 10**9, -1.0, "x")], [Reading(-1800, 1e400, "x")]):
         with pytest.raises(IntensityUnavailable):
             check_readings("p", bad)
     check_readings("p", [Reading(SLOT, 0, "x"), Reading(SLOT, 2000.0, "x")])

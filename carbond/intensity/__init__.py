@@ -291,7 +291,7 @@ def check_readings(provider: str, readings: object, max_value: float = MAX_G_PER
         if not _plausible(r.g_per_kwh, max_value):
             raise IntensityUnavailable(
                 f"intensity provider {provider}: implausible intensity {str(r.g_per_kwh)[:40]} g/kWh for "
-                f"{iso(r.slot) if abs(r.slot) < 1 << 40 else r.slot} (allowed 0..{max_value:g}, "
+                f"{iso(r.slot) if 0 <= r.slot < 253402300800 else r.slot} (allowed 0..{max_value:g}, "
                 "intensity.max_g_per_kwh): the answer is refused")
 
 
