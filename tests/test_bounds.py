@@ -355,10 +355,27 @@ def test_prometheus_non_string_label_is_an_outage(raw):
 
 def test_bound_is_configurable(raw):
     server = raw(lambda conn: whole("200 OK", uk_answer("2500"))(conn))
-    p = UKCarbonIntensity(requests.Session(), server.url, timeout=5)
+    ic = IntensityConfig(url=server.url, timeout=5, max_g_per_kwh=3000)
+    p = UKCarbonIntensity.from_config(ic, requests.Session())
     assert IntensitySource(p, None, max_value=3000).lookup(SLOT, SLOT + 1800).values.tolist() == [2500.0]
     with pytest.raises(IntensityUnavailable, match="intensity.max_g_per_kwh"):
-        IntensitySource(p, None).lookup(SLOT, SLOT + 1800)
+        IntensitySource(p, None).lookup(SLOT, SLOT + 1800)  # the source's own bound (2000) holds too
+    with pytest.raises(IntensityUnavailable, match=r"implausible intensity 2500.0 g/kWh .* \(allowed 0..2000"):
+        UKCarbonIntensity(requests.Session(), server.url, timeout=5).fetch(SLOT, SLOT + 1800)
+
+
+def test_providers_check_their_own_answers_for_callers_without_a_source(raw, tmp_path):
+    """`carbond estimate` reads forecasts from the provider itself, past IntensitySource."""
+    from carbond.intensity.csvfile import CsvIntensity
+
+    server = raw(lambda conn: whole("200 OK", b'{"history":[{"datetime":"' + iso(SLOT).encode()
+                                                + b'","carbonIntensity":-250}]}')(conn))
+    with pytest.raises(IntensityUnavailable, match="electricitymaps: implausible intensity -250.0"):
+        ElectricityMaps(requests.Session(), "DE", TOKEN, server.url, timeout=5, clock=lambda: SLOT + 3600).fetch(SLOT, SLOT + 1800)
+    f = tmp_path / "i.csv"
+    f.write_text(f"from,to,intensity\n{iso(SLOT)},{iso(SLOT + 1800)},2500\n")
+    with pytest.raises(IntensityUnavailable, match="i.csv: implausible intensity 2500.0"):
+        CsvIntensity.from_config(IntensityConfig(provider="csv", path=str(f))).fetch(SLOT, SLOT + 1800)
 
 
 def test_constant_above_the_bound_is_a_config_error():

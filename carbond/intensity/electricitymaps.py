@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import read_secret
 from ..errors import ConfigError
 from ..times import iso, parse_time
-from . import HALF_HOUR, MAX_RESPONSE_BYTES, Reading, bad_shape, chunks, get_json, number
+from . import HALF_HOUR, MAX_G_PER_KWH, MAX_RESPONSE_BYTES, Reading, bad_shape, check_readings, chunks, get_json, number
 
 if TYPE_CHECKING:
     import requests
@@ -40,6 +40,7 @@ class ElectricityMaps:
     base_url: str = BASE_URL
     timeout: float = 30.0
     max_bytes: int = MAX_RESPONSE_BYTES
+    max_value: float = MAX_G_PER_KWH
     clock: Callable[[], float] = field(default=time.time, repr=False)
     name: str = "electricitymaps"
     cacheable: bool = True
@@ -56,7 +57,8 @@ class ElectricityMaps:
             raise ConfigError([f"intensity.token_file: required (or set ${TOKEN_ENV})"])
         if not ic.zone:
             raise ConfigError(["intensity.zone: required by provider electricitymaps"])
-        return cls(session, ic.zone, token, (ic.url or BASE_URL).rstrip("/"), ic.timeout, ic.max_response_bytes, clock)
+        return cls(session, ic.zone, token, (ic.url or BASE_URL).rstrip("/"), ic.timeout,
+                   ic.max_response_bytes, ic.max_g_per_kwh, clock)
 
     @property
     def cache_key(self) -> str:
@@ -75,6 +77,7 @@ class ElectricityMaps:
         out = []
         for hour, value in points:
             out += [Reading(s, value, "actual") for s in (hour, hour + HALF_HOUR) if start <= s < end]
+        check_readings(self.name, out, self.max_value)
         return out
 
     def _get(self, endpoint: str, params: dict[str, str]) -> list[tuple[int, float]]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..times import parse_time
-from . import HALF_HOUR, MAX_RESPONSE_BYTES, Reading, bad_shape, chunks, get_json, number
+from . import HALF_HOUR, MAX_G_PER_KWH, MAX_RESPONSE_BYTES, Reading, bad_shape, check_readings, chunks, get_json, number
 
 if TYPE_CHECKING:
     import requests
@@ -35,6 +35,7 @@ class UKCarbonIntensity:
     """None for national; a region id "1".."17"; or a postcode outward code such as "RG10"."""
     timeout: float = 30.0
     max_bytes: int = MAX_RESPONSE_BYTES
+    max_value: float = MAX_G_PER_KWH
     name: str = "uk-carbon-intensity"
     cacheable: bool = True
     requests_made: int = 0
@@ -42,7 +43,8 @@ class UKCarbonIntensity:
     @classmethod
     def from_config(cls, ic: IntensityConfig, session: requests.Session) -> UKCarbonIntensity:
         region = ic.region.strip().upper() if ic.region else None
-        return cls(session, (ic.url or BASE_URL).rstrip("/"), region, ic.timeout, ic.max_response_bytes)
+        return cls(session, (ic.url or BASE_URL).rstrip("/"), region, ic.timeout, ic.max_response_bytes,
+                   ic.max_g_per_kwh)
 
     @property
     def cache_key(self) -> str:
@@ -58,6 +60,7 @@ class UKCarbonIntensity:
             self.requests_made += 1
             body = get_json(self.session, url, timeout=self.timeout, max_bytes=self.max_bytes)
             out += [r for r in self._parse(url, body) if a <= r.slot < b]
+        check_readings(self.name, out, self.max_value)
         return out
 
     def _url(self, start: int, end: int) -> str:
