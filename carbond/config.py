@@ -67,6 +67,12 @@ class VictoriaConfig:
     """Longest time span one export request covers; longer windows are split."""
     max_nodes_per_request: int = 500
     """Most nodes named in one request's selector, to keep URLs and responses bounded."""
+    max_watts: float = 100_000.0
+    """A node's power sample above this (or 10x its class' max_watts) is dropped and counted."""
+    max_line_bytes: int = 16 << 20
+    """Largest export line (one series of one chunk) or JSON answer; larger is an outage."""
+    max_response_bytes: int = 512 << 20
+    """Largest export answer; larger is an outage (lower chunk_seconds or max_nodes_per_request)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,10 @@ class IntensityConfig:
     value: float | None = None
     timeout: float = 20.0
     refresh_seconds: int = 1800
+    max_response_bytes: int = 16 << 20
+    """Largest API answer; larger is an outage of the provider."""
+    max_g_per_kwh: float = 2000.0
+    """Largest plausible intensity: a provider answering more (or less than 0) is an outage."""
     """A provisional (forecast or under-a-day-old) cache entry is re-fetched at most this often."""
 
 
@@ -434,6 +444,8 @@ def _check(cfg: Config) -> list[str]:
         p.append("victoriametrics.chunk_seconds: must be at least 60")
     if vm.scale <= 0:
         p.append("victoriametrics.scale: must be positive (watts per unit of the series)")
+    p += _positive_limits("victoriametrics", vm, ("max_watts", "max_line_bytes", "max_response_bytes"))
+    p += _positive_limits("intensity", cfg.intensity, ("max_response_bytes", "max_g_per_kwh"))
     if vm.node_regex is not None:
         if (why := _regex_problem(vm.node_regex)) is not None:
             p.append(f"victoriametrics.node_regex: {why}")
@@ -547,6 +559,8 @@ def _intensity_problems(ic: IntensityConfig) -> list[str]:
         p.append("intensity.refresh_seconds: must not be negative")
     if ic.url is not None:
         p += _url_problems("intensity.url", ic.url)
+    if ic.provider == "constant" and ic.value is not None and ic.value > ic.max_g_per_kwh:
+        p.append(f"intensity.value: above intensity.max_g_per_kwh ({ic.max_g_per_kwh:g})")
     if ic.region is not None and ic.provider == "uk-carbon-intensity":
         r = ic.region
         if not (_REGION_ID.fullmatch(r) and 1 <= int(r) <= 17) and not _OUTWARD_CODE.fullmatch(r):
@@ -574,6 +588,16 @@ def _url_problems(key: str, url: str) -> list[str]:
 _REGION_ID = re.compile(r"[0-9]{1,2}")
 _OUTWARD_CODE = re.compile(r"[A-Za-z0-9]{2,4}")
 """A UK postcode's outward code (RG10), ASCII only: it is put into the API's URL path."""
+
+
+def _positive_limits(section: str, obj: Any, keys: tuple[str, ...]) -> list[str]:
+    """Size and value limits: finite and above zero (a limit of 0 or NaN would refuse everything)."""
+    out = []
+    for key in keys:
+        value = getattr(obj, key)
+        if not (isinstance(value, (int, float)) and value > 0 and value != float("inf")):
+            out.append(f"{section}.{key}: must be a finite number above 0, got {value!r}")
+    return out
 
 
 def _secret_problems(key: str, path: str | None, env: str | None = None) -> list[str]:

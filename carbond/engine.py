@@ -464,9 +464,9 @@ def build_engine(cfg: Config, node_cpus: Callable[[str], int | None] | None = No
     import os
 
     from .intensity import IntensitySource, make_provider
-    from .victoria import VictoriaClient
+    from .victoria import VictoriaClient, power_bound
 
-    victoria = VictoriaClient(cfg.victoriametrics)
+    victoria = VictoriaClient(cfg.victoriametrics, max_watts=power_bound(cfg))
     provider = make_provider(cfg, victoria=victoria)
     cache = os.path.join(cfg.state_dir, "intensity.sqlite")
     try:
@@ -476,7 +476,8 @@ def build_engine(cfg: Config, node_cpus: Callable[[str], int | None] | None = No
     except OSError:
         logging.getLogger("carbond").warning("state_dir %s is not writable: intensity cache off", cfg.state_dir)
         cache = None
-    source = IntensitySource(provider, cache, refresh_seconds=cfg.intensity.refresh_seconds)
+    source = IntensitySource(provider, cache, refresh_seconds=cfg.intensity.refresh_seconds,
+                             max_value=cfg.intensity.max_g_per_kwh)
     gpu_power = None
     if cfg.gpu is not None:
         from .gpus import GpuClient

@@ -13,22 +13,50 @@ import re
 from .errors import HostlistError
 
 MAX_HOSTS = 1_000_000
-_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
-_NAME_OK = re.compile(r"^[A-Za-z0-9._-]*$")
+MAX_DIGITS = 18
+"""Longest number in a range: enough for any real host name, and int() of it stays cheap."""
+_RANGE = re.compile(rf"([0-9]{{1,{MAX_DIGITS}}})(?:-([0-9]{{1,{MAX_DIGITS}}}))?")
+_NAME_OK = re.compile(r"[A-Za-z0-9._-]*")
+_EDGE = " \t\r\n"
+_STRAY = re.compile(r"[^\x20-\x7e]")
+"""Control characters and anything not ASCII: `a\\n[1-2]` or Unicode digits are no host names."""
+
+Range = tuple[int, int, int]
+"""lo, hi (inclusive), zero-padded width (0: none)."""
 
 
 @functools.lru_cache(maxsize=65536)
 def expand(expr: str) -> tuple[str, ...]:
-    """All host names of `expr`, in Slurm's order; raises HostlistError naming the fault."""
-    expr = expr.strip()
+    """All host names of `expr`, in Slurm's order; raises HostlistError naming the fault.
+
+    The names are counted (product of the bracket groups' sizes, summed over the comma parts)
+    before any is built, so a short expression naming 10^18 hosts fails at once, not after
+    filling the memory.
+    """
+    expr = expr.strip(_EDGE)
     if not expr:
         raise HostlistError("empty hostlist")
+    if _STRAY.search(expr):
+        raise HostlistError(f"invalid character in hostlist {expr!r} (only ASCII letters, digits, '.', '_', '-')")
+    parsed = [_parse_one(part, expr) for part in _split_top(expr)]
+    total = 0
+    for _, groups in parsed:
+        total += _count(groups)
+        if total > MAX_HOSTS:
+            raise HostlistError(f"hostlist {expr!r} is too large: it names more than {MAX_HOSTS} hosts")
     hosts: list[str] = []
-    for part in _split_top(expr):
-        hosts.extend(_expand_one(part, expr))
-        if len(hosts) > MAX_HOSTS:
-            raise HostlistError(f"hostlist {expr!r} names more than {MAX_HOSTS} hosts")
+    for literals, groups in parsed:
+        hosts.extend(_names(literals, groups))
     return tuple(hosts)
+
+
+def _count(groups: list[list[Range]]) -> int:
+    n = 1
+    for ranges in groups:
+        n *= sum(hi - lo + 1 for lo, hi, _ in ranges)
+        if n > MAX_HOSTS:  # stop before the product of many groups becomes a huge number
+            return n
+    return n
 
 
 def _split_top(expr: str) -> list[str]:
@@ -56,26 +84,20 @@ def _split_top(expr: str) -> list[str]:
     return [p.strip() for p in parts]
 
 
-def _expand_one(part: str, expr: str) -> list[str]:
+def _parse_one(part: str, expr: str) -> tuple[list[str], list[list[Range]]]:
+    """The literal pieces of one comma part and its bracket groups' ranges, nothing expanded."""
     pieces = re.split(r"\[([^\]]*)\]", part)
     literals, groups = pieces[0::2], pieces[1::2]
     for lit in literals:
-        if not _NAME_OK.match(lit):
+        if not _NAME_OK.fullmatch(lit):
             raise HostlistError(f"invalid character in hostlist {expr!r}")
-    choices = [_range_values(g, expr) for g in groups]
-    out = []
-    for combo in itertools.product(*choices):
-        name = literals[0]
-        for value, lit in zip(combo, literals[1:], strict=False):
-            name += value + lit
-        out.append(name)
-    return out
+    return literals, [_ranges(g, expr) for g in groups]
 
 
-def _range_values(group: str, expr: str) -> list[str]:
-    values: list[str] = []
+def _ranges(group: str, expr: str) -> list[Range]:
+    out: list[Range] = []
     for item in group.split(","):
-        m = _RANGE.match(item.strip())
+        m = _RANGE.fullmatch(item.strip(" "))
         if not m:
             raise HostlistError(f"invalid range {item!r} in hostlist {expr!r}")
         lo, hi = m.group(1), m.group(2) or m.group(1)
@@ -84,8 +106,19 @@ def _range_values(group: str, expr: str) -> list[str]:
         if int(hi) - int(lo) >= MAX_HOSTS:
             raise HostlistError(f"range {item!r} is too large in hostlist {expr!r}")
         width = len(lo) if lo.startswith("0") or len(lo) == len(hi) else 0
-        values.extend(str(n).zfill(width) for n in range(int(lo), int(hi) + 1))
-    return values
+        out.append((int(lo), int(hi), width))
+    return out
+
+
+def _names(literals: list[str], groups: list[list[Range]]) -> list[str]:
+    choices = [[str(n).zfill(w) for lo, hi, w in ranges for n in range(lo, hi + 1)] for ranges in groups]
+    out = []
+    for combo in itertools.product(*choices):
+        name = literals[0]
+        for value, lit in zip(combo, literals[1:], strict=False):
+            name += value + lit
+        out.append(name)
+    return out
 
 
 def compress(hosts: list[str] | tuple[str, ...]) -> str:

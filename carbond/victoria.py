@@ -5,6 +5,11 @@ nodes and time chunk, so the number of requests grows with nodes and time, never
 A month of 200 nodes at 30 s is 17 M samples, so the export lines are not fed to `json`:
 the `values` and `timestamps` arrays of each line are sliced out and parsed by numpy, with
 a plain-JSON fallback whenever the fast path's sanity checks fail.
+
+Nothing in an answer is trusted: a request has a total deadline (`timeout`), an export line and
+a whole answer have size limits (`max_line_bytes`, `max_response_bytes`), and a power sample that
+is not finite, is negative or exceeds a node's bound (`max_watts`, or 10x its class' max_watts)
+is dropped and counted in `dropped_samples`, so the job's coverage shows the hole.
 """
 
 from __future__ import annotations
@@ -19,13 +24,17 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 from .config import VictoriaConfig, read_secret
 from .errors import VictoriaError
-from .httpconn import Connections, Failure, basic_auth
+from .httpconn import Connections, DeadlineExceeded, Failure, basic_auth, read_capped
+
+if TYPE_CHECKING:
+    from .config import Config
 
 TOKEN_ENV = "CARBOND_VM_BEARER_TOKEN"
 CONCURRENCY = 2
@@ -35,6 +44,13 @@ network time (measured on 2 cores beside VM: same wall time, +8% CPU, +30 MB RSS
 MAX_POINTS = 30000
 """VictoriaMetrics refuses query_range answers with more points per series than this."""
 READ_SIZE = 1 << 20
+MAX_LINE_BYTES = VictoriaConfig.max_line_bytes
+MAX_RESPONSE_BYTES = VictoriaConfig.max_response_bytes
+FALLBACK_BYTES = 1 << 20
+"""Longest line the plain-JSON fallback reads: json builds ~25x the text in Python objects (a
+16 MB line of [0],[0],... cost 390 MB), so a longer line the fast path refuses is an error."""
+CLASS_FACTOR = 10.0
+"""A node's power sample above this many times its class' max_watts is no measurement."""
 
 _RE2_META = re.compile(r"([\\.+*?()|\[\]{}^$])")
 
@@ -55,9 +71,13 @@ class _Task:
 class VictoriaClient:
     """Reads power and other series from a VictoriaMetrics (single node or cluster vmselect)."""
 
-    def __init__(self, cfg: VictoriaConfig) -> None:
+    def __init__(self, cfg: VictoriaConfig, max_watts: Callable[[str], float] | None = None) -> None:
         self.cfg = cfg
         self.requests_made = 0
+        self.dropped_samples = 0
+        """Power samples refused (not finite, negative, above the node's bound) since the start."""
+        self.max_watts = max_watts or (lambda node: cfg.max_watts)
+        """node -> the largest plausible sample in watts (see `power_bound`)."""
         self.on_response: Callable[[], None] | None = None
         """Called as each answer arrives (the daemon's watchdog counts it as progress)."""
         self._lock = threading.Lock()
@@ -144,15 +164,25 @@ class VictoriaClient:
         wanted, scale = set(task.nodes), self.cfg.scale
         out: dict[str, dict[tuple, list[tuple[np.ndarray, np.ndarray]]]] = {}
         with self._post("/api/v1/export", form) as resp:
-            for line in _lines(resp, self._url):
-                metric, t, w = parse_export_line(line)
+            for line in self._lines(resp):
+                metric, t, w, dropped = parse_export_counted(line)
                 node = self.names.node(metric)
                 # a node_regex selector may also match other nodes' names that share a prefix
-                if node is None or node not in wanted or len(t) == 0:
+                if node is None or node not in wanted:
                     continue
-                series = out.setdefault(node, {}).setdefault(tuple(sorted(metric.items())), [])
-                series.append((t, w * scale if scale != 1.0 else w))
+                t, w, over = _bounded(t, w * scale if scale != 1.0 else w, self.max_watts(node))
+                self.count_dropped(dropped + over)
+                if len(t):
+                    out.setdefault(node, {}).setdefault(tuple(sorted(metric.items())), []).append((t, w))
         return {n: _one_series(n, by_labels, self.cfg.query) for n, by_labels in out.items()}
+
+    def count_dropped(self, n: int) -> None:
+        if n:
+            with self._lock:
+                self.dropped_samples += n
+
+    def _lines(self, resp: http.client.HTTPResponse) -> Iterator[bytes]:
+        return _lines(resp, self._url, self.cfg.max_line_bytes, self.cfg.max_response_bytes)
 
     def selector(self, nodes: Sequence[str]) -> str:
         """The configured selector restricted to `nodes` by an anchored regex on the node label."""
@@ -182,19 +212,17 @@ class VictoriaClient:
     def _matrix(self, form: dict[str, str]) -> list[tuple[dict[str, str], np.ndarray, np.ndarray]]:
         data = self._json("/api/v1/query_range", form)
         kind, result = data.get("resultType"), data.get("result")
-        if kind == "scalar" or kind == "string":
-            result = [{"metric": {}, "values": [result]}]
-        elif kind == "vector":
-            result = [{"metric": r.get("metric", {}), "values": [r["value"]]} for r in result]
-        elif kind != "matrix":
+        if kind not in ("scalar", "string", "vector", "matrix"):
             raise VictoriaError(f"{self._url}: unexpected resultType {kind!r} from /api/v1/query_range")
-        out = []
-        for r in result:
-            pairs = r.get("values") or []
-            t = np.array([float(p[0]) for p in pairs], dtype=np.float64)
-            v = np.array([float(p[1]) for p in pairs], dtype=np.float64)
-            out.append((dict(r.get("metric", {})), t, v))
-        return out
+        try:
+            if kind == "scalar" or kind == "string":
+                result = [{"metric": {}, "values": [result]}]
+            elif kind == "vector":
+                result = [{"metric": r.get("metric", {}), "values": [r["value"]]} for r in result]
+            return [(_labels(r.get("metric", {})), _floats(r.get("values") or [], 0), _floats(r.get("values") or [], 1))
+                    for r in result]
+        except (TypeError, ValueError, AttributeError, IndexError, KeyError, OverflowError):
+            raise VictoriaError(f"{self._url}: malformed series in the answer of /api/v1/query_range") from None
 
     def latest_sample(self, nodes: Sequence[str], since: float) -> dict[str, float]:
         """node -> time of its newest sample at or after `since` (the daemon waits for data past a job's end)."""
@@ -209,10 +237,13 @@ class VictoriaClient:
             # nocache=1: otherwise VM hides the last -search.latencyOffset (30 s) of data
             form = {"query": f"tlast_over_time({sel}[{window}s])", "time": _fmt(math.floor(at)), "nocache": "1"}
             data = self._json("/api/v1/query", form)
-            for r in data.get("result") or []:
-                node, ts = self.names.node(r.get("metric", {})), float(r["value"][1])
-                if node in wanted and math.isfinite(ts) and ts >= since and ts > found.get(node, -math.inf):
-                    found[node] = ts
+            try:
+                for r in data.get("result") or []:
+                    node, ts = self.names.node(_labels(r.get("metric", {}))), float(r["value"][1])
+                    if node in wanted and math.isfinite(ts) and ts >= since and ts > found.get(node, -math.inf):
+                        found[node] = ts
+            except (TypeError, ValueError, AttributeError, IndexError, KeyError, OverflowError):
+                raise VictoriaError(f"{self._url}: malformed series in the answer of /api/v1/query") from None
         return found
 
     # -- HTTP -------------------------------------------------------------------------------
@@ -230,20 +261,30 @@ class VictoriaClient:
                     hint = " (authentication refused)" if resp.status in (401, 403) else ""
                     raise VictoriaError(f"VictoriaMetrics at {self._where(path)} answered HTTP {resp.status}{hint}: {body}")
                 yield resp
+        except DeadlineExceeded as exc:
+            raise VictoriaError(f"VictoriaMetrics at {self._where(path)}: {exc} (victoriametrics.timeout)") from None
         except Failure as exc:
             raise VictoriaError(f"VictoriaMetrics at {self._where(path)} unreachable: {self._scrub(_why(exc))}") from None
 
     def _json(self, path: str, form: dict[str, str]) -> dict:
+        limit = self.cfg.max_line_bytes
         with self._post(path, form) as resp:
-            body = resp.read()
+            try:
+                body = read_capped(resp.read, limit, "answer", READ_SIZE)
+            except ValueError as exc:
+                raise VictoriaError(f"VictoriaMetrics at {self._where(path)}: {exc} "
+                                    "(victoriametrics.max_line_bytes)") from None
         try:
             doc = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise VictoriaError(f"VictoriaMetrics at {self._where(path)} sent invalid JSON") from None
         if not isinstance(doc, dict) or doc.get("status") != "success":
             what = doc.get("error", doc) if isinstance(doc, dict) else doc
             raise VictoriaError(f"VictoriaMetrics at {self._where(path)}: {self._scrub(str(what)[:300])}")
-        return doc.get("data") or {}
+        data = doc.get("data") or {}
+        if not isinstance(data, dict):
+            raise VictoriaError(f"VictoriaMetrics at {self._where(path)}: 'data' is not an object")
+        return data
 
     def _where(self, path: str) -> str:
         return _redact(self._base) + path
@@ -272,7 +313,8 @@ class NodeNames:
 
     def node(self, metric: dict[str, str]) -> str | None:
         value = metric.get(self.label)
-        if value is None or self._re is None:
+        if not isinstance(value, str) or self._re is None:
+            return value if isinstance(value, str) else None
             return value
         m = self._re.search(value)
         return m.group("node") if m else None
@@ -385,45 +427,88 @@ def _promql_string(text: str) -> str:
 
 
 # -- export parsing -------------------------------------------------------------------------
-def _lines(resp: http.client.HTTPResponse, url: str) -> Iterator[bytes]:
-    """Complete lines of a streamed body, read in large blocks."""
+def _lines(resp: http.client.HTTPResponse, url: str, max_line: int = MAX_LINE_BYTES,
+           max_total: int = MAX_RESPONSE_BYTES) -> Iterator[bytes]:
+    """Complete non-blank lines of a streamed body (stripped), read in large blocks; a line or a
+    body over its limit is a VictoriaError as soon as the limit is passed (never held whole)."""
     tail: list[bytes] = []
+    held = total = 0  # bytes in tail; bytes read
     try:
         while block := resp.read(READ_SIZE):
+            total += len(block)
+            if total > max_total:
+                raise VictoriaError(f"VictoriaMetrics at {url}: export answer larger than {max_total} bytes "
+                                    "(victoriametrics.max_response_bytes; or lower chunk_seconds, max_nodes_per_request)")
             start = 0
             if tail:
                 nl = block.find(b"\n")
                 if nl < 0:
+                    held += len(block)
+                    _check_line(held, max_line, url)
                     tail.append(block)
                     continue
+                _check_line(held + nl, max_line, url)
                 tail.append(block[:nl])
-                yield b"".join(tail)
-                tail, start = [], nl + 1
+                if line := b"".join(tail).strip():
+                    yield line
+                tail, held, start = [], 0, nl + 1
             while (nl := block.find(b"\n", start)) >= 0:
-                if nl > start:
-                    yield block[start:nl]
+                _check_line(nl - start, max_line, url)
+                if nl > start and (line := block[start:nl].strip()):
+                    yield line
                 start = nl + 1
             if start < len(block):
+                held = len(block) - start
+                _check_line(held, max_line, url)
                 tail.append(block[start:])
     except Failure as exc:
         raise VictoriaError(f"VictoriaMetrics at {url}: export interrupted: {type(exc).__name__}") from None
-    rest = b"".join(tail)
-    if rest.strip():
+    if rest := b"".join(tail).strip():
         yield rest
 
 
-def parse_export_line(line: bytes) -> tuple[dict[str, str], np.ndarray, np.ndarray]:
-    """(labels, t ms int64, values float64) of one export line, non-finite values dropped."""
+def _check_line(size: int, limit: int, url: str) -> None:
+    if size > limit:
+        raise VictoriaError(f"VictoriaMetrics at {url}: an export line is longer than {limit} bytes "
+                            "(victoriametrics.max_line_bytes)")
+
+
+def _bounded(t: np.ndarray, w: np.ndarray, upper: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """(t, w) without the samples above `upper`, and how many those were."""
+    over = w > upper
+    n = int(np.count_nonzero(over))
+    return (t[~over], w[~over], n) if n else (t, w, 0)
+
+
+def parse_export_line(line: bytes, max_value: float = math.inf) -> tuple[dict[str, str], np.ndarray, np.ndarray]:
+    """(labels, t ms int64, values float64) of one export line; values that are not finite, are
+    negative or exceed `max_value` are dropped (no power, no intensity is ever below zero).
+
+    A line that is not an export line (not JSON, labels not all strings, lengths that differ)
+    is a VictoriaError."""
+    metric, t, w, _ = parse_export_counted(line, max_value)
+    return metric, t, w
+
+
+def parse_export_counted(line: bytes, max_value: float = math.inf
+                         ) -> tuple[dict[str, str], np.ndarray, np.ndarray, int]:
+    """parse_export_line, and how many samples it dropped."""
     line = line.strip()
     try:
         parsed = _fast_line(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         parsed = None
+    if parsed is None and len(line) > FALLBACK_BYTES:
+        raise VictoriaError(f"cannot parse a VictoriaMetrics export line of {len(line)} bytes: {line[:120]!r}...")
     metric, t, w = parsed if parsed is not None else _json_line(line)
-    keep = np.isfinite(w)
-    if not keep.all():
+    if not isinstance(metric, dict) or not all(isinstance(v, str) for v in metric.values()):
+        raise VictoriaError(f"VictoriaMetrics export line whose labels are not all strings: {line[:120]!r}...")
+    with np.errstate(invalid="ignore"):
+        keep = np.isfinite(w) & (w >= 0) & (w <= max_value)
+    dropped = len(w) - int(np.count_nonzero(keep))
+    if dropped:
         t, w = t[keep], w[keep]
-    return metric, t, w
+    return metric, t, w, dropped
 
 
 def _fast_line(line: bytes) -> tuple[dict[str, str], np.ndarray, np.ndarray] | None:
@@ -479,7 +564,7 @@ def _parse_values(text: bytes, n: int) -> np.ndarray | None:
             arr = None
     if arr is not None and len(arr) == n:
         return arr
-    arr = _parse_tokens(text)
+    arr = _parse_tokens(text) if len(text) <= FALLBACK_BYTES else None  # one Python object per token
     return arr if arr is not None and len(arr) == n else None
 
 
@@ -502,13 +587,62 @@ def _json_line(line: bytes) -> tuple[dict[str, str], np.ndarray, np.ndarray]:
     try:
         doc = json.loads(text)
         metric = doc["metric"]
-        t = np.array([int(x) for x in doc["timestamps"]], dtype=np.int64)
-        w = np.array([_token(str(x).encode()) if x is not None else math.nan for x in doc["values"]], dtype=np.float64)
-    except (ValueError, KeyError, TypeError):
+        t = np.array([_ms(x) for x in doc["timestamps"]], dtype=np.int64)
+        w = np.array([_value(x) for x in doc["values"]], dtype=np.float64)
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError, IndexError):
         raise VictoriaError(f"cannot parse a VictoriaMetrics export line: {line[:120]!r}...") from None
     if len(t) != len(w):
         raise VictoriaError(f"VictoriaMetrics export line with {len(t)} timestamps but {len(w)} values")
     return metric, t, w
+
+
+def _ms(x: object) -> int:
+    """A millisecond timestamp: a JSON integer within int64 (not a float, a string or a bool)."""
+    if type(x) is not int or not -(2**63) <= x < 2**63:
+        raise ValueError(f"timestamp {x!r}")
+    return x
+
+
+def _value(x: object) -> float:
+    """A sample: a number, or VM's spellings of NaN/Inf (null, "NaN", "+Inf", "Infinity")."""
+    if x is None:
+        return math.nan
+    if isinstance(x, str):
+        return _token(x.encode())
+    if type(x) not in (int, float):
+        raise ValueError(f"value {x!r}")
+    try:
+        return float(x)
+    except OverflowError:
+        return math.inf  # dropped as not finite
+
+
+def _labels(metric: object) -> dict[str, str]:
+    if not isinstance(metric, dict) or not all(isinstance(v, str) for v in metric.values()):
+        raise TypeError("labels are not all strings")
+    return dict(metric)
+
+
+def _floats(pairs: object, i: int) -> np.ndarray:
+    """Column `i` of [[t, "v"], ...] as float64 (a Prometheus API matrix)."""
+    if not isinstance(pairs, list):
+        raise TypeError("values are not a list")
+    return np.array([float(p[i]) for p in pairs], dtype=np.float64)
+
+
+def power_bound(cfg: Config) -> Callable[[str], float]:
+    """node -> the largest plausible power sample: CLASS_FACTOR x its class' max_watts when the
+    configuration knows it, never above victoriametrics.max_watts."""
+    cap = cfg.victoriametrics.max_watts
+    known: dict[str, float] = {}
+
+    def bound(node: str) -> float:
+        if node not in known:
+            nc = cfg.node_class(node)
+            known[node] = min(cap, CLASS_FACTOR * nc.max_watts) if nc is not None and nc.max_watts else cap
+        return known[node]
+
+    return bound
 
 
 # -- assembling -----------------------------------------------------------------------------

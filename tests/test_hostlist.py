@@ -1,9 +1,11 @@
+import time
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from carbond.errors import HostlistError
-from carbond.hostlist import compress, expand
+from carbond.hostlist import MAX_HOSTS, compress, expand
 
 
 @pytest.mark.parametrize(
@@ -45,3 +47,25 @@ def test_invalid_hostlists_are_clear_errors(expr, fault):
 def test_compress_round_trips(numbers):
     hosts = [f"cpu-{n}" for n in numbers]
     assert list(expand(compress(hosts))) == hosts
+
+
+@pytest.mark.parametrize("expr", ["a[1-1000]b[1-1000]c[1-1000]", "a[1-999999]b[1-999999]",
+                                  "a[1-999999],b[1-999999]", "x" + "[1-10]" * 5000])
+def test_huge_hostlists_are_counted_before_they_are_built(expr):
+    """27 bytes naming 10^9 hosts used to be multiplied out first (1.5 GB, MemoryError after 17 s)."""
+    t0 = time.perf_counter()
+    with pytest.raises(HostlistError, match="too large"):
+        expand(expr)
+    assert time.perf_counter() - t0 < 0.2
+
+
+def test_hostlist_at_the_limit_still_expands():
+    hosts = expand("a[1-1000]b[1-1000]")
+    assert len(hosts) == MAX_HOSTS and hosts[0] == "a1b1" and hosts[-1] == "a1000b1000"
+
+
+@pytest.mark.parametrize("expr", ["a\n[1-2]", "a\x00b", "n[1-\n2]", "n[\u0661-\u0662]", "n\u0663", "n[1-2]\x1c",
+                                  "n[1-2\t]", "n[" + "9" * 5000 + "]", "ñ1"])
+def test_control_characters_and_unicode_digits_are_refused(expr):
+    with pytest.raises(HostlistError, match="invalid"):
+        expand(expr)

@@ -145,6 +145,19 @@ def test_infinite_values_are_dropped(vm):
     assert got[node][1].tolist() == [100.0, 250.5, 1.5e-7]
 
 
+def test_negative_and_implausible_power_is_dropped_and_counted(vm):
+    """-300 W gave energy_kwh=-0.3 in a token; 10^9 W was taken as it came."""
+    node = vm.node("neg")
+    body = "".join(f'amperageProbeReading{{alias="{node}"}} {v} {(T0 + k) * 1000}\n'
+                   for k, v in enumerate(["100", "-300", "200", "1e9", "+Inf"]))
+    vm.server.session.post(f"{vm.url}/api/v1/import/prometheus", data=body).raise_for_status()
+    vm.flush()
+    c = client(vm.url, query="amperageProbeReading")
+    got = c.fetch_power([node], T0, T0 + 10)
+    assert got[node][0].tolist() == [T0, T0 + 2] and got[node][1].tolist() == [100.0, 200.0]
+    assert c.dropped_samples == 3
+
+
 def test_nodes_without_samples_are_absent(vm):
     have, missing = vm.node("have"), vm.node("missing")
     vm.import_series(have, [T0], [1])
@@ -212,7 +225,7 @@ def test_latest_sample(vm):
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ("300,312.5,0.00000015,-4", [300, 312.5, 1.5e-7, -4]),
+        ("300,312.5,0.00000015,-4", [300, 312.5, 1.5e-7]),  # no power is ever negative: dropped
         ("1000000000000000000000,2", [1e21, 2]),
         ("9007199254740993,1", [9007199254740992.0, 1]),  # beyond 2**53: float rounding, like json
         ("1,NaN,+Inf,-Inf,5", [1, 5]),  # VM 1.79 spelling

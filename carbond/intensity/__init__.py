@@ -5,10 +5,16 @@ answers "readings for the half-hours in [start, end)". `IntensitySource` puts th
 cache in front of the remote ones so each half-hour is fetched once, provisional values are
 refreshed, and an outage degrades to cached values flagged as stale instead of failing.
 Every time in here is UTC epoch seconds; a slot is the start of a half-hour (multiple of 1800).
+
+No answer is trusted: an API answer is read with a size limit and a total deadline, and a batch
+holding any value that is not a number within 0..max_g_per_kwh is refused whole, as an outage of
+the provider (IntensityUnavailable: retried, served from the cache meanwhile), never a value.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import math
 import re
@@ -22,8 +28,9 @@ from urllib.parse import urlencode
 import numpy as np
 
 from ..errors import ConfigError, IntensityUnavailable
+from ..httpconn import Deadline
 from ..times import HALF_HOUR, iso
-from .cache import Entry, IntensityCache
+from .cache import CacheError, Entry, IntensityCache
 
 if TYPE_CHECKING:
     import requests
@@ -48,6 +55,11 @@ log = logging.getLogger("carbond.intensity")
 
 PROVISIONAL_SECONDS = 86400
 """A value fetched less than this long after its half-hour ended may still be revised (UK `actual`)."""
+
+MAX_G_PER_KWH = 2000.0
+"""Default upper bound of a plausible intensity (intensity.max_g_per_kwh); the dirtiest grids are ~1,100."""
+MAX_RESPONSE_BYTES = 16 << 20
+"""Default size limit of an API answer (intensity.max_response_bytes); real ones are < 100 kB."""
 
 MISSING = "missing"
 """Kind of a slot with no value (the provider had none, or it was never fetched)."""
@@ -135,11 +147,12 @@ class IntensitySource:
     retry_seconds: float = 60
 
     def __init__(self, provider: Provider, cache_path: str | None, clock: Callable[[], float] = time.time,
-                 refresh_seconds: float = 1800) -> None:
+                 refresh_seconds: float = 1800, max_value: float = MAX_G_PER_KWH) -> None:
         self.provider = provider
         self.clock = clock
         self.refresh_seconds = refresh_seconds
-        self._cache = IntensityCache(cache_path) if provider.cacheable else None
+        self.max_value = max_value
+        self._cache = _open_cache(cache_path) if provider.cacheable else None
         self._mem: dict[int, Entry] = {}
         self._lock = threading.Lock()
         self._retry_after = -math.inf
@@ -212,13 +225,21 @@ class IntensitySource:
         return out
 
     def _load(self, slots: Sequence[int]) -> None:
-        if slots and self._cache is not None:
-            self._mem.update(self._cache.get(self.provider.cache_key, min(slots), max(slots) + HALF_HOUR))
+        if not slots or self._cache is None:
+            return
+        try:
+            got = self._cache.get(self.provider.cache_key, min(slots), max(slots) + HALF_HOUR)
+        except CacheError as exc:
+            log.warning("%s; fetching without it", exc)
+            return
+        # a value cached before the bounds existed (or by hand) is fetched again, never used
+        self._mem.update({s: e for s, e in got.items() if e.value is None or _plausible(e.value, self.max_value)})
 
     def _fetch(self, start: int, end: int) -> list[Reading]:
         if end <= start:
             return []
         readings = self.provider.fetch(start, end)
+        check_readings(self.provider.name, readings, self.max_value)
         log.debug("%s: %d readings for %s..%s", self.provider.name, len(readings), iso(start), iso(end))
         return readings
 
@@ -230,8 +251,58 @@ class IntensitySource:
                 old = self._mem.get(s)
                 fresh[s] = Entry(old.value, old.kind, now) if old and old.value is not None else Entry(None, MISSING, now)
         assert self._cache is not None
-        self._cache.put(self.provider.cache_key, fresh)
         self._mem.update(fresh)
+        try:
+            self._cache.put(self.provider.cache_key, fresh)
+        except CacheError as exc:
+            log.warning("%s; the values are kept in memory only", exc)
+
+
+def _open_cache(path: str | None) -> IntensityCache:
+    """The persistent cache; one that cannot be opened (corrupt, unwritable) is bypassed with a warning."""
+    try:
+        return IntensityCache(path)
+    except CacheError as exc:
+        if path is None:
+            raise
+        log.warning("%s; intensity cached in memory only", exc)
+        return IntensityCache(None)
+
+
+def _plausible(value: object, max_value: float) -> bool:
+    if type(value) not in (int, float) and not isinstance(value, (np.floating, np.integer)):
+        return False
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        return False
+    return math.isfinite(v) and 0 <= v <= max_value
+
+
+def check_readings(provider: str, readings: object, max_value: float = MAX_G_PER_KWH) -> None:
+    """Raise IntensityUnavailable (an outage of the provider) unless every reading is plausible:
+    a half-hour slot and a finite number in 0..max_value. One bad value refuses the whole batch,
+    since an answer that holds one is not to be trusted for the others."""
+    if not isinstance(readings, list):
+        raise IntensityUnavailable(f"intensity provider {provider}: no list of readings")
+    for r in readings:
+        if not isinstance(r, Reading) or type(r.slot) is not int or r.slot % HALF_HOUR:
+            raise IntensityUnavailable(f"intensity provider {provider}: malformed reading {str(r)[:120]}")
+        if not _plausible(r.g_per_kwh, max_value):
+            raise IntensityUnavailable(
+                f"intensity provider {provider}: implausible intensity {str(r.g_per_kwh)[:40]} g/kWh for "
+                f"{iso(r.slot) if 0 <= r.slot < 253402300800 else r.slot} (allowed 0..{max_value:g}, "
+                "intensity.max_g_per_kwh): the answer is refused")
+
+
+def number(value: object, what: str) -> float:
+    """A JSON number as float: not a bool, a string or a list; ValueError otherwise (huge ints included)."""
+    if type(value) not in (int, float):
+        raise ValueError(f"{what} {str(value)[:40]!r} is not a number")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        raise ValueError(f"{what} {str(value)[:40]} is out of range") from None
 
 
 def _table(first: int, stop: int, entries: dict[int, Entry], stale: set[int] | None = None) -> IntensityTable:
@@ -254,27 +325,99 @@ _USERINFO = re.compile(r"(?<=//)[^/@]+(?=@)")
 
 
 def get_json(session: requests.Session, url: str, *, params: dict[str, str] | None = None,
-             headers: dict[str, str] | None = None, timeout: float = 30.0, secrets: Sequence[str] = ()) -> Any:
-    """GET and decode JSON; every failure is IntensityUnavailable naming the URL, secrets blanked."""
+             headers: dict[str, str] | None = None, timeout: float = 30.0, secrets: Sequence[str] = (),
+             max_bytes: int = MAX_RESPONSE_BYTES) -> Any:
+    """GET and decode JSON; every failure is IntensityUnavailable naming the URL, secrets blanked.
+
+    `timeout` bounds the whole request (connecting, waiting, reading every byte), `max_bytes` the
+    answer. A request that carries a secret header (`secrets`) follows no redirect: requests
+    would send a custom header such as `auth-token` on to another host.
+    """
     import requests
 
     full = f"{url}?{urlencode(params)}" if params else url
     secrets = [*secrets, *_USERINFO.findall(full)]  # user:password@ in a configured URL
+    _watch_connections(session)
+    with Deadline(timeout) as deadline:
+        _current.deadline = deadline
+        try:
+            status, body, location = _get(session, full, headers, timeout, max_bytes, follow=not secrets)
+        except requests.RequestException as exc:
+            if deadline.expired:
+                raise IntensityUnavailable(_redact(f"{full}: no complete answer within {timeout:g} s", secrets)) from None
+            if isinstance(exc, requests.Timeout):
+                raise IntensityUnavailable(_redact(f"{full}: no answer within {timeout:g} s", secrets)) from None
+            m = _ERRNO.search(str(exc))
+            reason = m.group(1).strip() if m else type(exc).__name__
+            raise IntensityUnavailable(_redact(f"cannot reach {full}: {reason}", secrets)) from None
+        except ValueError as exc:  # too large
+            raise IntensityUnavailable(_redact(f"{full}: {exc} (intensity.max_response_bytes)", secrets)) from None
+        finally:
+            _current.deadline = None
+        if deadline.expired:
+            raise IntensityUnavailable(_redact(f"{full}: no complete answer within {timeout:g} s", secrets))
+    if status != 200:
+        text = " ".join(body[:600].decode("utf-8", "replace").split())[:200]
+        moved = f" (redirect to {location} not followed: the token goes only to the configured URL)" if location else ""
+        raise IntensityUnavailable(_redact(f"{full} answered HTTP {status}{moved}: {text}", secrets))
     try:
-        resp = session.get(full, headers=headers, timeout=timeout)
-    except requests.Timeout:
-        raise IntensityUnavailable(_redact(f"{full}: no answer within {timeout:g} s", secrets)) from None
-    except requests.RequestException as exc:
-        m = _ERRNO.search(str(exc))
-        reason = m.group(1).strip() if m else type(exc).__name__
-        raise IntensityUnavailable(_redact(f"cannot reach {full}: {reason}", secrets)) from None
-    if resp.status_code != 200:
-        body = " ".join(resp.text.split())[:200]
-        raise IntensityUnavailable(_redact(f"{full} answered HTTP {resp.status_code}: {body}", secrets))
-    try:
-        return resp.json()
-    except ValueError:
+        return json.loads(body)
+    except (ValueError, RecursionError):
         raise IntensityUnavailable(_redact(f"{full} did not answer JSON", secrets)) from None
+
+
+def _get(session: requests.Session, url: str, headers: dict[str, str] | None, timeout: float, max_bytes: int,
+         follow: bool) -> tuple[int, bytes, str]:
+    """(status, body, Location of an unfollowed redirect); the body streamed under `max_bytes`."""
+    from ..httpconn import read_capped
+
+    with session.get(url, headers=headers, timeout=timeout, stream=True, allow_redirects=follow) as resp:
+        chunks = resp.iter_content(1 << 16)
+        body = read_capped(lambda _n: next(chunks, b""), max_bytes, "answer")
+        location = resp.headers.get("Location", "") if resp.is_redirect else ""
+        return resp.status_code, body, location
+
+
+_current = threading.local()
+"""The Deadline of the request this thread is making, for the connection pools to watch."""
+
+
+def _watch_connections(session: requests.Session) -> None:
+    """Mount adapters whose pools hand every connection they give out to the current Deadline."""
+    for prefix in ("http://", "https://"):
+        if not isinstance(session.get_adapter(prefix + "x"), _adapter_class()):
+            session.mount(prefix, _adapter_class()())
+
+
+@functools.cache
+def _adapter_class() -> type:
+    from requests.adapters import HTTPAdapter
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    def watched(base: type) -> type:
+        class Pool(base):  # type: ignore[misc, valid-type]
+            def _get_conn(self, timeout=None):  # noqa: ANN001, ANN202 - urllib3's signature
+                conn = super()._get_conn(timeout)
+                deadline = getattr(_current, "deadline", None)
+                if deadline is not None:
+                    deadline.watch(conn)
+                return conn
+
+        return Pool
+
+    pools = {"http": watched(HTTPConnectionPool), "https": watched(HTTPSConnectionPool)}
+
+    class DeadlineAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = pools
+
+        def proxy_manager_for(self, proxy, **kwargs):  # noqa: ANN001, ANN003, ANN202
+            manager = super().proxy_manager_for(proxy, **kwargs)
+            manager.pool_classes_by_scheme = pools
+            return manager
+
+    return DeadlineAdapter
 
 
 def _redact(text: str, secrets: Sequence[str]) -> str:

@@ -3,6 +3,8 @@
 WAL mode lets one process write while others read; writes take the lock up front
 (BEGIN IMMEDIATE) and wait on a busy timeout, so two processes never see "database is locked".
 Rows are keyed by (provider cache_key, slot); `value` NULL records "the provider had nothing".
+A cache that fails (a corrupt or unwritable file) is a CacheError, which IntensitySource turns
+into a warning: it is only a cache, so it is bypassed, never a reason to refuse a job.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import threading
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from ..errors import CarbondError
+from ..errors import IntensityUnavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS intensity (
@@ -25,6 +27,10 @@ CREATE TABLE IF NOT EXISTS intensity (
     PRIMARY KEY (key, slot)
 ) WITHOUT ROWID
 """
+
+
+class CacheError(IntensityUnavailable):
+    """The intensity cache cannot be opened, read or written (an outage at worst, never a poison record)."""
 
 
 class Entry(NamedTuple):
@@ -48,15 +54,18 @@ class IntensityCache:
                 self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
-            raise CarbondError(f"cannot open the intensity cache {self.path}: {exc}") from None
+            raise CacheError(f"cannot open the intensity cache {self.path}: {exc}") from None
 
     def get(self, key: str, start: int, end: int) -> dict[int, Entry]:
         """Rows of `key` with start <= slot < end."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT slot, value, kind, fetched_at FROM intensity WHERE key = ? AND slot >= ? AND slot < ?",
-                (key, start, end),
-            ).fetchall()
+            try:
+                rows = self._db.execute(
+                    "SELECT slot, value, kind, fetched_at FROM intensity WHERE key = ? AND slot >= ? AND slot < ?",
+                    (key, start, end),
+                ).fetchall()
+            except (sqlite3.Error, OverflowError) as exc:
+                raise CacheError(f"cannot read the intensity cache {self.path}: {exc}") from None
         return {slot: Entry(value, kind, fetched_at) for slot, value, kind, fetched_at in rows}
 
     def put(self, key: str, entries: Mapping[int, Entry]) -> None:
@@ -72,10 +81,13 @@ class IntensityCache:
                     rows,
                 )
                 self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OverflowError) as exc:
                 if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise CarbondError(f"cannot write the intensity cache {self.path}: {exc}") from None
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the connection is closed or broken: the transaction is gone with it
+                raise CacheError(f"cannot write the intensity cache {self.path}: {exc}") from None
 
     def close(self) -> None:
         with self._lock:

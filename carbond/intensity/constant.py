@@ -21,8 +21,9 @@ class ConstantIntensity:
 
     @classmethod
     def from_config(cls, ic: IntensityConfig) -> ConstantIntensity:
-        if ic.value is None or not math.isfinite(ic.value) or ic.value < 0:
-            raise ConfigError([f"intensity.value: a number >= 0 is required by provider constant, got {ic.value!r}"])
+        if ic.value is None or not math.isfinite(ic.value) or not 0 <= ic.value <= ic.max_g_per_kwh:
+            raise ConfigError([f"intensity.value: a number in 0..{ic.max_g_per_kwh:g} (intensity.max_g_per_kwh) is "
+                               f"required by provider constant, got {ic.value!r}"])
         return cls(float(ic.value))
 
     @property

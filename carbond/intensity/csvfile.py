@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, IntensityUnavailable
-from . import HALF_HOUR, Reading
+from . import HALF_HOUR, MAX_G_PER_KWH, Reading, check_readings
 
 if TYPE_CHECKING:
     from ..config import IntensityConfig
@@ -29,6 +29,7 @@ MAX_PROBLEMS = 20
 @dataclass
 class CsvIntensity:
     path: str
+    max_value: float = MAX_G_PER_KWH
     name: str = "csv"
     cacheable: bool = False
     _values: dict[int, float] = field(default_factory=dict, repr=False)
@@ -38,7 +39,7 @@ class CsvIntensity:
     def from_config(cls, ic: IntensityConfig) -> CsvIntensity:
         if not ic.path:
             raise ConfigError(["intensity.path: required by provider csv"])
-        provider = cls(ic.path)
+        provider = cls(ic.path, ic.max_g_per_kwh)
         provider.reload()
         return provider
 
@@ -54,7 +55,9 @@ class CsvIntensity:
             # provider is unavailable until the file is fixed, and the daemon retries.
             raise IntensityUnavailable(f"intensity csv {self.path}: {'; '.join(exc.problems)}") from None
         values = self._values
-        return [Reading(s, values[s], "csv") for s in range(start, end, HALF_HOUR) if s in values]
+        out = [Reading(s, values[s], "csv") for s in range(start, end, HALF_HOUR) if s in values]
+        check_readings(f"csv {self.path}", out, self.max_value)
+        return out
 
     def reload(self) -> None:
         """Read the file when it is new or changed since the last read."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import read_secret
 from ..errors import ConfigError
 from ..times import iso, parse_time
-from . import HALF_HOUR, Reading, bad_shape, chunks, get_json
+from . import HALF_HOUR, MAX_G_PER_KWH, MAX_RESPONSE_BYTES, Reading, bad_shape, check_readings, chunks, get_json, number
 
 if TYPE_CHECKING:
     import requests
@@ -39,6 +39,8 @@ class ElectricityMaps:
     token: str = field(repr=False)
     base_url: str = BASE_URL
     timeout: float = 30.0
+    max_bytes: int = MAX_RESPONSE_BYTES
+    max_value: float = MAX_G_PER_KWH
     clock: Callable[[], float] = field(default=time.time, repr=False)
     name: str = "electricitymaps"
     cacheable: bool = True
@@ -55,7 +57,8 @@ class ElectricityMaps:
             raise ConfigError([f"intensity.token_file: required (or set ${TOKEN_ENV})"])
         if not ic.zone:
             raise ConfigError(["intensity.zone: required by provider electricitymaps"])
-        return cls(session, ic.zone, token, (ic.url or BASE_URL).rstrip("/"), ic.timeout, clock)
+        return cls(session, ic.zone, token, (ic.url or BASE_URL).rstrip("/"), ic.timeout,
+                   ic.max_response_bytes, ic.max_g_per_kwh, clock)
 
     @property
     def cache_key(self) -> str:
@@ -74,13 +77,14 @@ class ElectricityMaps:
         out = []
         for hour, value in points:
             out += [Reading(s, value, "actual") for s in (hour, hour + HALF_HOUR) if start <= s < end]
+        check_readings(self.name, out, self.max_value)
         return out
 
     def _get(self, endpoint: str, params: dict[str, str]) -> list[tuple[int, float]]:
         url = f"{self.base_url}/v3/carbon-intensity/{endpoint}"
         self.requests_made += 1
         body = get_json(self.session, url, params=params, headers={"auth-token": self.token},
-                        timeout=self.timeout, secrets=[self.token])
+                        timeout=self.timeout, secrets=[self.token], max_bytes=self.max_bytes)
         items = (body.get("data") if "data" in body else body.get("history")) if isinstance(body, dict) else None
         if not isinstance(items, list):
             raise bad_shape(url, "no list under 'data' or 'history'")
@@ -92,8 +96,6 @@ def _point(url: str, item: Any) -> tuple[int, float] | None:
     try:
         t = int(parse_time(item["datetime"])[0])
         value = item.get("carbonIntensity")
+        return None if value is None else (t // HOUR * HOUR, number(value, "carbonIntensity"))
     except Exception as exc:  # noqa: BLE001 - any malformed entry is the same problem
-        raise bad_shape(url, f"entry {str(item)[:120]} ({type(exc).__name__})") from None
-    if value is None:
-        return None
-    return t // HOUR * HOUR, float(value)
+        raise bad_shape(url, f"entry {str(item)[:120]} ({type(exc).__name__}: {str(exc)[:80]})") from None

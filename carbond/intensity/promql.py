@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import IntensityUnavailable, VictoriaError
-from . import HALF_HOUR, Reading, chunks
+from . import HALF_HOUR, MAX_G_PER_KWH, Reading, check_readings, chunks
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -48,6 +48,7 @@ class PrometheusIntensity:
     query: str
     source: str = ""
     """Where the series lives (the VictoriaMetrics URL), part of the cache key."""
+    max_value: float = MAX_G_PER_KWH
     name: str = "prometheus"
     cacheable: bool = True
 
@@ -58,7 +59,7 @@ class PrometheusIntensity:
 
             raise ConfigError(["intensity.query: required by provider prometheus"])
         vm = cfg.victoriametrics
-        return cls(victoria, cfg.intensity.query, f"{vm.url}|{vm.tenant or ''}")
+        return cls(victoria, cfg.intensity.query, f"{vm.url}|{vm.tenant or ''}", cfg.intensity.max_g_per_kwh)
 
     @property
     def cache_key(self) -> str:
@@ -73,6 +74,7 @@ class PrometheusIntensity:
             except VictoriaError as exc:
                 raise IntensityUnavailable(f"intensity query {self.query!r}: {exc}") from None
             out += slot_means(series, a, b)
+        check_readings(self.name, out, self.max_value)
         return out
 
 

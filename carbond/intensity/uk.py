@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..times import parse_time
-from . import HALF_HOUR, Reading, bad_shape, chunks, get_json
+from . import HALF_HOUR, MAX_G_PER_KWH, MAX_RESPONSE_BYTES, Reading, bad_shape, check_readings, chunks, get_json, number
 
 if TYPE_CHECKING:
     import requests
@@ -34,6 +34,8 @@ class UKCarbonIntensity:
     region: str | None = None
     """None for national; a region id "1".."17"; or a postcode outward code such as "RG10"."""
     timeout: float = 30.0
+    max_bytes: int = MAX_RESPONSE_BYTES
+    max_value: float = MAX_G_PER_KWH
     name: str = "uk-carbon-intensity"
     cacheable: bool = True
     requests_made: int = 0
@@ -41,7 +43,8 @@ class UKCarbonIntensity:
     @classmethod
     def from_config(cls, ic: IntensityConfig, session: requests.Session) -> UKCarbonIntensity:
         region = ic.region.strip().upper() if ic.region else None
-        return cls(session, (ic.url or BASE_URL).rstrip("/"), region, ic.timeout)
+        return cls(session, (ic.url or BASE_URL).rstrip("/"), region, ic.timeout, ic.max_response_bytes,
+                   ic.max_g_per_kwh)
 
     @property
     def cache_key(self) -> str:
@@ -55,8 +58,9 @@ class UKCarbonIntensity:
         for a, b in chunks(start, end, MAX_SPAN):
             url = self._url(a, b)
             self.requests_made += 1
-            body = get_json(self.session, url, timeout=self.timeout)
+            body = get_json(self.session, url, timeout=self.timeout, max_bytes=self.max_bytes)
             out += [r for r in self._parse(url, body) if a <= r.slot < b]
+        check_readings(self.name, out, self.max_value)
         return out
 
     def _url(self, start: int, end: int) -> str:
@@ -82,15 +86,19 @@ def _reading(url: str, item: Any) -> Reading | None:
         slot = int(parse_time(item["from"])[0])
         intensity = item["intensity"]
         actual, forecast = intensity.get("actual"), intensity.get("forecast")
+        if actual is not None:
+            return _on_half_hour(url, item, Reading(slot, number(actual, "actual"), "actual"))
+        if forecast is not None:
+            return _on_half_hour(url, item, Reading(slot, number(forecast, "forecast"), "forecast"))
     except Exception as exc:  # noqa: BLE001 - any malformed entry is the same problem
-        raise bad_shape(url, f"half-hour entry {str(item)[:120]} ({type(exc).__name__})") from None
-    if slot % HALF_HOUR:
-        raise bad_shape(url, f"'from' {item['from']} is not on a half-hour")
-    if actual is not None:
-        return Reading(slot, float(actual), "actual")
-    if forecast is not None:
-        return Reading(slot, float(forecast), "forecast")
+        raise bad_shape(url, f"half-hour entry {str(item)[:120]} ({type(exc).__name__}: {str(exc)[:80]})") from None
     return None
+
+
+def _on_half_hour(url: str, item: dict, r: Reading) -> Reading:
+    if r.slot % HALF_HOUR:
+        raise ValueError(f"'from' {str(item['from'])[:40]} is not on a half-hour")
+    return r
 
 
 def _fmt(t: int) -> str:
