@@ -458,6 +458,10 @@ class Daemon:
 
     def _health(self) -> None:
         """Gauges every pass; the current intensity every INTENSITY_EVERY seconds."""
+        self.metrics.samples_dropped("node", getattr(self.victoria, "dropped_samples", 0))
+        gpu = getattr(self.engine, "gpu_power", None)
+        if gpu is not None:
+            self.metrics.samples_dropped("gpu", gpu.dropped_samples)
         count, oldest = self.spool.backlog()
         self.metrics.set_backlog(count + len(self.recovered), oldest)
         self.metrics.set_dead_letters(self.spool.dead_count())

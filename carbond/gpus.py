@@ -20,7 +20,7 @@ import numpy as np
 
 from .config import GpuConfig, VictoriaConfig
 from .energy import Trace, build_trace
-from .victoria import VictoriaClient, _concat, _lines, parse_export_line
+from .victoria import VictoriaClient, _concat, add_matcher, parse_export_counted
 
 SEP = "/gpu"
 
@@ -35,19 +35,33 @@ class GpuClient(VictoriaClient):
         self.gpu = gpu
 
     def _export(self, task) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        form = {"match[]": self.selector(task.nodes), "start": f"{task.start_ms / 1000:.3f}",
-                "end": f"{task.end_ms / 1000:.3f}"}
+        """One export request (the same size limits, deadline and sample checks as the node meters');
+        dcgm-exporter's node label is `Hostname`, `hostname` in its newer releases: both are asked."""
         g = self.gpu
+        selectors = [self.selector(task.nodes)]
+        if g.node_label == "Hostname":
+            selectors.append(add_matcher(g.query, "hostname=~" + self.names.matcher(task.nodes).split("=~", 1)[1]))
+        form = [*(("match[]", sel) for sel in selectors), ("start", f"{task.start_ms / 1000:.3f}"),
+                ("end", f"{task.end_ms / 1000:.3f}")]
         out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-        with self._post("/api/v1/export", form) as resp:
-            for line in _lines(resp, self._url):
-                metric, t, w = parse_export_line(line)
-                node, idx = metric.get(g.node_label), metric.get(g.gpu_label)
-                if node is None or idx is None or len(t) == 0:
+        with self._post("/api/v1/export", form) as resp:  # type: ignore[arg-type]
+            for line in self._lines(resp):
+                metric, t, w, dropped = parse_export_counted(line)
+                node = metric.get(g.node_label) or (metric.get("hostname") if g.node_label == "Hostname" else None)
+                idx = metric.get(g.gpu_label)
+                if node is None or idx is None:
+                    self.count_dropped(dropped)
+                    continue
+                w = w * g.unit_factor if g.unit_factor != 1 else w
+                keep = w <= self.max_watts(node)  # a GPU draws no more than its node may
+                self.count_dropped(dropped + int(np.count_nonzero(~keep)))
+                if not keep.all():
+                    t, w = t[keep], w[keep]
+                if not len(t):
                     continue
                 job = metric.get(g.job_label) if g.job_label else None
                 key = f"{node}{SEP}{idx}" + (f"@{job}" if job else "")
-                out.setdefault(key, []).append((t, w * g.unit_factor if g.unit_factor != 1 else w))
+                out.setdefault(key, []).append((t, w))
         return {k: _concat(parts) for k, parts in out.items()}
 
 

@@ -58,6 +58,10 @@ class Metrics:
                                    ["kind"], registry=registry)
         for kind in LOOP_ERROR_KINDS:
             self.loop_errors.labels(kind=kind)
+        self.dropped = Counter("carbond_power_samples_dropped",
+                               "Power samples refused at the boundary (not finite, negative, above the node's bound).",
+                               ["meter"], registry=registry)
+        self._dropped_seen: dict[str, int] = {}
         self.backlog = Gauge("carbond_backlog_jobs", "Jobs waiting to be accounted or written.", registry=registry)
         self.backlog_oldest = Gauge("carbond_backlog_oldest_seconds", "Age of the oldest job in the backlog.",
                                     registry=registry)
@@ -128,6 +132,13 @@ class Metrics:
             self.totals.invalidate()
             return
         self.totals.mem_skipped[reason] = self.totals.mem_skipped.get(reason, 0) + 1
+
+    def samples_dropped(self, meter: str, total: int) -> None:
+        """The client's running count of dropped samples (node or gpu meters) into the counter."""
+        delta = total - self._dropped_seen.get(meter, 0)
+        if delta > 0:
+            self.dropped.labels(meter=meter).inc(delta)
+            self._dropped_seen[meter] = total
 
     def loop_error(self, kind: str) -> None:
         self.loop_errors.labels(kind=kind if kind in LOOP_ERROR_KINDS else "internal").inc()

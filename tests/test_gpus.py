@@ -160,3 +160,25 @@ def test_vectorised_tres_weights_equal_the_scalar_rule_row_by_row(jobs):
             load = min(1.0, job.cpus[i] / cls.cpus) if job.cpus else 1.0
             want = weighted_share(cls, job, i, cls.cpus, load) if cls.weights else load
             assert row.node == node and row.share == pytest.approx(want, rel=1e-12)
+
+
+def test_newer_dcgm_hostname_label_and_implausible_samples_are_dropped_and_counted(vm):
+    """dcgm-exporter 3.3+ names the node `hostname` (older: `Hostname`): both are read. A GPU
+    sample above what the node may draw is no measurement: dropped, counted, bridged like a gap."""
+    node = vm.node("g")
+    t = np.arange(MIDNIGHT - 600, MIDNIGHT + HOUR + 601, 15.0)
+    vm.import_series(node, t, np.full(t.size, 1000.0))
+    w = np.full(t.size, 250.0)
+    w[t.size // 2] = 1e9  # a glitch
+    vm.import_lines([json.dumps({"metric": {"__name__": "DCGM_FI_DEV_POWER_USAGE", "gpu": "0", "hostname": node},
+                                 "values": w.tolist(), "timestamps": [int(x * 1000) for x in t]})])
+    vm.flush()
+    c = from_mapping({"nodes": [{"match": node, "name": "gpu", "cpus": 64, "gpus": 1, "max_watts": 2000}]})
+    vc = VictoriaConfig(url=vm.url)
+    gpu = GpuClient(vc, GpuConfig())
+    (fp,) = Engine(c, VictoriaClient(vc), FakeIntensity(100), gpu_power=gpu).account(
+        [GJob("95", MIDNIGHT, MIDNIGHT + HOUR, (node,), (8.0,), gpus=1, gpu_ids="0")])
+    assert fp.status == "ok", fp.error
+    assert fp.gpu_energy_kwh == pytest.approx(0.25, rel=1e-9)  # 250 W bridged over the dropped sample
+    assert fp.energy_kwh == pytest.approx(0.25 + 8 / 64 * 0.75, rel=1e-9)
+    assert gpu.dropped_samples == 1

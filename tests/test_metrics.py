@@ -408,3 +408,14 @@ def test_the_openmetrics_exposition_has_no_family_twice(tmp_path):
         led.record_many([_pending(1), Entry("2", L.DEAD, reason="x")])
         families = [f.name for f in text_string_to_metric_families(om_latest(reg).decode())]
     assert len(families) == len(set(families)) and {"carbond_jobs", "carbond_ledger_jobs"} <= set(families)
+
+
+def test_dropped_samples_counter_follows_the_clients_count_and_never_decreases():
+    reg = CollectorRegistry()
+    m = Metrics(reg, "c1")
+    m.samples_dropped("node", 3)
+    m.samples_dropped("node", 3)  # nothing new
+    m.samples_dropped("gpu", 2)
+    m.samples_dropped("node", 1)  # a new client (restart of a command) counts from 0: never a decrease
+    assert value(reg, "carbond_power_samples_dropped_total", meter="node") == 3
+    assert value(reg, "carbond_power_samples_dropped_total", meter="gpu") == 2
