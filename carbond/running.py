@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 from .errors import CarbondError
-from .times import parse_duration
 
 RECENT = 600.0
 """Seconds of the newest power over which the current power is averaged."""
@@ -84,29 +83,24 @@ def so_far(engine, job, now: float, limit_s: float | None, newest: Callable[[Seq
 
 
 def time_limit(sacct: str, job_id: str, runner=subprocess.run) -> float | None:
-    """The job's time limit in seconds from `sacct -o Timelimit` (None: UNLIMITED or unknown)."""
-    cmd = [sacct, "-X", "-n", "-P", "-j", job_id, "-o", "Timelimit"]
-    try:
-        res = runner(cmd, capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    text = (res.stdout or "").strip().splitlines()
-    if res.returncode != 0 or not text:
-        return None
-    try:
-        return parse_duration(text[0])
-    except CarbondError:
-        return None
+    """SlurmIO.time_limit with a given sacct (None: UNLIMITED or unknown)."""
+    from .config import SlurmConfig
+    from .slurm import SlurmIO
+
+    return SlurmIO(SlurmConfig(sacct=sacct), runner=runner, timeout=60).time_limit(job_id)
 
 
 def show_running(cfg, facts, out, as_json: bool = False, engine=None, now: float | None = None) -> None:
     """The `carbond show` hook for a job that has started and not ended."""
-    from .engine import build_engine
+    from .services import build, slurm_io
 
     if engine is None:
-        engine, _victoria = build_engine(cfg)
+        services = build(cfg)
+        engine, slurm = services.engine, services.slurm
+    else:
+        slurm = slurm_io(cfg)
     newest = engine.power.latest_sample  # type: ignore[attr-defined]
-    limit = time_limit(cfg.slurm.sacct, facts.job.job_id)
+    limit = slurm.time_limit(facts.job.job_id)
     p = so_far(engine, facts.job, time.time() if now is None else now, limit, newest)
     if as_json:
         out.write(json.dumps({"job_id": facts.job.label, "state": facts.state, "running": asdict(p)}) + "\n")

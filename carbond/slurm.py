@@ -330,6 +330,17 @@ class SlurmIO:
         m = re.search(r"(?:^|\s)SuspendTime=(\d+)(?:\s|$)", text)
         return float(m.group(1)) if m else None
 
+    def time_limit(self, job_id: str) -> float | None:
+        """The job's time limit in seconds (`sacct -o Timelimit`); None: UNLIMITED or unknown."""
+        from .times import parse_duration
+
+        cmd = [self.cfg.sacct, "-X", "-n", "-P", *self._cluster_opt(), "-j", str(job_id), "-o", "Timelimit"]
+        try:
+            lines = self._run(cmd, {}).strip().splitlines()
+            return parse_duration(lines[0]) if lines else None
+        except CarbondError:
+            return None
+
     def running_gpu_jobs(self) -> set[str]:
         """Ids of the running jobs that hold GPUs (one squeue call; carbond.gpu_capture)."""
         from .gpu_capture import parse_running_gpu_jobs

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from carbond_stack import free_port
+from fixtures_slurm import SlurmTestbed, acquire, release
 
 REPO = Path(__file__).resolve().parent.parent
 HARNESS = REPO / "scripts" / "systemd-container"
@@ -40,7 +41,19 @@ UNIT = "carbond"
 BLOCKS = ("packages", "files", "check", "slurm", "verify")
 SLOW_SACCTMGR = "/usr/local/bin/sacctmgr-slow"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (systemd-nspawn, mounts, cgroups)")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root (systemd-nspawn, mounts, cgroups)"),
+              pytest.mark.systemd, pytest.mark.slurm, pytest.mark.vm]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory) -> Iterator[SlurmTestbed]:
+    """A testbed of this module's own: its spool is bound into the container and its lock file
+    cleared, which must never happen to the testbed (and spool) other tests share."""
+    testbed = acquire(tmp_path_factory.mktemp("testbed-systemd"))
+    try:
+        yield testbed
+    finally:
+        release(testbed)
 
 
 def readme_blocks() -> dict[str, str]:
