@@ -529,9 +529,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 def _regex_problem(pattern: str) -> str | None:
-    """victoria.node_regex_problem behind a length bound, with whatever the compiler raises
+    """node_regex_problem behind a length bound, with whatever the compiler raises
     (a repetition count it cannot hold is an OverflowError, not a re.error) as a problem."""
-    from .victoria import node_regex_problem
+    from .node_regex import node_regex_problem
 
     if len(pattern) > MAX_REGEX_CHARS:
         return f"longer than {MAX_REGEX_CHARS} characters"

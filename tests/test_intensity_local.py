@@ -133,3 +133,10 @@ def test_registry_builds_each_remote_provider(tmp_path):
     tok.write_text("abc\n")
     p = make_provider(from_mapping({"intensity": {"provider": "electricitymaps", "zone": "DE", "token_file": str(tok)}}))
     assert isinstance(p, ElectricityMaps) and p.token == "abc" and p.cacheable
+
+
+def test_one_provider_registry_that_config_validates_against():
+    from carbond.config import PROVIDERS
+    from carbond.intensity import REGISTRY
+
+    assert tuple(REGISTRY) == PROVIDERS

@@ -481,7 +481,9 @@ REGISTRY: dict[str, Constructor] = {
     "csv": _csv,
     "constant": _constant,
 }
-"""Config name (`intensity.provider`) -> constructor. Each module is imported only when chosen."""
+"""Config name (`intensity.provider`) -> constructor. Each module is imported only when chosen.
+Its names are config.PROVIDERS, the list check-config validates against (tests/test_intensity_local.py
+checks that they are the same)."""
 
 
 def make_provider(cfg: Config, session: requests.Session | None = None, victoria: VictoriaClient | None = None,
