@@ -36,6 +36,8 @@ MAX_INT = 2**53
 WATCHDOG_SECONDS = 60.0
 """WatchdogSec of systemd/carbond.service; a Slurm call must return within half of it."""
 DEFAULT_POWER_QUERY = 'amperageProbeReading{amperageProbeLocationName="System Board Pwr Consumption"}'
+KINDS = ("gauge", "counter")
+"""What a power series holds: watts, or joules since some start."""
 PROVIDERS = ("uk-carbon-intensity", "electricitymaps", "prometheus", "csv", "constant")
 COMMENT_FIELDS = ("admin_comment", "system_comment", "comment")
 ATTRIBUTIONS = ("cpus", "exclusive")
@@ -57,7 +59,10 @@ class VictoriaConfig:
     """Extracts the Slurm node name from the node label's value: a regex with a group named `node`
     (e.g. `^(?P<node>[^.:]+)` maps instance="n1.cluster:9290" to n1); unset, the value is the name."""
     scale: float = 1.0
-    """Watts per unit of the series (0.001 for milliwatts)."""
+    """Watts per unit of the series (0.001 for milliwatts); joules per unit for a counter."""
+    kind: str = "gauge"
+    """`gauge`: the series is power; `counter`: energy since some start (RAPL, Redfish energy),
+    read exactly between its samples (resets handled)."""
     bearer_token_file: str | None = None
     basic_auth: BasicAuth | None = None
     tenant: str | None = None
@@ -130,6 +135,8 @@ class GpuConfig:
     job_label: str | None = None
     """A label naming the job on the series (dcgm-exporter's `hpc_job`), when GPUs are not mapped by index."""
     unit_factor: float = 1.0
+    kind: str = "gauge"
+    """`counter` for DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION (mJ since boot: unit_factor 0.001)."""
     """Multiplies the samples into watts: 0.001 for `nvidia_gpu_power_usage_milliwatts`."""
 
 
@@ -432,6 +439,10 @@ def _check(cfg: Config) -> list[str]:
         p.append(f"idle: must be one of {', '.join(IDLE_POLICIES)}, got {cfg.idle!r}")
     if cfg.gpu is not None and cfg.gpu.unit_factor <= 0:
         p.append("gpu.unit_factor: must be positive")
+    if cfg.gpu is not None and cfg.gpu.kind not in KINDS:
+        p.append(f"gpu.kind: must be one of {', '.join(KINDS)}, got {_shown('kind', cfg.gpu.kind)}")
+    if cfg.victoriametrics.kind not in KINDS:
+        p.append(f"victoriametrics.kind: must be one of {', '.join(KINDS)}, got {_shown('kind', cfg.victoriametrics.kind)}")
     if cfg.max_gap <= 0:
         p.append("max_gap: must be positive")
     if cfg.settle_seconds < 0:

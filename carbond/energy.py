@@ -106,6 +106,67 @@ def window(trace: Trace, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.n
     return j[m:] - j[:m], s[m:] - s[:m]
 
 
+STEP = 1e-3
+"""Seconds after each counter sample where the power steps to the next segment's (counter_power)."""
+
+
+def counter_power(t: np.ndarray, e: np.ndarray, max_gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Power samples whose trapezoids give an energy counter's increments exactly between its samples.
+
+    A counter (joules since some start: dcgm-exporter's TOTAL_ENERGY_CONSUMPTION, RAPL, Redfish)
+    knows a segment's energy, not how power moved inside it: the power is taken as constant there,
+    and steps to the next segment's within STEP seconds after each sample, the step's trapezoid
+    accounted for, so E(t_i) - E(t_j) is the counter's to the last bits of float (unless a segment
+    holds less energy than STEP x half the power before it: then a power of 0). A counter that
+    went down was reset (a reboot): its new value is the energy since. Segments longer than
+    `max_gap` stay gaps, as for any series; the sample after one starts anew.
+    """
+    t = np.asarray(t, dtype=np.float64)
+    e = np.asarray(e, dtype=np.float64)
+    keep = np.isfinite(t) & np.isfinite(e)
+    t, e = t[keep], e[keep]
+    order = np.argsort(t, kind="stable")
+    t, e = t[order], e[order]
+    if t.size < 2:
+        return t[:0], e[:0]
+    dt = np.diff(t)
+    de = np.diff(e)
+    de = np.where(de < 0, e[1:], de)  # a reset: the counter restarted from zero
+    step = np.minimum(STEP, dt / 4)
+    out_t: list[float] = [float(t[0])]
+    out_w: list[float | None] = [None]  # a point's power, None until the segment after it is known
+    prev: float | None = None  # the power of the segment before, None after a gap
+    for i in range(dt.size):
+        if not dt[i] > 0 or dt[i] > max_gap:
+            if out_w[-1] is None:
+                out_w[-1] = prev if prev is not None else 0.0
+            out_t.append(float(t[i + 1]))
+            out_w.append(None)
+            prev = None
+            continue
+        if prev is None:  # the segment's power from its first sample
+            p = float(de[i] / dt[i])
+            out_w[-1] = p
+            out_t.append(float(t[i + 1]))
+            out_w.append(p)
+        else:  # the step's trapezoid over [t_i, t_i + s] taken from this segment's energy
+            at = float(t[i]) + float(step[i])
+            s = at - float(t[i])  # the step as the float times hold it (1e9 + 0.001 is not exact)
+            p = max(0.0, float((de[i] - prev * s / 2) / (dt[i] - s / 2)))  # 0 only after ~no energy
+            out_t += [at, float(t[i + 1])]
+            out_w += [p, p]
+        prev = p
+    if out_w[-1] is None:
+        out_w[-1] = prev if prev is not None else 0.0
+    return np.array(out_t), np.array(out_w, dtype=np.float64)
+
+
+def counter_ms(t_ms: np.ndarray, e: np.ndarray, max_gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """counter_power for sample times in integer milliseconds (as VictoriaMetrics exports them)."""
+    t, w = counter_power(np.asarray(t_ms, dtype=np.float64) / 1000.0, e, max_gap)
+    return np.round(t * 1000.0).astype(np.int64), w
+
+
 @dataclass(frozen=True)
 class Pieces:
     """Windows cut at UTC half-hours: row i is piece `index[i]` of window `owner[i]`."""

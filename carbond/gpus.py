@@ -13,13 +13,14 @@ known (AllocTRES gres/gpu=N), N/G of each of the node's G GPUs, with a warning.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .config import GpuConfig, VictoriaConfig
-from .energy import Trace, build_trace
+from .energy import Trace, build_trace, counter_ms
 from .victoria import VictoriaClient, _concat, add_matcher, parse_export_counted
 
 SEP = "/gpu"
@@ -53,6 +54,8 @@ class GpuClient(VictoriaClient):
                     self.count_dropped(dropped)
                     continue
                 w = w * g.unit_factor if g.unit_factor != 1 else w
+                if g.kind == "counter":  # dcgm's TOTAL_ENERGY_CONSUMPTION: mJ since boot (unit_factor 0.001)
+                    t, w = counter_ms(t, w, math.inf)
                 keep = w <= self.max_watts(node)  # a GPU draws no more than its node may
                 self.count_dropped(dropped + int(np.count_nonzero(~keep)))
                 if not keep.all():

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from .config import VictoriaConfig, read_secret
+from .energy import counter_ms
 from .errors import VictoriaError
 from .httpconn import Connections, DeadlineExceeded, Failure, basic_auth, read_capped
 from .node_regex import label_pattern, node_regex_problem  # noqa: F401 - node_regex_problem: this module's API
@@ -171,7 +172,10 @@ class VictoriaClient:
                 # a node_regex selector may also match other nodes' names that share a prefix
                 if node is None or node not in wanted:
                     continue
-                t, w, over = _bounded(t, w * scale if scale != 1.0 else w, self.max_watts(node))
+                w = w * scale if scale != 1.0 else w
+                if self.cfg.kind == "counter":  # joules since some start -> the power between samples
+                    t, w = counter_ms(t, w, math.inf)  # gaps: max_gap, when the trace is built
+                t, w, over = _bounded(t, w, self.max_watts(node))
                 self.count_dropped(dropped + over)
                 if len(t):
                     out.setdefault(node, {}).setdefault(tuple(sorted(metric.items())), []).append((t, w))

@@ -192,3 +192,24 @@ def test_cumulative_is_monotone_in_time():
     tr = build_trace(t, 100 + 50 * np.sin(t / 100), 300)
     j, s = cumulative(tr, np.linspace(T0 - 100, T0 + 3100, 997))
     assert np.all(np.diff(j) >= -1e-9) and np.all(np.diff(s) >= -1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(1, 400), st.floats(10, 5000), st.booleans()), min_size=2, max_size=60))
+def test_a_counter_gives_its_increments_exactly_between_samples(segments):
+    """counter_power: for every pair of samples not separated by a gap, the trace's energy equals the
+    counter's increments (a reset counts the new value as the energy since)."""
+    from carbond.energy import counter_power
+
+    t = np.concatenate(([1e9], 1e9 + np.cumsum([dt for dt, _, _ in segments])))
+    e = [1e6]
+    for dt, watts, reset in segments:  # a reset restarts from 0: the new value is below the old one
+        e.append(watts * dt if reset and watts * dt < e[-1] else e[-1] + watts * dt)
+    e = np.array(e)
+    inc = np.diff(e)
+    inc = np.where(inc < 0, e[1:], inc)
+    gap = 300.0
+    tr = build_trace(*counter_power(t, e, gap), gap)
+    got = window(tr, t[:-1], t[1:])[0]
+    bridged = np.diff(t) <= gap
+    assert np.allclose(got[bridged], inc[bridged], rtol=1e-9, atol=1e-6)

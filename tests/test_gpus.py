@@ -182,3 +182,35 @@ def test_newer_dcgm_hostname_label_and_implausible_samples_are_dropped_and_count
     assert fp.gpu_energy_kwh == pytest.approx(0.25, rel=1e-9)  # 250 W bridged over the dropped sample
     assert fp.energy_kwh == pytest.approx(0.25 + 8 / 64 * 0.75, rel=1e-9)
     assert gpu.dropped_samples == 1
+
+
+def test_energy_counters_give_the_energy_between_two_instants_exactly_resets_included(vm):
+    """A node meter that exports joules (RAPL, Redfish energy: `victoriametrics.kind: counter`) and
+    dcgm-exporter's TOTAL_ENERGY_CONSUMPTION (mJ since boot: `gpu.kind: counter`, unit_factor 0.001),
+    the GPU's reset (a reboot) mid-job: the job's energy is the counters' increments, exactly."""
+    node = vm.node("g")
+    t = np.arange(MIDNIGHT - 600, MIDNIGHT + HOUR + 601, 30.0)
+    rng = np.random.default_rng(7)
+    node_w = 800 + 200 * rng.random(t.size - 1)  # the true mean power of each 30 s segment
+    node_e = 1e9 + np.concatenate(([0.0], np.cumsum(node_w * 30.0)))
+    gpu_w = 200 + 100 * rng.random(t.size - 1)
+    gpu_mj = 5e9 + 1000 * np.concatenate(([0.0], np.cumsum(gpu_w * 30.0)))
+    reset = t.size // 2
+    gpu_mj[reset:] -= gpu_mj[reset - 1] + 1000 * gpu_w[reset - 1] * 30.0  # counter back to 0 at reboot ...
+    gpu_mj[reset:] += 1000 * gpu_w[reset - 1] * 30.0  # ... and counting again from the sample before
+    vm.import_series(node, t, node_e, metric="node_energy_joules_total", labels={})
+    vm.import_lines([json.dumps({"metric": {"__name__": "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "gpu": "0",
+                                            "Hostname": node}, "values": gpu_mj.tolist(),
+                                 "timestamps": [int(x * 1000) for x in t]})])
+    vm.flush()
+    c = from_mapping({"nodes": [{"match": node, "name": "gpu", "cpus": 64, "gpus": 1}]})
+    vc = VictoriaConfig(url=vm.url, query="node_energy_joules_total", kind="counter")
+    gpu = GpuClient(vc, GpuConfig(query="DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", kind="counter", unit_factor=0.001))
+    a, b = 20, t.size - 21  # the job runs from sample a to sample b
+    (fp,) = Engine(c, VictoriaClient(vc), FakeIntensity(100), gpu_power=gpu).account(
+        [GJob("96", float(t[a]), float(t[b]), (node,), (16.0,), gpus=1, gpu_ids="0")])
+    assert fp.status == "ok" and fp.coverage == 1.0, fp
+    node_j = node_e[b] - node_e[a]
+    gpu_j = float(np.sum(gpu_w[a:b] * 30.0))  # the increments, the reset's segment included
+    assert fp.gpu_energy_kwh * 3.6e6 == pytest.approx(gpu_j, rel=1e-11)  # the output keeps 12 digits
+    assert fp.energy_kwh * 3.6e6 == pytest.approx(gpu_j + 16 / 64 * (node_j - gpu_j), rel=1e-11)
