@@ -1,10 +1,9 @@
-"""Fair attribution on shared nodes: GPUs, weighted TRES, and the energy no job carries. Pure numpy.
+"""Fair attribution on shared nodes: weighted TRES, and the energy no job carries. Pure numpy.
+(Measured GPUs are split in footprint.compute, docs/accounting.md R5.)
 
-Three rules, each a few array operations over rows (one row per job-node window, or per
+Two rules, each a few array operations over rows (one row per job-node window, or per
 (job, node, half-hour) piece), so they vectorise like carbond.footprint:
 
-- measured GPUs: a job's energy on a GPU node is its own GPUs' measured energy plus its CPU
-  share of what the node drew besides all its GPUs (`gpu_split`);
 - weighted TRES, where no per-GPU series exists: the node's measured power is split by
   `cpu*W_cpu + gpu*W_gpu + mem_gb*W_mem` of the job against that of the whole node (`tres_share`);
 - idle: per node and half-hour, measured energy = sum of jobs' measured energy + unattributed,
@@ -47,37 +46,6 @@ def tres_share(
     with np.errstate(divide="ignore", invalid="ignore"):
         share = np.where(cap > 0, held / np.where(cap > 0, cap, 1.0), np.nan)
     return np.clip(share, 0.0, 1.0)
-
-
-@dataclass(frozen=True)
-class GpuSplit:
-    energy_j: np.ndarray
-    """Each row's energy: its GPUs plus its CPU share of the rest."""
-    gpu_j: np.ndarray
-    """The part of energy_j that came from the row's own GPUs."""
-    rest_j: np.ndarray
-    """The node's energy besides all its GPUs in each row's window (never negative)."""
-
-
-def gpu_split(node_j: np.ndarray, gpu_j: np.ndarray, held: np.ndarray, cpu_share: np.ndarray) -> GpuSplit:
-    """Energy of each row (a job on a GPU node over one window).
-
-    node_j (R,): the node's measured joules in the row's window; gpu_j (R, G): each of the
-    node's G GPUs' joules in that window (NaN: GPU absent); held (R, G) bool: the GPUs the job
-    held; cpu_share (R,): the job's CPUs / the node's CPUs.
-
-    If the GPU meters add up to more than the node meter (different sensors, different clocks),
-    the GPUs are scaled down to the node's energy so no job is charged more than was measured.
-    """
-    node_j = np.asarray(node_j, float)
-    gpu_j = np.nan_to_num(np.atleast_2d(np.asarray(gpu_j, float)), nan=0.0)
-    held = np.atleast_2d(np.asarray(held, bool))
-    all_gpu = gpu_j.sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.where(all_gpu > node_j, np.where(all_gpu > 0, node_j / all_gpu, 0.0), 1.0)
-    own = (gpu_j * held).sum(axis=1) * scale
-    rest = np.maximum(node_j - all_gpu * scale, 0.0)
-    return GpuSplit(own + np.asarray(cpu_share, float) * rest, own, rest)
 
 
 @dataclass(frozen=True)

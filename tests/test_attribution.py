@@ -1,40 +1,52 @@
-"""Known answers for the GPU split and TRES weights; the idle identity under hypothesis."""
+"""Known answers for the GPU split (footprint.compute) and TRES weights; the idle identity under hypothesis."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carbond.attribution import Weights, gpu_split, reconcile, tres_share
+from carbond.attribution import Weights, reconcile, tres_share
 
 HOUR = 3600.0
+
+
+def gpu_job(node_w: float, gpu_w: list[float | None], frac: list[float], cpu_share: float):
+    """One job on one node for an hour, through footprint.compute (the arithmetic every command uses):
+    the node meter and its GPUs flat, the job's fraction of each GPU, its CPU share."""
+    from carbond.energy import build_trace
+    from carbond.footprint import Allocation, GpuRows, compute
+
+    t = np.arange(-600.0, HOUR + 601, 30.0)
+
+    def flat(w):
+        return None if w is None else build_trace(t, np.full(t.size, w), 300.0)
+
+    traces = [flat(node_w), *map(flat, gpu_w)]
+    gpus = GpuRows(np.zeros(len(gpu_w), np.int64), np.arange(1, len(gpu_w) + 1), np.array(frac, float))
+    alloc = Allocation(np.array([0.0]), np.array([HOUR]), np.array([0]), np.array([0]), np.array([cpu_share]),
+                       np.array([np.nan]), gpus)
+    return compute(alloc, traces, None)
 
 
 def test_gpu_job_carries_its_gpu_and_its_cpu_share_of_the_rest():
     # 4-GPU node at 1000 W for an hour; GPU 0 busy at 250 W, the others idle at 50 W.
     # The job holds GPU 0 and 8 of 64 CPUs: 250 W + 8/64 * (1000 - 400) W = 325 W.
-    node = np.array([1000.0 * HOUR])
-    gpus = np.array([[250.0, 50.0, 50.0, 50.0]]) * HOUR
-    held = np.array([[True, False, False, False]])
-    out = gpu_split(node, gpus, held, np.array([8 / 64]))
-    assert out.energy_j[0] == pytest.approx(325.0 * HOUR)
-    assert out.gpu_j[0] == pytest.approx(250.0 * HOUR)
-    assert out.rest_j[0] == pytest.approx(600.0 * HOUR)
+    acc = gpu_job(1000.0, [250.0, 50.0, 50.0, 50.0], [1, 0, 0, 0], 8 / 64)
+    assert acc.energy_j[0] == pytest.approx(325.0 * HOUR)
+    assert acc.gpu_energy_j[0] == pytest.approx(250.0 * HOUR)
     # The CPU-only rule would have charged 1/8 of the node: 125 W.
-    assert out.energy_j[0] > node[0] / 8
+    assert acc.energy_j[0] > 1000.0 * HOUR / 8
 
 
 def test_gpu_meters_above_the_node_meter_are_scaled_down_to_it():
-    node = np.array([300.0])
-    gpus = np.array([[300.0, 300.0]])
-    out = gpu_split(node, gpus, np.array([[True, False]]), np.array([0.5]))
-    assert out.energy_j[0] == pytest.approx(150.0)
-    assert out.rest_j[0] == 0.0
+    acc = gpu_job(300.0, [300.0, 300.0], [1, 0], 0.5)
+    assert acc.energy_j[0] == pytest.approx(150.0 * HOUR)  # half the node: its GPU's share, nothing besides
+    assert acc.gpu_energy_j[0] == pytest.approx(150.0 * HOUR)
 
 
 def test_absent_gpu_series_counts_as_zero_not_nan():
-    out = gpu_split(np.array([100.0]), np.array([[np.nan, 40.0]]), np.array([[True, True]]), np.array([0.0]))
-    assert out.energy_j[0] == pytest.approx(40.0)
+    acc = gpu_job(100.0, [None, 40.0], [1, 1], 0.0)
+    assert acc.energy_j[0] == pytest.approx(40.0 * HOUR)
 
 
 def test_tres_weights_split_by_weighted_allocation():
