@@ -30,7 +30,7 @@ from .attribution import Weights, tres_share
 from .config import Config
 from .energy import Trace, build_trace
 from .footprint import Allocation, Batch, GpuRows, IntensityView, JobFootprint, JobMeta, compute
-from .gpus import GpuMap, gpu_traces, held_indices
+from .gpus import GpuMap, gpu_traces, held_indices, least_exact
 from .jobs import BadLine, Job, JobTable, NodeNames
 from .powercache import PowerCache
 from .runs import base_id
@@ -203,9 +203,9 @@ class Engine:
         alloc, ok, names, errors, gpu_jobs = self._allocate(table, status == 0, gmap)
         acc = None
         metas = _metas(table, ok)
-        for k, notes in gpu_jobs.items():
+        for k, (found, notes) in gpu_jobs.items():
             m = metas[k]
-            metas[k] = m._replace(warnings=(*m.warnings, *notes), gpu=True)
+            metas[k] = m._replace(warnings=(*m.warnings, *notes), gpu=found)
         if ok.size and view is not None:
             acc = compute(alloc, [trace_of(n) for n in names], view, pue, self.cfg.embodied.g_per_node_hour)
         slots: list[int | JobFootprint] = []
@@ -333,6 +333,7 @@ def _gpu_rows(table: JobTable, ok: np.ndarray, row_job: np.ndarray, row_node: np
     traces: list[int] = []
     fracs: list[float] = []
     notes: dict[int, list[str]] = {}
+    found: dict[int, str] = {}
     node_names = table.names.names
     held_of: dict[int, dict[str, set[str]]] = {}
     for r in np.flatnonzero(on_gpu).tolist():
@@ -343,7 +344,7 @@ def _gpu_rows(table: JobTable, ok: np.ndarray, row_job: np.ndarray, row_node: np
         if held is None:
             held = held_of[k] = held_indices(table.gpu_ids.get(j), nodes)
         per_node = float(table.gpus[j]) / max(1, len(nodes))
-        pairs, note = gmap.fractions(base_id(str(table.job_id[j])), node_names[row_node[r]], held, per_node)
+        pairs, how, note = gmap.fractions(base_id(str(table.job_id[j])), node_names[row_node[r]], held, per_node)
         for name, frac in pairs:
             t = index.get(name)
             if t is None:
@@ -354,10 +355,11 @@ def _gpu_rows(table: JobTable, ok: np.ndarray, row_job: np.ndarray, row_node: np
             fracs.append(frac)
         if any(f > 0 for _, f in pairs):  # the job held (some of) the node's GPUs
             notes.setdefault(k, [])
+            found[k] = least_exact(found.get(k, ""), how)
         if note:
             notes.setdefault(k, []).append(note)
     return (GpuRows(np.array(rows, dtype=np.int64), np.array(traces, dtype=np.int64), np.array(fracs, dtype=np.float64)),
-            notes)
+            {k: (found.get(k) or "count", n) for k, n in notes.items()})
 
 
 _STATUS = ("", "not-started", "running", "zero-length", "error:ends before it starts", "error:no nodes recorded")

@@ -280,6 +280,8 @@ class JobFootprint:
     user: str = ""
     gpu_energy_kwh: float | None = None
     """The part of energy_kwh from the job's own measured GPUs; None where the job held none."""
+    gpu_found: str | None = None
+    """How its GPUs were found: idx (caught while it ran), label (the series' job label) or count."""
 
     def to_dict(self) -> dict:
         d = {
@@ -300,6 +302,7 @@ class JobFootprint:
         }
         if self.gpu_energy_kwh is not None:
             d["gpu_energy_kwh"] = self.gpu_energy_kwh
+            d["gpu_found"] = self.gpu_found
         if self.warnings:
             d["warnings"] = list(self.warnings)
         if self.error:
@@ -323,8 +326,9 @@ class JobMeta(NamedTuple):
     account: str = ""
     user: str = ""
     warnings: tuple[str, ...] = ()
-    gpu: bool = False
-    """The job held measured GPUs: formatted by to_dict (with gpu_energy_kwh), not the bulk path."""
+    gpu: bool | str = False
+    """How the job's measured GPUs were found (gpus.FOUND_BY), falsy when it held none: formatted
+    by to_dict (with gpu_energy_kwh), not the bulk path."""
 
 
 SIGNIFICANT = 12
@@ -494,4 +498,5 @@ def job_footprint(c: Columns, i: int, meta: JobMeta, nodes, periods, pue: float)
         account=meta.account,
         user=meta.user,
         gpu_energy_kwh=c.gpu_kwh[i] if meta.gpu else None,
+        gpu_found=str(meta.gpu) if meta.gpu else None,
     )

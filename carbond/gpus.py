@@ -68,6 +68,17 @@ class GpuClient(VictoriaClient):
         return {k: _concat(parts) for k, parts in out.items()}
 
 
+FOUND_BY = ("idx", "label", "count")
+"""How a job's GPUs were found, most exact first: the indices caught while it ran, the series'
+job label, its GPU count's share of the node's GPUs. A job is labelled by its least exact node."""
+
+
+def least_exact(*ways: str) -> str:
+    """The least exact of FOUND_BY values ("" ignored)."""
+    known = [w for w in ways if w]
+    return max(known, key=FOUND_BY.index) if known else ""
+
+
 @dataclass
 class GpuMap:
     """The measured GPUs per node (their indices), and which jobs their series were labelled with."""
@@ -84,22 +95,22 @@ class GpuMap:
         return f"{node}{SEP}{idx}"
 
     def fractions(self, job_id: str, node: str, held: Mapping[str, set[str]], per_node: float
-                  ) -> tuple[list[tuple[str, float]], str]:
+                  ) -> tuple[list[tuple[str, float]], str, str]:
         """(trace key, the job's fraction of that GPU) for every GPU of `node` (docs/accounting.md R5),
-        and a note when the indices were not known: the captured indices first, then the job label,
-        then the job's GPU count over the node's GPUs."""
+        how they were found (FOUND_BY) and a note when the indices were not known: the captured
+        indices first, then the job label, then the job's GPU count over the node's GPUs."""
         gpus = self.by_node.get(node, [])
         if node in held:  # captured, possibly none on this node: never a guess
             mine = held[node]
-            return [(self.key(node, idx), 1.0 if idx in mine else 0.0) for idx in gpus], ""
+            return [(self.key(node, idx), 1.0 if idx in mine else 0.0) for idx in gpus], "idx", ""
         mine = {idx for idx in gpus if job_id in self.labelled.get((node, idx), ())}
         if mine:
-            return [(self.key(node, idx), 1.0 if idx in mine else 0.0) for idx in gpus], ""
+            return [(self.key(node, idx), 1.0 if idx in mine else 0.0) for idx in gpus], "label", ""
         if per_node <= 0 or not gpus:
-            return [(self.key(node, idx), 0.0) for idx in gpus], ""
+            return [(self.key(node, idx), 0.0) for idx in gpus], "", ""
         frac = min(1.0, per_node / len(gpus))
         note = f"GPU indices unknown on {node}: charged {per_node:g}/{len(gpus)} of its GPUs' energy"
-        return [(self.key(node, idx), frac) for idx in gpus], note
+        return [(self.key(node, idx), frac) for idx in gpus], "count", note
 
 
 def held_indices(ids, nodes: Sequence[str]) -> dict[str, set[str]]:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from .footprint import JobFootprint
+from .gpus import least_exact
 from .jobs import Job, even_split
 from .slurm import Run
 
@@ -117,4 +118,5 @@ def combine(job_id: str, parts: Sequence[tuple[Piece, JobFootprint]]) -> JobFoot
         nodes=tuple(n for _, fp in ok for n in fp.nodes), periods=tuple(x for _, fp in ok for x in fp.periods),
         warnings=tuple(dict.fromkeys(w for _, fp in ok for w in fp.warnings)) + notes,
         gpu_energy_kwh=sum(gpu) if gpu else None,
+        gpu_found=least_exact(*(fp.gpu_found or "" for _, fp in ok)) or None,
     )

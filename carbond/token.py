@@ -4,7 +4,9 @@
     carbond:co2e_g=1.25e-3,energy_kwh=6.2e-6,gkwh=200,cov=0.8,pue=1
 
 gkwh is the energy-weighted mean grid intensity (gCO2e/kWh); cov, the fraction of node time
-measured, appears only below 1 (method: cov=1 measured, 0 estimated, else mixed); pue is the
+measured, appears only below 1 (method: cov=1 measured, 0 estimated, else mixed); gpu_kwh, the
+energy of the job's own measured GPUs, with gpu_by=label or gpu_by=count when they were found by
+the series' job label or charged as a share by count (absent: the indices caught while it ran); pue is the
 PUE already inside co2e_g (a site constant that can change: the token keeps the one used, for
 `carbond show`). co2e_g and energy_kwh come first, so `sacct -o AdminComment%60` shows them.
 
@@ -79,11 +81,19 @@ def token_values(fp: Any) -> dict[str, Any]:
         "pue": getattr(fp, "pue", None),
         # Measured GPU energy, kWh: only on jobs that held measured GPUs (carbond.gpus).
         "gpu_kwh": _gpu_kwh(fp),
+        # ... and, when its GPUs were not caught while it ran, how they were found: label or count.
+        "gpu_by": _gpu_by(fp),
     }
 
 
 def _gpu_kwh(fp: Any) -> float | None:
     return getattr(fp, "gpu_energy_kwh", None)
+
+
+def _gpu_by(fp: Any) -> str | None:
+    """`label` or `count` (a share of all the node's GPUs); absent (like cov) when exact: `idx`."""
+    found = getattr(fp, "gpu_found", None)
+    return found if _gpu_kwh(fp) is not None and found not in (None, "idx") else None
 
 
 def method_of(values: Mapping[str, Any]) -> str:

@@ -214,3 +214,16 @@ def test_energy_counters_give_the_energy_between_two_instants_exactly_resets_inc
     gpu_j = float(np.sum(gpu_w[a:b] * 30.0))  # the increments, the reset's segment included
     assert fp.gpu_energy_kwh * 3.6e6 == pytest.approx(gpu_j, rel=1e-11)  # the output keeps 12 digits
     assert fp.energy_kwh * 3.6e6 == pytest.approx(gpu_j + 16 / 64 * (node_j - gpu_j), rel=1e-11)
+
+
+def test_how_the_gpus_were_found_is_in_the_json_and_the_token(vm):
+    node = vm.node("g")
+    load(vm, node, job="81")
+    eng = engine(vm, node, GpuConfig(job_label="hpc_job"))
+    by_idx, by_label, by_count = eng.account([
+        GJob("80", MIDNIGHT, MIDNIGHT + HOUR, (node,), (8.0,), gpus=1, gpu_ids="1"),
+        Job("81", MIDNIGHT, MIDNIGHT + HOUR, (node,), (8.0,), gpus=1),
+        Job("82", MIDNIGHT, MIDNIGHT + HOUR, (node,), (8.0,), gpus=1)])
+    assert [fp.to_dict()["gpu_found"] for fp in (by_idx, by_label, by_count)] == ["idx", "label", "count"]
+    assert "gpu_by" not in format_token(by_idx)
+    assert "gpu_by=label" in format_token(by_label) and "gpu_by=count" in format_token(by_count)
