@@ -16,7 +16,7 @@ SLURM_SUITES ?= trixie sid
 TESTBED ?= $(or $(CARBOND_TESTBED_DIR),/tmp/carbond-testbed)
 # What runs again on every series (only their tests marked `slurm`).
 SERIES_TESTS ?= tests/test_testbed.py tests/test_slurm_io.py tests/test_e2e.py tests/test_e2e_series.py \
-	tests/test_gpu_testbed.py tests/test_running_testbed.py
+	tests/test_gpu_testbed.py tests/test_running_testbed.py tests/test_one_truth.py
 
 .PHONY: test test-host test-series roots demo demo-stop bench lint deps venv clean
 
