@@ -27,7 +27,7 @@ from .engine import WINDOW, Engine, one_malloc_arena
 from .footprint import JobFootprint
 from .ledger import PENDING_WRITE, UNWRITABLE, Ledger
 from .ledger_columns import after_record
-from .publish import WRITTEN, Publisher
+from .publish import Outcome, Publisher, Skipped, Written
 from .report import write_json, write_table
 from .services import build as build_services
 from .slurm import JobFacts, SlurmIO
@@ -161,7 +161,7 @@ def _republish(ledger: Ledger, publisher: Publisher, facts: list[JobFacts], tall
             items.append((ledger.get(entry.job_id) or entry, f))
     if items:
         results = publisher.write(items)
-        tally.rewritten += sum(1 for r in results.values() if r == WRITTEN)
+        tally.rewritten += sum(1 for r in results.values() if isinstance(r, Written))
         _count(results, tally)
 
 
@@ -187,8 +187,7 @@ def _accounted(windows: Iterator[tuple[list[JobFacts], list[JobFootprint]]], pub
     progress.update(done, progress.hi, force=True)
 
 
-def _count(results: dict[str, object], tally: Tally) -> None:
-    tally.written += sum(1 for r in results.values() if r == WRITTEN)
-    skipped = sum(1 for r in results.values() if isinstance(r, str) and r.startswith("skipped:"))
-    tally.skipped += skipped
-    tally.failed += sum(1 for r in results.values() if r != WRITTEN and not (isinstance(r, str) and r.startswith("skipped:")))
+def _count(results: dict[str, Outcome], tally: Tally) -> None:
+    tally.written += sum(1 for r in results.values() if isinstance(r, Written))
+    tally.skipped += sum(1 for r in results.values() if isinstance(r, Skipped))
+    tally.failed += sum(1 for r in results.values() if not isinstance(r, (Written, Skipped)))

@@ -57,7 +57,7 @@ from .jobs import Job
 from .ledger import COUNTED, PENDING_WRITE, RECOVERED, UNWRITABLE, Entry, Ledger, LedgerError
 from .ledger_columns import after_record
 from .metrics import Metrics, serve
-from .publish import TOO_LONG, WRITTEN, Publisher
+from .publish import TOO_LONG, Publisher, Skipped, Written
 from .reconcile import Reconciler
 from .running import RunningGauge
 from .services import build as build_services
@@ -321,15 +321,15 @@ class Daemon:
         done = 0
         for rec, facts in pairs:
             res = results.get(rec.job_id_key)
-            if res == WRITTEN or (isinstance(res, str) and res.startswith("skipped:")):
+            if isinstance(res, (Written, Skipped)):
                 self._ack(rec)
                 done += 1
-                if res == WRITTEN and self.cfg.slurm.write_energy_tres and not self.stop.is_set():
+                if isinstance(res, Written) and self.cfg.slurm.write_energy_tres and not self.stop.is_set():
                     self._guard("slurm", partial(self._write_energy, entries.get(rec.job_id_key), facts))
             elif too_long(res):
                 self._give_up(rec, f"the field with the token is too long for sacctmgr: {short(res)}",
                               unwritable=TOO_LONG)
-            elif isinstance(res, SlurmError) and not getattr(res, "retryable", True):
+            elif isinstance(res, SlurmError) and not res.retryable:
                 self._give_up(rec, f"sacctmgr refused the write: {short(res)}", unwritable="refused")
             else:
                 self._retry(rec, f"token not written: {short(res) if res is not None else 'no result'}",

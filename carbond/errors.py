@@ -36,3 +36,6 @@ class IntensityUnavailable(CarbondError):
 
 class SlurmError(CarbondError):
     """A Slurm command failed; the message carries the command and its stderr."""
+
+    retryable = True
+    """Whether trying again may help (False: refused for good, e.g. no Operator grant)."""

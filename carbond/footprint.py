@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from itertools import repeat
 from typing import NamedTuple
 
@@ -256,11 +257,21 @@ class Period(NamedTuple):
     co2e_g: float | None
 
 
+class Status(StrEnum):
+    """Whether a job went through the arithmetic, and if not, why (a footprint's `status`)."""
+
+    OK = "ok"
+    NOT_STARTED = "not-started"
+    RUNNING = "running"
+    ZERO_LENGTH = "zero-length"
+    ERROR = "error"
+
+
 @dataclass(frozen=True, slots=True)
 class JobFootprint:
     job_id: str
     status: str
-    """ok | not-started | zero-length | running | error"""
+    """A Status: ok | not-started | zero-length | running | error"""
     energy_kwh: float = 0.0
     co2e_g: float | None = 0.0
     operational_g: float | None = 0.0

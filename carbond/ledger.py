@@ -22,17 +22,26 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from .errors import CarbondError
 
-ACCOUNTED = "accounted"          # counted; no comment write wanted (e.g. backfill without --write)
-NOT_STARTED = "not-started"      # never ran: no start time or no nodes
-ZERO_LENGTH = "zero-length"      # ran zero seconds
-DEAD = "dead"                    # given up on before a footprint existed; the reason says why
-PENDING_WRITE = "pending-write"  # counted; the token still has to reach slurmdbd
-WRITTEN = "written"              # counted and the token is in Slurm
-UNWRITABLE = "unwritable"        # counted, never written: the field would be mangled (reason)
+
+class State(StrEnum):
+    """A job's state in the ledger (stored as its text)."""
+
+    ACCOUNTED = "accounted"          # counted; no comment write wanted (e.g. backfill without --write)
+    NOT_STARTED = "not-started"      # never ran: no start time or no nodes
+    ZERO_LENGTH = "zero-length"      # ran zero seconds
+    DEAD = "dead"                    # given up on before a footprint existed; the reason says why
+    PENDING_WRITE = "pending-write"  # counted; the token still has to reach slurmdbd
+    WRITTEN = "written"              # counted and the token is in Slurm
+    UNWRITABLE = "unwritable"        # counted, never written: the field would be mangled (reason)
+
+
+ACCOUNTED, NOT_STARTED, ZERO_LENGTH, DEAD = State.ACCOUNTED, State.NOT_STARTED, State.ZERO_LENGTH, State.DEAD
+PENDING_WRITE, WRITTEN, UNWRITABLE = State.PENDING_WRITE, State.WRITTEN, State.UNWRITABLE
 STATES = (ACCOUNTED, NOT_STARTED, ZERO_LENGTH, DEAD, PENDING_WRITE, WRITTEN, UNWRITABLE)
 COUNTED = (ACCOUNTED, PENDING_WRITE, WRITTEN, UNWRITABLE)
 """States whose energy and CO2e are in the totals."""
@@ -63,7 +72,7 @@ _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
     cluster     TEXT NOT NULL,
     job_id      TEXT NOT NULL,
-    state       TEXT NOT NULL CHECK (state IN ({", ".join(repr(s) for s in STATES)})),
+    state       TEXT NOT NULL CHECK (state IN ({", ".join(repr(str(s)) for s in STATES)})),
     energy_j    REAL NOT NULL DEFAULT 0,
     co2e_g      REAL NOT NULL DEFAULT 0,
     partition   TEXT NOT NULL DEFAULT '',
@@ -102,7 +111,7 @@ def _summary_sql() -> str:
     writer (the daemon, backfill, an operator's sqlite3), so reading them costs O(groups), never a
     scan of every job. Energy moves only when a row's outcome or labels change (never on
     pending -> written), so the sums of counted jobs only ever grow."""
-    counted = ", ".join(repr(s) for s in COUNTED)
+    counted = ", ".join(repr(str(s)) for s in COUNTED)
     new, old = _OUTCOME.format(r="NEW", counted=counted), _OUTCOME.format(r="OLD", counted=counted)
     add = (f"INSERT INTO sums (cluster, outcome, partition, account, user, jobs, joules, grams) VALUES "
            f"(NEW.cluster, {new}, NEW.partition, NEW.account, NEW.user, 1, NEW.energy_j, NEW.co2e_g) "
@@ -180,7 +189,7 @@ END;
 
 _FILL_SUMMARY = f"""
 INSERT INTO sums (cluster, outcome, partition, account, user, jobs, joules, grams)
-    SELECT cluster, CASE WHEN state IN ({", ".join(repr(s) for s in COUNTED)}) THEN 'accounted' ELSE state END AS o,
+    SELECT cluster, CASE WHEN state IN ({", ".join(repr(str(s)) for s in COUNTED)}) THEN 'accounted' ELSE state END AS o,
            partition, account, user, COUNT(*), SUM(energy_j), SUM(co2e_g)
     FROM jobs WHERE true GROUP BY cluster, o, partition, account, user;
 INSERT INTO counts (cluster, name, label, n)
@@ -195,7 +204,7 @@ INSERT INTO counts (cluster, name, label, n)
     SELECT cluster, '{STATE}', state, COUNT(*) FROM jobs WHERE true GROUP BY cluster, state
     ON CONFLICT (cluster, name, label) DO UPDATE SET n = excluded.n;
 INSERT INTO counts (cluster, name, label, n)
-    SELECT cluster, '{EVENT_OUTCOME}', CASE WHEN state IN ({", ".join(repr(s) for s in COUNTED)}) THEN 'accounted'
+    SELECT cluster, '{EVENT_OUTCOME}', CASE WHEN state IN ({", ".join(repr(str(s)) for s in COUNTED)}) THEN 'accounted'
            ELSE state END AS o, COUNT(*) FROM jobs WHERE true GROUP BY cluster, o
     ON CONFLICT (cluster, name, label) DO UPDATE SET n = max(n, excluded.n);
 INSERT INTO counts (cluster, name, label, n)

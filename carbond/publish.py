@@ -20,7 +20,22 @@ from .token import format_token, merge, skip_reason
 
 log = logging.getLogger("carbond.publish")
 
-WRITTEN = "written"
+@dataclass(frozen=True)
+class Written:
+    """The token reached slurmdbd (and the ledger says so)."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """The field was left alone on purpose (would-mangle, foreign-payload, too-long); the footprint
+    stays in the ledger and the metrics."""
+
+    reason: str
+
+
+WRITTEN = Written()
+Outcome = Written | Skipped | SlurmError
+"""What a write came to: written, skipped with its reason, or the Slurm error (retry the retryable)."""
 TOO_LONG = "too-long"
 MAX_ARGUMENT = 128 * 1024 - 1
 """Bytes of one command-line argument (Linux MAX_ARG_STRLEN, 128 KiB with its NUL): sacctmgr's
@@ -68,13 +83,13 @@ class Publisher:
         return entries
 
     def write(self, items: Sequence[tuple[Entry, JobFacts]], cancel: Callable[[], bool] | None = None
-              ) -> dict[str, object]:
+              ) -> dict[str, Outcome]:
         """Write pending tokens merged into each job's current field; each is marked written in the
         ledger as its sacctmgr call returns, so a restart never redoes a finished write.
 
-        Returns job id -> "written", "skipped:<reason>" or the SlurmError (retry the retryable).
+        Returns job id -> its Outcome.
         """
-        out: dict[str, object] = {}
+        out: dict[str, Outcome] = {}
         todo: list[tuple[Entry, JobFacts, str]] = []
         lowercases = self._lowercases() if items else True
         for entry, facts in items:
@@ -88,7 +103,7 @@ class Publisher:
                     self.metrics.write_skipped(reason)
                 log.warning("job %s: %s left unchanged (%s); footprint kept in the ledger and metrics",
                             entry.job_id, self.field, reason)
-                out[entry.job_id] = f"skipped:{reason}"
+                out[entry.job_id] = Skipped(reason)
             else:
                 todo.append((entry, facts, value))
         by_raw = {facts.job.job_id: entry for entry, facts, _ in todo}
