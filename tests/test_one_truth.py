@@ -284,7 +284,7 @@ def test_every_path_gives_the_daemons_numbers_and_the_meter_closes(slurm, vm, tm
             assert nodes[n]["jobs_kwh"] * 3.6e6 >= joules * (1 - 1e-6), (n, nodes[n], joules)
         print("\nFIGURES one-truth: " + json.dumps({
             "jobs": {j: {"daemon_j": daemon[j][0], "reference_j": want[j][0],
-                         "rel": abs(daemon[j][0] - want[j][0]) / want[j][0]} for j in ids},
+                         "rel": abs(daemon[j][0] - want[j][0]) / max(want[j][0], 1e-12)} for j in ids},
             "gpu_j": [daemon[g][2], want[g][1]],
             "idle": {n: nodes[n] for n in ("n1", "n2", "n3", "n4")}}, default=str))
     finally:
