@@ -650,7 +650,7 @@ def build(cfg: Config, registry: CollectorRegistry | None = None, progress: Prog
                     clock=clock, progress=progress)
     if cfg.slurm.reconcile_seconds > 0:
         daemon.reconciler = Reconciler(slurm, ledger, clock, cfg.slurm.reconcile_seconds,
-                                       cfg.slurm.reconcile_lag_seconds)
+                                       cfg.slurm.reconcile_lag_seconds, monotonic=daemon.monotonic)
     if cfg.slurm.suspend_poll_seconds > 0:
         daemon.suspends = SuspendWatch(slurm, ledger, clock)
         if cfg.gpu is not None:

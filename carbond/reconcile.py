@@ -11,6 +11,7 @@ where the last one ended, so each job is looked at about once; at start it reach
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -32,18 +33,21 @@ class Reconciler:
     every: float
     lag: float
     cursor: float | None = None
-    next_at: float = 0.0
+    next_at: float = float("-inf")
+    monotonic: Callable[[], float] = time.monotonic
+    """When the next window is due: a wall clock stepped back (NTP, a VM restore) must not stall it;
+    the windows themselves are wall-clock job end times."""
 
     def _span(self) -> float:
         return max(MAX_WINDOW, 4 * self.every)
 
     def due(self) -> bool:
-        return self.every > 0 and self.clock() >= self.next_at
+        return self.every > 0 and self.monotonic() >= self.next_at
 
     def find(self, spooled: Iterable[str]) -> list[JobFacts]:
         """Jobs of the next window with no ledger row and no spool record (`spooled`: job ids)."""
         now = self.clock()
-        self.next_at = now + self.every
+        self.next_at = self.monotonic() + self.every
         hi = now - self.lag
         if self.cursor is None:
             self.cursor = hi - self._span()  # fixed at the first try, so a failed first call loses nothing

@@ -302,7 +302,7 @@ def test_reconciliation_accounts_jobs_that_never_reached_the_spool_and_counts_th
     r = rig(tmp_path)
     from carbond.reconcile import Reconciler
 
-    r.daemon.reconciler = Reconciler(r.slurm, r.ledger, r.clock, every=60, lag=30)
+    r.daemon.reconciler = Reconciler(r.slurm, r.ledger, r.clock, every=60, lag=30, monotonic=r.clock)
     lost = job("80", start=T0 - 200, end=T0 - 60)
     spooled = job("81", start=T0 - 200, end=T0 - 60)
     r.slurm.add(lost)
@@ -632,3 +632,24 @@ def test_e2big_from_a_slurm_command_is_this_records_fault_not_an_outage():
     with pytest.raises(Exception) as err:
         io.write_comment("5", "admin_comment", "x" * (200 * 1024))  # the real exec fails: E2BIG
     assert too_long(err.value) and not _outage_error(err.value) and error_kind(err.value) == "poison"
+
+
+def test_reconciliation_keeps_its_rhythm_when_the_wall_clock_steps_back():
+    """An NTP correction or a VM restore steps the wall clock back an hour: the next reconciliation
+    is still due `every` seconds later (monotonic), not an hour later."""
+    from carbond.reconcile import Reconciler
+
+    class Slurm:
+        calls = 0
+
+        def jobs_ended_between(self, lo, hi):
+            Slurm.calls += 1
+            return {}
+
+    wall, mono = [T0], [100.0]
+    rec = Reconciler(Slurm(), None, lambda: wall[0], every=60, lag=30, monotonic=lambda: mono[0])
+    assert rec.due()
+    rec.find(())
+    wall[0] -= 3600  # stepped back
+    mono[0] += 61
+    assert rec.due()
