@@ -14,7 +14,8 @@ def test_reads_epoch_table_and_skips_steps():
         "102|100_2|Unknown|Unknown|None assigned||cpu|proj|bob\n",
     ]
     jobs = list(read_sacct(lines))
-    assert jobs[0] == Job("101", 1700000000.0, 1700003600.0, ("n1", "n2"), (2.0, 2.0), 2, "gpu", "proj", "alice", "101")
+    assert jobs[0] == Job("101", 1700000000.0, 1700003600.0, ("n1", "n2"), (2.0, 2.0), 2, "gpu", "proj", "alice", "101",
+                          mem_gb=8.0)
     assert jobs[1].start is None and jobs[1].nodes == () and jobs[1].display_id == "100_2"
     assert len(jobs) == 2
 
@@ -55,7 +56,8 @@ def _table_jobs(lines, window=86400.0, zone=None, limit=8 << 20):
                 out.append(Job(str(t.job_id[j]), None if math.isnan(t.start[j]) else float(t.start[j]),
                                None if math.isnan(t.end[j]) else float(t.end[j]), t.nodes_of(j), cpus,
                                int(t.gpus[j]), str(t.partition[j]), str(t.account[j]), str(t.user[j]),
-                               str(t.display_id[j]), t.warnings.get(j, ())))
+                               str(t.display_id[j]), t.warnings.get(j, ()),
+                               mem_gb=float(t.mem_gb[j]) if t.mem_gb is not None else 0.0))
             out.extend(t.bad)
     return out
 
