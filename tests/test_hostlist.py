@@ -62,7 +62,7 @@ def test_huge_hostlists_are_counted_before_they_are_built(expr):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 1 << 20, peak
+    assert peak < 16 << 20, peak  # the 5,000-group expression parses in ~1.3 MB; old code: gigabytes
 
 
 def test_hostlist_at_the_limit_still_expands():
