@@ -282,6 +282,21 @@ def test_every_path_gives_the_daemons_numbers_and_the_meter_closes(slurm, vm, tm
               "n2": want[s][0] + reference(runs[r][:1], node_pts, gpu_pts, 0.5)[0], "n3": want[g][0] + want[c][0]}
         for n, joules in on.items():
             assert nodes[n]["jobs_kwh"] * 3.6e6 >= joules * (1 - 1e-6), (n, nodes[n], joules)
+        def rel(a, b):
+            return abs(a - b) / max(abs(a), abs(b), 1e-12)
+
+        meters = {n: integral(samples(vm.url, f'amperageProbeReading{{alias="{n}"}}', lo_slot - 600, end + 600),
+                              lo_slot, end) / 3.6e6 for n in ("n1", "n2", "n3", "n4")}
+        print("\nFIGURES one-truth paths: " + json.dumps({
+            "daemon_vs_reference": max(rel(daemon[j][0], want[j][0]) for j in ids),
+            "gpu_vs_reference": rel(daemon[g][2], want[g][1]),
+            "backfill_vs_daemon": max(max(rel(history[j][0], daemon[j][0]), rel(history[j][1], daemon[j][1]))
+                                      for j in ids),
+            "footprint_vs_daemon": max(max(rel(got[j]["energy_kwh"] * 3.6e6, daemon[j][0]),
+                                           rel(got[j]["co2e_g"], daemon[j][1])) for j in ids),
+            "report_vs_ledger": rel(sum(x["energy_kwh"] for x in rows) * 3.6e6, sum(v[0] for v in daemon.values())),
+            "meter_closure": max(rel(nodes[n]["jobs_kwh"] + nodes[n]["unattributed_kwh"], meters[n]) for n in meters),
+            "measured_vs_raw": max(rel(nodes[n]["measured_kwh"], meters[n]) for n in meters)}))
         print("\nFIGURES one-truth: " + json.dumps({
             "jobs": {j: {"daemon_j": daemon[j][0], "reference_j": want[j][0],
                          "rel": abs(daemon[j][0] - want[j][0]) / max(want[j][0], 1e-12)} for j in ids},
