@@ -48,7 +48,15 @@ from prometheus_client import CollectorRegistry
 from .accounting import account, histories
 from .config import WATCHDOG_SECONDS, Config
 from .engine import Engine
-from .errors import CarbondError, ConfigError, IntensityUnavailable, SlurmError, VictoriaError
+from .errors import (
+    CarbondError,
+    ConfigError,
+    IntensityUnavailable,
+    SlurmError,
+    SlurmStopping,
+    SpoolUnavailable,
+    VictoriaError,
+)
 from .footprint import JobFootprint
 from .gpu_capture import GpuCapture
 from .idle import Closer
@@ -515,7 +523,7 @@ def error_kind(exc: BaseException) -> str:
         return "intensity"
     if isinstance(exc, ConfigError):
         return "internal"  # a setting that fails only at run time: no record's fault, wait for the fix
-    if isinstance(exc, OSError) or (isinstance(exc, CarbondError) and str(exc).startswith("spool directory")):
+    if isinstance(exc, (OSError, SpoolUnavailable)):
         return "spool"
     if isinstance(exc, SlurmError) and _outage_error(exc):
         return "slurm"
@@ -531,8 +539,8 @@ def _outage_error(exc: object) -> bool:
     if isinstance(exc, JobNotInDatabase) or too_long(exc):
         return False
     if isinstance(exc, SlurmCommandError):
-        return exc.returncode != 0 or "timed out" in str(exc)
-    return isinstance(exc, SlurmError) and "stopping" in str(exc)
+        return exc.returncode != 0  # None: timed out or could not run
+    return isinstance(exc, SlurmStopping)
 
 
 def too_long(exc: object) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-HALF_HOUR = 1800
+from .units import HALF_HOUR
 
 
 @dataclass(frozen=True)

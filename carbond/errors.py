@@ -39,3 +39,11 @@ class SlurmError(CarbondError):
 
     retryable = True
     """Whether trying again may help (False: refused for good, e.g. no Operator grant)."""
+
+
+class SlurmStopping(SlurmError):
+    """A write not started because the daemon is stopping: not the job's fault, done at the next start."""
+
+
+class SpoolUnavailable(CarbondError):
+    """The spool directory cannot be listed (missing, permissions, I/O): an outage, not a record's fault."""

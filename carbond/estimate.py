@@ -26,14 +26,13 @@ from .errors import JobInputError
 from .hostlist import compress
 from .ledger import COUNTED, columns_of
 from .times import parse_duration
+from .units import HALF_HOUR, J_PER_KWH
 
 if TYPE_CHECKING:
     import numpy as np
 
     from .config import NodeClass
 
-HALF_HOUR = 1800
-J_PER_KWH = 3.6e6
 MIN_JOBS = 5
 """Fewest measured jobs a learned model is built from."""
 

@@ -20,8 +20,8 @@ import numpy as np
 
 from .energy import HALF_HOUR, Trace, split_half_hours, window
 from .times import iso, iso_many
+from .units import J_PER_KWH
 
-J_PER_KWH = 3.6e6
 FULL = 1.0 - 1e-9
 
 

@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 from .errors import CarbondError
+from .units import J_PER_KWH
 
 RECENT = 600.0
 """Seconds of the newest power over which the current power is averaged."""
-J_PER_KWH = 3.6e6
 
 
 @dataclass(frozen=True)

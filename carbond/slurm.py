@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import SlurmConfig
-from .errors import CarbondError, SlurmError
+from .errors import CarbondError, SlurmError, SlurmStopping
 from .hostlist import expand
 from .jobs import Job, even_split, tres_counts, tres_mem_gb
 from .times import EPOCH_MAX
@@ -286,7 +286,7 @@ class SlurmIO:
 
         def one(item: tuple[str, str, str]) -> SlurmError | None:
             if cancel is not None and cancel():
-                return SlurmError("not written: carbond is stopping")
+                return SlurmStopping("not written: carbond is stopping")
             try:
                 self.write_comment(*item)
                 result = None

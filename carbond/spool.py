@@ -55,7 +55,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CarbondError, HostlistError, JobInputError
+from .errors import HostlistError, JobInputError, SpoolUnavailable
 from .hostlist import MAX_HOSTS, expand
 
 log = logging.getLogger(__name__)
@@ -333,7 +333,7 @@ class Spool:
                     elif e.name.endswith(SUFFIX):
                         ready.append(e)
         except OSError as e:
-            raise CarbondError(f"spool directory {self.dir}: {e.strerror or e}") from None
+            raise SpoolUnavailable(f"spool directory {self.dir}: {e.strerror or e}") from None
         return ready, temps
 
     def backlog(self) -> tuple[int, float]:

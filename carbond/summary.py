@@ -20,8 +20,8 @@ from typing import TextIO
 
 from .errors import JobInputError
 from .ledger import COUNTED, columns_of
+from .units import J_PER_KWH
 
-J_PER_KWH = 3.6e6
 GROUPS = {
     "account": "account",
     "user": "user",

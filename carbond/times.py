@@ -17,7 +17,6 @@ import numpy as np
 
 from .errors import JobInputError, TimeFormatError
 
-HALF_HOUR = 1800
 _EPOCH = re.compile(r"^[0-9]{9,11}(\.[0-9]+)?$")
 EPOCH_MAX = 253402300799.0
 """9999-12-31T23:59:59Z: the last time iso() and every store of carbond can write."""

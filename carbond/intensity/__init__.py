@@ -29,7 +29,8 @@ import numpy as np
 
 from ..errors import ConfigError, IntensityUnavailable
 from ..httpconn import Deadline
-from ..times import HALF_HOUR, iso
+from ..times import iso
+from ..units import HALF_HOUR
 from .cache import CacheError, Entry, IntensityCache
 
 if TYPE_CHECKING:
