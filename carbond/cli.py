@@ -93,34 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _hours(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of hours: {text!r}") from None
-    if not 0 <= value <= 366 * 24:
-        raise argparse.ArgumentTypeError(f"hours must be 0 to {366 * 24}: {text!r}")
-    return value
+def _checked(kind: str, parse, ok, rule: str):
+    """An argparse type: `parse` the text (else "not {kind}"), then `ok` it (else the rule)."""
+    def check(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {kind}: {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{rule}: {text!r}")
+        return value
+
+    return check
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < 1e9:
-        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 0 <= value <= 4096:
-        raise argparse.ArgumentTypeError(f"must be 0 to 4096: {text!r}")
-    return value
+_hours = _checked("a number of hours", float, lambda v: 0 <= v <= 366 * 24, f"hours must be 0 to {366 * 24}")
+_positive = _checked("a number", float, lambda v: 0 < v < 1e9, "must be a positive number")
+_count = _checked("a whole number", int, lambda v: 0 <= v <= 4096, "must be 0 to 4096")
 
 
 def main(argv: list[str] | None = None) -> int:
