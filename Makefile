@@ -82,6 +82,7 @@ TESTBED_DIR := $(or $(CARBOND_TESTBED_DIR),/tmp/carbond-testbed)
 clean:
 	@[ ! -d "$(DEMO_DIR)" ] || CARBOND_DEMO_DIR="$(DEMO_DIR)" scripts/demo stop
 	@scripts/slurm-testbed clean "$(TESTBED_DIR)"
+	@scripts/slurm-testbed clean "$(TESTBED_DIR)-systemd"
 	@find /tmp -maxdepth 1 \( -name 'carbond-vm-*' -o -name 'carbond-show-*' \) -type d -mmin +60 -print | \
 	  while read -r d; do grep -qsF -- "$$d/" /proc/[0-9]*/cmdline || [ -n "$$(find "$$d" -mmin -60 -print -quit)" ] || \
 	    { rm -rf -- "$$d"; echo "removed $$d"; }; done

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from carbond_stack import free_port
-from fixtures_slurm import SlurmTestbed, acquire, release
+from fixtures_slurm import DEFAULT_DIR, SlurmTestbed, acquire, release
 
 REPO = Path(__file__).resolve().parent.parent
 HARNESS = REPO / "scripts" / "systemd-container"
@@ -46,10 +46,11 @@ pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root (systemd-
 
 
 @pytest.fixture(scope="module")
-def slurm(tmp_path_factory) -> Iterator[SlurmTestbed]:
+def slurm() -> Iterator[SlurmTestbed]:
     """A testbed of this module's own: its spool is bound into the container and its lock file
-    cleared, which must never happen to the testbed (and spool) other tests share."""
-    testbed = acquire(tmp_path_factory.mktemp("testbed-systemd"))
+    cleared, which must never happen to the testbed (and spool) other tests share. Beside the
+    shared one, not under pytest's 0700 tmp: munged runs as `munge` and must reach its socket."""
+    testbed = acquire(Path(f"{os.environ.get('CARBOND_TESTBED_DIR') or DEFAULT_DIR}-systemd"))
     try:
         yield testbed
     finally:
