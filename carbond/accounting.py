@@ -48,6 +48,39 @@ def account(engine: Accountant, items: Sequence[JobHistory]) -> list[JobFootprin
     return [combine(h.job.job_id, [(p, next(fps)) for p in ps]) for h, ps in zip(items, plan, strict=True)]
 
 
+GROUP_JOBS = 5000
+"""Most jobs accounted in one engine pass by `account_in_windows`."""
+
+
+def account_in_windows(engine: Accountant, items: Sequence[JobHistory], window: float) -> list[JobFootprint]:
+    """`account` in groups of jobs whose runs span at most `window` seconds (by start): each group
+    reads its nodes' power over its own span only, so many jobs across months stay in bounded memory.
+    Results in input order."""
+    def span(h: JobHistory) -> tuple[float, float]:
+        times = [(r.start, r.end) for r in h.runs if r.start is not None and r.end is not None]
+        if h.job.start is not None and h.job.end is not None:
+            times.append((h.job.start, h.job.end))
+        return (min(a for a, _ in times), max(b for _, b in times)) if times else (float("inf"), float("inf"))
+
+    spans = [span(h) for h in items]
+    order = sorted(range(len(items)), key=lambda i: spans[i])
+    out: list[JobFootprint | None] = [None] * len(items)
+    group: list[int] = []
+    lo = hi = 0.0
+    for i in [*order, None]:
+        if i is not None and group and spans[i][0] != float("inf") and len(group) < GROUP_JOBS \
+                and max(hi, spans[i][1]) - lo <= window:
+            group.append(i)
+            hi = max(hi, spans[i][1])
+            continue
+        if group:
+            for k, fp in zip(group, account(engine, [items[k] for k in group]), strict=True):
+                out[k] = fp
+        if i is not None:
+            group, (lo, hi) = [i], spans[i]
+    return out  # type: ignore[return-value]
+
+
 def histories(slurm, ledger: History | None, jobs: Sequence[Job]) -> list[JobHistory]:
     """Each job with its runs (one `sacct -D` call for all), and from the ledger its suspend
     intervals and captured GPU indices (none without a ledger)."""

@@ -304,11 +304,11 @@ def _chain(first, then):
 def _specials(cfg, engine, buckets, ledger) -> list:
     """The jobs TimeBuckets set aside (runs, suspends, GPUs), through carbond.accounting; suspend
     intervals and GPU indices from the ledger when this user may read it."""
-    from .accounting import JobHistory, account
+    from .accounting import JobHistory, account_in_windows
     from .engine import _bad
 
     items = buckets.special_histories(ledger)
-    done = iter(account(engine, [h for h in items if isinstance(h, JobHistory)]))
+    done = iter(account_in_windows(engine, [h for h in items if isinstance(h, JobHistory)], buckets.window))
     return [next(done) if isinstance(h, JobHistory) else _bad(h, cfg.pue) for h in items]
 
 
