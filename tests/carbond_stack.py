@@ -248,6 +248,30 @@ def stopped(service):
         service.start()
 
 
+def wait_for(cond, timeout: float, what: str, stack: CarbondStack | None = None, every: float = 0.3):
+    """cond()'s first true value within `timeout` s; the daemon (if given) must stay alive meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        if stack is not None:
+            stack.alive()
+        time.sleep(every)
+    tail = stack.log.read_text()[-3000:] if stack is not None else ""
+    raise AssertionError(f"not within {timeout:.0f} s: {what}\n{tail}")
+
+
+def requeue_onto(slurm, job_id: str, node: str, stack: CarbondStack, after: float = 3.0) -> None:
+    """Let a running job run `after` seconds, requeue it, and start its next run on `node` now."""
+    slurm.wait_state(job_id, "RUNNING")
+    t0 = time.time()
+    wait_for(lambda: time.time() - t0 > after, after + 10, f"a first run of {after:g} s", stack)
+    slurm.run(["scontrol", "requeue", job_id])
+    slurm.wait_state(job_id, {"PENDING", "REQUEUED"})
+    slurm.run(["scontrol", "update", f"jobid={job_id}", f"NodeList={node}", "StartTime=now"])
+
+
 def ended(slurm, job_id: str, timeout: float = 60.0) -> None:
     """The job is over for slurmctld and slurmdbd alike (sacct lags slurmctld by a moment)."""
     slurm.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=timeout)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from carbond_stack import CarbondStack
+from carbond_stack import CarbondStack, requeue_onto, wait_for
 from test_spool import GOOD, record_text
 
 from carbond.config import SlurmConfig
@@ -46,19 +46,6 @@ def running(slurm, vm, workdir: Path, node_intervals=None, **kw):
         assert time.monotonic() - t0 < 25
     finally:
         stack.close()
-
-
-def wait_for(cond, timeout: float, what: str, stack: CarbondStack | None = None, every: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        if stack is not None:
-            stack.alive()
-        time.sleep(every)
-    tail = stack.log.read_text()[-3000:] if stack is not None else ""
-    raise AssertionError(f"not within {timeout:.0f} s: {what}\n{tail}")
 
 
 def ended(slurm, job_id: str, timeout: float = 120.0) -> dict[str, str]:
@@ -244,12 +231,7 @@ def test_an_outage_longer_than_retry_seconds_then_a_transient_error_dead_letters
 def test_a_requeued_job_is_charged_each_run_on_its_own_nodes(slurm, vm, tmp_path):
     with running(slurm, vm, tmp_path, node_intervals={"n2": 5.0}) as stack:  # n1 every 1 s, n2 every 5 s
         job = slurm.sbatch(["-n2", "-w", "n1", "--requeue", "-J", "requeue"], "sleep 6")
-        slurm.wait_state(job, "RUNNING")
-        first_start = time.time()
-        wait_for(lambda: time.time() - first_start > 3, 10, "a first run of 3 s", stack)
-        slurm.run(["scontrol", "requeue", job])
-        slurm.wait_state(job, {"PENDING", "REQUEUED"})
-        slurm.run(["scontrol", "update", f"jobid={job}", "NodeList=n2", "StartTime=now"])
+        requeue_onto(slurm, job, "n2", stack)
         ended(slurm, job, timeout=180)
         tok = stack.wait_tokens(job, timeout=120)[job]
         rows = [r for r in slurm.sacct_rows(job, ["State", "Start", "End", "NodeList"]) if r["Start"].isdigit()]

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from carbond_stack import CarbondStack, ended
+from carbond_stack import CarbondStack, ended, requeue_onto, wait_for
 from fixtures_vm import series_line
 from test_gpu_testbed import gpu_node_or_fail
 
@@ -41,17 +41,6 @@ pytestmark = [pytest.mark.slurm, pytest.mark.vm]
 HALF = 1800
 MAX_GAP = 300.0
 REL = 1e-9
-
-
-def wait_for(cond, timeout: float, what: str, stack: CarbondStack):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        stack.alive()
-        time.sleep(0.3)
-    raise AssertionError(f"not within {timeout:.0f} s: {what}\n{stack.log.read_text()[-3000:]}")
 
 
 # ---- an independent computation from the raw samples (plain Python, per sample) -----------------
@@ -161,12 +150,7 @@ def test_every_path_gives_the_daemons_numbers_and_the_meter_closes(slurm, vm, tm
                          "#!/bin/sh\necho \"$SLURM_JOB_GPUS\" > gpus-$SLURM_JOB_ID.txt\nsleep 8\n")
         c = slurm.sbatch(["-w", "n3", "-c", "1", "-J", "cpu-on-gpu-node"], "sleep 6")
         r = slurm.sbatch(["-n1", "-w", "n2", "--requeue", "-J", "requeued"], "sleep 6")
-        slurm.wait_state(r, "RUNNING")
-        t0 = time.time()
-        wait_for(lambda: time.time() - t0 > 3, 10, "a first run of 3 s", stack)
-        slurm.run(["scontrol", "requeue", r])
-        slurm.wait_state(r, {"PENDING", "REQUEUED"})
-        slurm.run(["scontrol", "update", f"jobid={r}", "NodeList=n1", "StartTime=now"])
+        requeue_onto(slurm, r, "n1", stack)
         s = slurm.sbatch(["-n1", "-w", "n2", "-J", "suspended"], "sleep 10")
         slurm.wait_state(s, "RUNNING")
         t0 = time.time()
