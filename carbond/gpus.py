@@ -87,9 +87,6 @@ class GpuMap:
     labelled: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     """(node, GPU index) -> job ids of the series of that GPU that carried a job label (`hpc_job`)."""
 
-    def has(self, node: str) -> bool:
-        return node in self.by_node
-
     @staticmethod
     def key(node: str, idx: str) -> str:
         return f"{node}{SEP}{idx}"
